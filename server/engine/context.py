@@ -1,0 +1,128 @@
+"""The one llama.cpp context: a unified KV cache shared by numbered sequences.
+
+Only the engine thread touches a LlamaContext. Everything here is a thin, typed layer over
+llama.cpp's C API; policy (who gets which sequence, what goes in a batch) lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+
+from server.engine.model import LlamaModel
+
+
+class ContextError(RuntimeError):
+    pass
+
+
+class DecodeStatus:
+    """llama_decode's return values (include/llama.h)."""
+
+    OK = 0
+    NO_KV_SLOT = 1  # memory restored: free cells and retry
+    ABORTED = 2
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    n_ctx: int
+    n_seq_max: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+
+
+class TokenBatch:
+    """A reusable llama_batch; each token belongs to exactly one sequence."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.raw = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append one token; returns its index, which is also its row in the logits."""
+        i = self.n_tokens
+        raw = self.raw
+        raw.token[i] = token
+        raw.pos[i] = pos
+        raw.n_seq_id[i] = 1
+        raw.seq_id[i][0] = seq_id
+        raw.logits[i] = logits
+        self.n_tokens = i + 1
+        return i
+
+    def close(self) -> None:
+        if self.raw is not None:
+            llama_cpp.llama_batch_free(self.raw)
+            self.raw = None
+
+
+class LlamaContext:
+    def __init__(self, model: LlamaModel, params: ContextParams) -> None:
+        self.model = model
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx
+        cparams.n_batch = params.n_batch
+        cparams.n_ubatch = params.n_ubatch
+        cparams.n_seq_max = params.n_seq_max
+        cparams.n_threads = params.n_threads
+        cparams.n_threads_batch = params.n_threads
+        # One cell pool for every sequence: seq_cp then shares cells instead of copying,
+        # and any sequence may grow to the whole context.
+        cparams.kv_unified = True
+        cparams.swa_full = True
+        cparams.no_perf = True
+        self.ptr = llama_cpp.llama_init_from_model(model.ptr, cparams)
+        if not self.ptr:
+            raise ContextError("llama.cpp could not create a context (see the log above)")
+        self.memory = llama_cpp.llama_get_memory(self.ptr)
+        self.n_ctx: int = llama_cpp.llama_n_ctx(self.ptr)
+        self.n_seq_max: int = params.n_seq_max
+        self.n_batch: int = params.n_batch
+        self.n_vocab = model.n_vocab
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+    def decode(self, batch: TokenBatch) -> int:
+        batch.raw.n_tokens = batch.n_tokens
+        return llama_cpp.llama_decode(self.ptr, batch.raw)
+
+    def logits(self, batch_index: int) -> np.ndarray:
+        """A view of the logits row for a batch position that asked for logits.
+
+        Valid until the next decode; copy it if it must outlive the step.
+        """
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, batch_index)
+        if not ptr:
+            raise ContextError(f"no logits for batch index {batch_index}")
+        return np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
+        )
+
+    # --- sequences in the KV cache --------------------------------------------------------
+
+    def seq_remove(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:
+        """Drop seq_id's tag from its cells in [p0, p1) (-1: open end); untagged cells are free."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, p0, p1)
+
+    def seq_copy(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Tag src's cells in [p0, p1) with dst as well: shared, not copied (kv_unified)."""
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        """Largest position seq_id holds, or -1 when it holds none."""
+        return llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id)
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)

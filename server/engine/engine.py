@@ -1,0 +1,288 @@
+"""The engine: one thread that owns the llama.cpp context and runs continuous batching.
+
+Every step is ONE llama_decode over all running sequences (a decode token for each
+generating sequence plus chunks of pending prompts). Requests join and leave between steps.
+Other threads talk to it only through `submit` and `cancel`, which are thread-safe; results
+go back through each request's `emit` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from server.engine.context import ContextParams, DecodeStatus, LlamaContext, TokenBatch
+from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.model import LlamaModel
+from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
+from server.engine.sampling import TokenSampler
+from server.engine.scheduler import Scheduler, StepPlan
+from server.engine.sequence import Sequence
+from server.engine.stats import EngineStats
+
+logger = logging.getLogger("hearth.engine")
+
+
+class EngineBusy(RuntimeError):
+    """The waiting queue is full; try again later."""
+
+
+class ContextLengthExceeded(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    n_ctx: int
+    context_length: int
+    max_running: int
+    max_waiting: int
+    step_token_budget: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+
+
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    request: GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancel:
+    request: GenerationRequest
+
+
+class Engine:
+    def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
+        self.model = model
+        self.config = config
+        self.ctx = LlamaContext(
+            model,
+            ContextParams(
+                n_ctx=config.n_ctx,
+                n_seq_max=config.max_running,
+                n_batch=config.n_batch,
+                n_ubatch=config.n_ubatch,
+                n_threads=config.n_threads,
+            ),
+        )
+        self.context_length = min(config.context_length, self.ctx.n_ctx)
+        self._batch = TokenBatch(config.n_batch)
+        self.scheduler = Scheduler(
+            max_running=config.max_running,
+            token_budget=config.step_token_budget,
+            n_cells=self.ctx.n_ctx,
+            release_kv=self.ctx.seq_remove,
+        )
+        self.stats = EngineStats(n_cells=self.ctx.n_ctx, max_running=config.max_running)
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._sequences: dict[int, Sequence] = {}  # request id → sequence, engine thread only
+        self._capacity = config.max_running + config.max_waiting
+        self._n_active = 0  # submitted and not yet finished; guarded by _lock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # --- any thread -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="hearth-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        self._batch.close()
+        self.ctx.close()
+
+    def submit(self, request: GenerationRequest) -> None:
+        """Queue a request; raises ContextLengthExceeded or EngineBusy without queueing."""
+        n_prompt = len(request.prompt_tokens)
+        if n_prompt == 0:
+            raise ValueError("the prompt is empty")
+        if n_prompt + request.max_tokens > self.context_length:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context_length} tokens. "
+                f"However, you requested {n_prompt + request.max_tokens} tokens "
+                f"({n_prompt} in the prompt, {request.max_tokens} for the completion). "
+                "Please reduce the prompt or max_tokens."
+            )
+        with self._lock:
+            if self._n_active >= self._capacity:
+                raise EngineBusy(
+                    f"all {self.config.max_running} sequences are busy and "
+                    f"{self.config.max_waiting} requests are already waiting"
+                )
+            self._n_active += 1
+        self._inbox.put(_Submit(request))
+
+    def cancel(self, request: GenerationRequest) -> None:
+        if not request.cancelled.is_set():
+            request.cancelled.set()
+            self._inbox.put(_Cancel(request))
+
+    @property
+    def n_active(self) -> int:
+        return self._n_active
+
+    # --- engine thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if not self._drain_inbox(block=not self.scheduler.has_work):
+                break
+            if not self.scheduler.has_work:
+                continue
+            try:
+                self._step()
+            except Exception:
+                logger.exception("engine step failed; failing the running requests")
+                for seq in list(self.scheduler.running):
+                    self._finish(seq, FinishReason.ERROR, error="internal engine error")
+        for seq in list(self._sequences.values()):
+            self._finish(seq, FinishReason.CANCELLED)
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Take new requests and cancellations; False when asked to stop."""
+        try:
+            item = self._inbox.get() if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if item is _STOP:
+                return False
+            if isinstance(item, _Submit):
+                self._add(item.request)
+            elif isinstance(item, _Cancel):
+                seq = self._sequences.get(item.request.id)
+                if seq is not None:  # else it finished already, or _add settled it
+                    self._finish(seq, FinishReason.CANCELLED)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _add(self, request: GenerationRequest) -> None:
+        if request.cancelled.is_set():
+            self._settle(request, FinishReason.CANCELLED, 0)
+            return
+        banned = self.model.eog_tokens if request.ignore_eos else frozenset()
+        sampler = TokenSampler(request.sampling, self.model.n_vocab, self.context_length, banned)
+        detok = IncrementalDetokenizer(self.model.token_bytes, request.stop)
+        seq = Sequence(request, sampler, detok)
+        self._sequences[request.id] = seq
+        self.scheduler.add(seq)
+
+    def _step(self) -> None:
+        plan = self.scheduler.schedule()
+        self.stats.preemptions += len(plan.preempted)
+        if not plan.chunks:
+            return
+        batch = self._batch
+        batch.clear()
+        sample_at: list[tuple[Sequence, int]] = []
+        n_prompt_tokens = 0
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            start = seq.n_computed
+            end = start + chunk.n_tokens
+            tokens = seq.tokens
+            last = len(tokens) - 1
+            for pos in range(start, end):
+                index = batch.add(tokens[pos], pos, seq.seq_id, pos == last)
+            if end - 1 == last:
+                sample_at.append((seq, index))
+            if seq.is_prefilling:
+                n_prompt_tokens += chunk.n_tokens
+
+        t0 = time.perf_counter()
+        status = self.ctx.decode(batch)
+        elapsed = time.perf_counter() - t0
+        if status != DecodeStatus.OK:
+            self._on_decode_failure(status, plan)
+            return
+        for chunk in plan.chunks:
+            chunk.seq.n_computed += chunk.n_tokens
+        self.stats.record_step(
+            n_sequences=len(plan.chunks),
+            n_tokens=batch.n_tokens,
+            n_prompt_tokens=n_prompt_tokens,
+            seconds=elapsed,
+        )
+        for seq, index in sample_at:
+            if seq.request.cancelled.is_set():
+                continue  # its cancel message is in the inbox; finished next drain
+            self._accept(seq, seq.sampler.sample(self.ctx, index))
+        self.stats.running = len(self.scheduler.running)
+        self.stats.waiting = len(self.scheduler.waiting)
+        self.stats.cells_used = self.scheduler.cells_used
+
+    def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
+        if status == DecodeStatus.NO_KV_SLOT and len(self.scheduler.running) > 1:
+            # The cache is fuller than our count says (fragmentation): make room, retry.
+            logger.warning("llama_decode found no KV slot; preempting the newest sequence")
+            if self.scheduler.preempt_newest() is not None:
+                self.stats.preemptions += 1
+            return
+        logger.error("llama_decode failed with status %d", status)
+        for chunk in plan.chunks:
+            self._finish(chunk.seq, FinishReason.ERROR, error=f"llama_decode failed ({status})")
+
+    def _accept(self, seq: Sequence, token: int) -> None:
+        request = seq.request
+        seq.tokens.append(token)
+        if token in self.model.eog_tokens and not request.ignore_eos:
+            self._finish(seq, FinishReason.STOP, seq.detokenizer.finish(), [token])
+            return
+        text, stopped = seq.detokenizer.push(token)
+        if stopped:
+            self._finish(seq, FinishReason.STOP, text, [token])
+        elif seq.n_generated >= request.max_tokens or len(seq.tokens) >= self.context_length:
+            self._finish(seq, FinishReason.LENGTH, text + seq.detokenizer.finish(), [token])
+        else:
+            request.emit(GenerationOutput(text=text, token_ids=[token]))
+
+    def _finish(
+        self,
+        seq: Sequence,
+        reason: FinishReason,
+        text: str = "",
+        token_ids: list[int] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.scheduler.remove(seq)
+        seq.sampler.close()
+        del self._sequences[seq.request.id]
+        self._settle(seq.request, reason, seq.n_generated, seq.n_prompt, text, token_ids, error)
+
+    def _settle(
+        self,
+        request: GenerationRequest,
+        reason: FinishReason,
+        n_generated: int,
+        n_prompt: int = 0,
+        text: str = "",
+        token_ids: list[int] | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self._lock:
+            self._n_active -= 1
+        self.stats.requests_finished += 1
+        request.emit(
+            GenerationOutput(
+                text=text,
+                token_ids=token_ids or [],
+                finish_reason=reason,
+                prompt_tokens=n_prompt or len(request.prompt_tokens),
+                completion_tokens=n_generated,
+                error=error,
+            )
+        )

@@ -1,0 +1,54 @@
+"""What goes into the engine (GenerationRequest) and what comes out of it (GenerationOutput).
+
+Plain data: no HTTP, no JSON, no asyncio. The caller supplies `emit`, a thread-safe
+callback the engine thread calls with each output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from server.engine.sampling import SamplingParams
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens or the context is full
+    CANCELLED = "cancelled"  # the client went away
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class GenerationOutput:
+    """One step's worth of news about one request."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    prompt_tokens: list[int]
+    max_tokens: int
+    emit: Callable[[GenerationOutput], None]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    id: int = field(default_factory=lambda: next(_ids))
+    # Set from any thread; the engine notices it at its next step.
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)

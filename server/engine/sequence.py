@@ -1,0 +1,51 @@
+"""A request's life inside the engine: its tokens, its KV progress and its output state."""
+
+from __future__ import annotations
+
+from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.request import GenerationRequest
+from server.engine.sampling import TokenSampler
+
+
+class Sequence:
+    __slots__ = (
+        "detokenizer",
+        "n_computed",
+        "n_prompt",
+        "request",
+        "sampler",
+        "seq_id",
+        "tokens",
+    )
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        sampler: TokenSampler,
+        detokenizer: IncrementalDetokenizer,
+    ) -> None:
+        self.request = request
+        self.sampler = sampler
+        self.detokenizer = detokenizer
+        self.tokens: list[int] = list(request.prompt_tokens)  # prompt, then generated tokens
+        self.n_prompt = len(self.tokens)
+        # Tokens whose KV is in the context under seq_id. The next one to feed is
+        # tokens[n_computed]; logits are needed once the last token has been fed.
+        self.n_computed = 0
+        self.seq_id: int | None = None
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+    @property
+    def n_uncomputed(self) -> int:
+        return len(self.tokens) - self.n_computed
+
+    @property
+    def is_prefilling(self) -> bool:
+        """More than the one freshly sampled token still needs to go through the model."""
+        return self.n_uncomputed > 1
+
+    def generated_tokens(self) -> list[int]:
+        return self.tokens[self.n_prompt :]

@@ -1,0 +1,37 @@
+"""Counters the engine thread writes and anyone may read (plain ints: a torn read is harmless)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class EngineStats:
+    n_cells: int
+    max_running: int
+    steps: int = 0
+    # Steps whose one llama_decode held tokens of more than one sequence: batching at work.
+    multi_sequence_steps: int = 0
+    max_sequences_in_step: int = 0
+    tokens_decoded: int = 0  # every token through llama_decode
+    prompt_tokens_processed: int = 0
+    decode_seconds: float = 0.0
+    preemptions: int = 0
+    requests_finished: int = 0
+    running: int = 0
+    waiting: int = 0
+    cells_used: int = 0
+
+    def record_step(
+        self, n_sequences: int, n_tokens: int, n_prompt_tokens: int, seconds: float
+    ) -> None:
+        self.steps += 1
+        if n_sequences > 1:
+            self.multi_sequence_steps += 1
+        self.max_sequences_in_step = max(self.max_sequences_in_step, n_sequences)
+        self.tokens_decoded += n_tokens
+        self.prompt_tokens_processed += n_prompt_tokens
+        self.decode_seconds += seconds
+
+    def snapshot(self) -> dict[str, int | float]:
+        return asdict(self)

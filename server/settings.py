@@ -1,0 +1,143 @@
+"""Hearth's configuration: config/default.toml, then a user file, then env, then CLI flags.
+
+Every value llama.cpp would abort on is checked here, so a bad value is an error message
+at start-up and never a crash inside the C library.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from config import DEFAULT_CONFIG_PATH
+
+ENV_PREFIX = "HEARTH_"
+# llama.cpp's LLAMA_MAX_SEQ: sequence ids are 0..255.
+LLAMA_MAX_SEQ = 256
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot run; the message says which value and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    path: str = ""
+    alias: str = ""
+    n_ctx: int = Field(8192, ge=16)
+    context_length: int = Field(0, ge=0)
+    n_gpu_layers: int = Field(-1, ge=-1)
+    n_threads: int = Field(0, ge=0)
+    n_batch: int = Field(512, ge=1)
+    n_ubatch: int = Field(512, ge=1)
+    chat_template: str = ""
+
+    @model_validator(mode="after")
+    def _batch_sizes(self) -> ModelSettings:
+        if self.n_ubatch > self.n_batch:
+            raise ValueError(f"n_ubatch ({self.n_ubatch}) must not exceed n_batch ({self.n_batch})")
+        if self.context_length > self.n_ctx:
+            raise ValueError(
+                f"context_length ({self.context_length}) must not exceed n_ctx ({self.n_ctx}): "
+                "one request cannot hold more positions than the KV cache has cells"
+            )
+        return self
+
+
+class EngineSettings(_Section):
+    max_running: int = Field(8, ge=1, le=LLAMA_MAX_SEQ)
+    max_waiting: int = Field(64, ge=0)
+    step_token_budget: int = Field(512, ge=1)
+    default_max_tokens: int = Field(0, ge=0)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    api_key: str = ""
+    log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")
+
+
+class Settings(_Section):
+    model: ModelSettings = ModelSettings()
+    engine: EngineSettings = EngineSettings()
+    server: ServerSettings = ServerSettings()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Settings:
+        if self.engine.step_token_budget > self.model.n_batch:
+            raise ValueError(
+                f"engine.step_token_budget ({self.engine.step_token_budget}) must not exceed "
+                f"model.n_batch ({self.model.n_batch}): one step is one llama_decode call"
+            )
+        if self.engine.max_running > self.model.n_ctx:
+            raise ValueError(
+                f"engine.max_running ({self.engine.max_running}) exceeds model.n_ctx "
+                f"({self.model.n_ctx}): every running sequence needs at least one KV cell"
+            )
+        return self
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """HEARTH_SECTION__KEY=value → {"section": {"key": "value"}}; pydantic coerces the type."""
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        lines.append(f"  {where}: {item['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Layer default.toml < config_file < HEARTH_* env < overrides (CLI) and validate."""
+    data = _read_toml(DEFAULT_CONFIG_PATH)
+    if config_file:
+        data = _deep_merge(data, _read_toml(Path(config_file)))
+    data = _deep_merge(data, _env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
