@@ -1,0 +1,135 @@
+"""The Starlette application: routes, error handlers, auth, CORS and the engine's lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.api.chat import chat_completions
+from server.api.completions import completions
+from server.api.errors import (
+    APIError,
+    handle_api_error,
+    handle_http_exception,
+    handle_unexpected,
+)
+from server.runtime import Runtime
+
+
+async def list_models(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    info = runtime.model.info
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": runtime.model_id,
+                    "object": "model",
+                    "created": runtime.created,
+                    "owned_by": "hearth",
+                    "meta": {
+                        "n_ctx_train": info.n_ctx_train,
+                        "context_length": runtime.engine.context_length,
+                        "n_vocab": info.n_vocab,
+                        "n_params": info.n_params,
+                        "size": info.size_bytes,
+                    },
+                }
+            ],
+        }
+    )
+
+
+async def retrieve_model(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    if request.path_params["model"] != runtime.model_id:
+        raise APIError(
+            404,
+            f"The model '{request.path_params['model']}' does not exist",
+            param="model",
+            code="model_not_found",
+        )
+    return JSONResponse(
+        {
+            "id": runtime.model_id,
+            "object": "model",
+            "created": runtime.created,
+            "owned_by": "hearth",
+        }
+    )
+
+
+async def health(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return JSONResponse(
+        {"status": "ok", "model": runtime.model_id, "engine": runtime.engine.stats.snapshot()}
+    )
+
+
+async def stats(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    return JSONResponse(runtime.engine.stats.snapshot())
+
+
+class BearerAuth:
+    """When an API key is configured, /v1/* needs `Authorization: Bearer <key>`."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(got, self.expected):
+                error = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime.start()
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]),
+    ]
+    if runtime.settings.server.api_key:
+        middleware.append(Middleware(BearerAuth, api_key=runtime.settings.server.api_key))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            APIError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+    )
+    app.state.runtime = runtime
+    return app

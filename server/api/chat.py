@@ -1,0 +1,164 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server.api.errors import APIError, bad_request, from_validation_error, parse_json_body
+from server.api.generation import (
+    ChoiceResult,
+    cancel_all,
+    check_model,
+    collect,
+    max_tokens_for,
+    merged,
+    new_id,
+    now,
+    start_streams,
+    total_usage,
+    usage,
+)
+from server.api.schemas import ChatCompletionRequest, ChatMessage
+from server.api.sse import DONE, dumps, sse_response
+from server.async_engine import GenerationStream
+from server.chat_template import ChatTemplateError
+from server.engine.request import FinishReason
+from server.runtime import Runtime
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Wire messages → the plain dicts chat templates expect (content always a string)."""
+    out = []
+    for i, message in enumerate(messages):
+        content = message.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                kind = part.get("type")
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise bad_request(
+                        f"Content parts of type {kind!r} are not supported by this model; "
+                        "only 'text' parts are.",
+                        param=f"messages.[{i}].content",
+                    )
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        entry: dict[str, Any] = {
+            # OpenAI's newer "developer" role is what templates know as "system".
+            "role": "system" if message.role == "developer" else message.role,
+            "content": content or "",
+        }
+        for key in ("name", "tool_calls", "tool_call_id"):
+            value = getattr(message, key)
+            if value is not None:
+                entry[key] = value
+        out.append(entry)
+    return out
+
+
+def parse_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        req = ChatCompletionRequest.model_validate(body)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    if req.logprobs:
+        raise bad_request("logprobs are not supported yet.", param="logprobs")
+    if req.response_format and req.response_format.get("type") not in (None, "text"):
+        raise bad_request(
+            "response_format other than 'text' is not supported yet.", param="response_format"
+        )
+    return req
+
+
+async def chat_completions(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    req = parse_request(await parse_json_body(request))
+    model_id = check_model(runtime, req.model)
+    try:
+        text = runtime.template.render(template_messages(req.messages), tools=req.tools)
+    except ChatTemplateError as e:
+        raise bad_request(str(e), param="messages", code="chat_template_error") from None
+    prompt = runtime.chat_prompt_tokens(text)
+    limit = max_tokens_for(runtime, req.token_limit, len(prompt))
+    streams = start_streams(runtime, req, [prompt], [limit])
+    completion_id = new_id("chatcmpl")
+    created = now()
+    if req.stream:
+        events = stream_chunks(streams, req, completion_id, created, model_id)
+        return sse_response(events, on_close=lambda: cancel_all(streams))
+    results = await collect(request, streams)
+    return JSONResponse(response_body(results, req.n, completion_id, created, model_id))
+
+
+def response_body(
+    results: list[ChoiceResult], n: int, completion_id: str, created: int, model_id: str
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model_id,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": r.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": str(r.finish_reason),
+            }
+            for i, r in enumerate(results)
+        ],
+        "usage": total_usage(results, n),
+    }
+
+
+async def stream_chunks(
+    streams: list[GenerationStream],
+    req: ChatCompletionRequest,
+    completion_id: str,
+    created: int,
+    model_id: str,
+) -> AsyncIterator[str]:
+    include_usage = req.include_usage
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        body: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_id,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if include_usage:
+            body["usage"] = None
+        body.update(extra)
+        return dumps(body)
+
+    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    for i in range(len(streams)):
+        yield chunk([choice(i, {"role": "assistant", "content": ""})])
+    prompt_tokens = [0] * len(streams)
+    completion_tokens = [0] * len(streams)
+    async for index, output in merged(streams):
+        if output.finish_reason is FinishReason.ERROR:
+            yield dumps(APIError(500, output.error or "engine error", type="server_error").body())
+            return
+        if output.text:
+            yield chunk([choice(index, {"content": output.text})])
+        if output.finished:
+            prompt_tokens[index] = output.prompt_tokens
+            completion_tokens[index] = output.completion_tokens
+            yield chunk([choice(index, {}, str(output.finish_reason))])
+    if include_usage:
+        n = req.n
+        body = usage(sum(prompt_tokens[::n]), sum(completion_tokens))
+        yield chunk([], usage=body)
+    yield DONE

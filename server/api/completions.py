@@ -1,0 +1,170 @@
+"""POST /v1/completions (OpenAI's legacy text completions)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server.api.errors import APIError, bad_request, from_validation_error, parse_json_body
+from server.api.generation import (
+    ChoiceResult,
+    cancel_all,
+    check_model,
+    collect,
+    max_tokens_for,
+    merged,
+    new_id,
+    now,
+    start_streams,
+    total_usage,
+    usage,
+)
+from server.api.schemas import CompletionRequest
+from server.api.sse import DONE, dumps, sse_response
+from server.async_engine import GenerationStream
+from server.engine.request import FinishReason
+from server.runtime import Runtime
+
+
+def parse_request(body: dict[str, Any]) -> CompletionRequest:
+    try:
+        req = CompletionRequest.model_validate(body)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    if req.suffix:
+        raise bad_request("suffix is not supported by this model.", param="suffix")
+    if req.logprobs:
+        raise bad_request("logprobs are not supported yet.", param="logprobs")
+    if req.best_of is not None and req.best_of != req.n:
+        raise bad_request("best_of other than n is not supported.", param="best_of")
+    return req
+
+
+def prompt_tokens(runtime: Runtime, req: CompletionRequest) -> tuple[list[list[int]], list[str]]:
+    """Token ids and text of each prompt."""
+    prompts = req.prompts()
+    if not prompts:
+        raise bad_request("The prompt must not be empty.", param="prompt")
+    tokens, texts = [], []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            ids = runtime.text_prompt_tokens(prompt)
+            text = prompt
+        else:
+            bad = [t for t in prompt if not runtime.model.is_valid_token(t)]
+            if bad:
+                raise bad_request(
+                    f"Prompt token {bad[0]} is outside the vocabulary "
+                    f"(0..{runtime.model.n_vocab - 1}).",
+                    param="prompt",
+                )
+            ids = list(prompt)
+            text = runtime.model.detokenize(ids)
+        if not ids:
+            raise bad_request("The prompt must not be empty.", param="prompt")
+        tokens.append(ids)
+        texts.append(text)
+    return tokens, texts
+
+
+async def completions(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    req = parse_request(await parse_json_body(request))
+    model_id = check_model(runtime, req.model)
+    tokens, texts = prompt_tokens(runtime, req)
+    completion_id = new_id("cmpl")
+    created = now()
+    if req.max_tokens == 0:  # only the prompt (with echo) and its usage, as OpenAI does
+        results = [
+            ChoiceResult(
+                text=t if req.echo else "",
+                finish_reason=FinishReason.LENGTH,
+                prompt_tokens=len(ids),
+            )
+            for ids, t in zip(tokens, texts, strict=True)
+            for _ in range(req.n)
+        ]
+        return JSONResponse(response_body(results, req.n, completion_id, created, model_id))
+    limits = [max_tokens_for(runtime, req.max_tokens, len(ids)) for ids in tokens]
+    streams = start_streams(runtime, req, tokens, limits)
+    echoes = [t for t in texts for _ in range(req.n)] if req.echo else None
+    if req.stream:
+        events = stream_chunks(streams, req, echoes, completion_id, created, model_id)
+        return sse_response(events, on_close=lambda: cancel_all(streams))
+    results = await collect(request, streams)
+    if echoes:
+        for r, echo in zip(results, echoes, strict=True):
+            r.text = echo + r.text
+    return JSONResponse(response_body(results, req.n, completion_id, created, model_id))
+
+
+def response_body(
+    results: list[ChoiceResult], n: int, completion_id: str, created: int, model_id: str
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model_id,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": i,
+                "text": r.text,
+                "logprobs": None,
+                "finish_reason": str(r.finish_reason),
+            }
+            for i, r in enumerate(results)
+        ],
+        "usage": total_usage(results, n),
+    }
+
+
+async def stream_chunks(
+    streams: list[GenerationStream],
+    req: CompletionRequest,
+    echoes: list[str] | None,
+    completion_id: str,
+    created: int,
+    model_id: str,
+) -> AsyncIterator[str]:
+    include_usage = req.include_usage
+
+    def chunk(index: int | None, text: str = "", finish: str | None = None, **extra: Any) -> str:
+        body: dict[str, Any] = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model_id,
+            "system_fingerprint": None,
+            "choices": []
+            if index is None
+            else [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
+        }
+        if include_usage:
+            body["usage"] = None
+        body.update(extra)
+        return dumps(body)
+
+    if echoes:
+        for i, echo in enumerate(echoes):
+            yield chunk(i, echo)
+    prompt_tokens = [0] * len(streams)
+    completion_tokens = [0] * len(streams)
+    async for index, output in merged(streams):
+        if output.finish_reason is FinishReason.ERROR:
+            yield dumps(APIError(500, output.error or "engine error", type="server_error").body())
+            return
+        if output.finished:
+            prompt_tokens[index] = output.prompt_tokens
+            completion_tokens[index] = output.completion_tokens
+            yield chunk(index, output.text, str(output.finish_reason))
+        elif output.text:
+            yield chunk(index, output.text)
+    if include_usage:
+        yield chunk(None, usage=usage(sum(prompt_tokens[:: req.n]), sum(completion_tokens)))
+    yield DONE

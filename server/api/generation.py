@@ -1,0 +1,200 @@
+"""What chat and text completions share: wire fields → engine requests, and running them."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from server.api.errors import APIError, bad_request
+from server.api.schemas import SamplingFields
+from server.async_engine import GenerationStream
+from server.engine.engine import ContextLengthExceeded, EngineBusy
+from server.engine.request import FinishReason, GenerationOutput
+from server.engine.sampling import SamplingParams
+from server.runtime import Runtime
+
+# How often a non-streaming request checks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.5
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_urlsafe(18)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def check_model(runtime: Runtime, model: str | None) -> str:
+    """The model id to answer with; a name Hearth does not serve is a 404 as at OpenAI."""
+    if model is None or model == runtime.model_id:
+        return runtime.model_id
+    raise APIError(
+        404,
+        f"The model '{model}' does not exist. This server serves '{runtime.model_id}'.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def sampling_params(body: SamplingFields, runtime: Runtime, choice: int) -> SamplingParams:
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        token = int(key)
+        if not runtime.model.is_valid_token(token):
+            raise bad_request(
+                f"logit_bias names token {token}, but the vocabulary has "
+                f"{runtime.model.n_vocab} tokens.",
+                param="logit_bias",
+            )
+        bias[token] = value
+    # n > 1 with a seed: each choice gets its own stream of randomness, reproducibly.
+    seed = None if body.seed is None else body.seed + choice
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        seed=seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repeat_penalty=body.repeat_penalty,
+        logit_bias=bias,
+    )
+
+
+def max_tokens_for(runtime: Runtime, requested: int | None, n_prompt: int) -> int:
+    if requested is not None:
+        return requested
+    room = runtime.engine.context_length - n_prompt
+    default = runtime.settings.engine.default_max_tokens
+    return max(1, min(default, room) if default else room)
+
+
+def start_streams(
+    runtime: Runtime,
+    body: SamplingFields,
+    prompts: list[list[int]],
+    max_tokens: list[int],
+) -> list[GenerationStream]:
+    """n streams per prompt, choice index = prompt index * n + j; all or none are queued."""
+    streams: list[GenerationStream] = []
+    try:
+        for p, (tokens, limit) in enumerate(zip(prompts, max_tokens, strict=True)):
+            for j in range(body.n):
+                streams.append(
+                    GenerationStream(
+                        runtime.engine,
+                        tokens,
+                        limit,
+                        sampling_params(body, runtime, p * body.n + j),
+                        body.stop_list(),
+                        ignore_eos=body.ignore_eos,
+                    )
+                )
+    except ContextLengthExceeded as e:
+        cancel_all(streams)
+        raise bad_request(str(e), param="messages", code="context_length_exceeded") from None
+    except EngineBusy as e:
+        cancel_all(streams)
+        raise APIError(
+            429,
+            f"The server is busy: {e}. Please retry shortly.",
+            type="rate_limit_error",
+            code="server_busy",
+            headers={"Retry-After": "1"},
+        ) from None
+    return streams
+
+
+def cancel_all(streams: list[GenerationStream]) -> None:
+    for stream in streams:
+        stream.cancel()
+
+
+async def merged(streams: list[GenerationStream]) -> AsyncIterator[tuple[int, GenerationOutput]]:
+    """Outputs of several streams as they arrive, tagged with the stream's index."""
+    if len(streams) == 1:
+        async for output in streams[0]:
+            yield 0, output
+        return
+    queue: asyncio.Queue[tuple[int, GenerationOutput]] = asyncio.Queue()
+
+    async def pump(index: int, stream: GenerationStream) -> None:
+        async for output in stream:
+            await queue.put((index, output))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            index, output = await queue.get()
+            if output.finished:
+                remaining -= 1
+            yield index, output
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+@dataclass
+class ChoiceResult:
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)
+
+
+def engine_failure(output: GenerationOutput) -> APIError:
+    return APIError(500, output.error or "The engine failed on this request.", type="server_error")
+
+
+async def collect(request: Request, streams: list[GenerationStream]) -> list[ChoiceResult]:
+    """Run streams to the end; a client that hangs up cancels them."""
+    results = [ChoiceResult() for _ in streams]
+
+    async def run() -> None:
+        async for index, output in merged(streams):
+            r = results[index]
+            r.text += output.text
+            r.token_ids.extend(output.token_ids)
+            if output.finished:
+                if output.finish_reason is FinishReason.ERROR:
+                    raise engine_failure(output)
+                r.finish_reason = output.finish_reason
+                r.prompt_tokens = output.prompt_tokens
+                r.completion_tokens = output.completion_tokens
+
+    task = asyncio.create_task(run())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                task.result()
+                return results
+            if await request.is_disconnected():
+                task.cancel()
+                raise asyncio.CancelledError
+    finally:
+        cancel_all(streams)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def total_usage(results: list[ChoiceResult], n: int) -> dict[str, object]:
+    # Each prompt is counted once however many choices it has, as OpenAI does.
+    prompt = sum(r.prompt_tokens for r in results[::n])
+    return usage(prompt, sum(r.completion_tokens for r in results))

@@ -1,0 +1,104 @@
+"""The `hearth` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from server.settings import ConfigError, load_settings
+
+# CLI flag → (config section, key). Flags left unset do not override anything.
+SERVE_FLAGS: dict[str, tuple[str, str]] = {
+    "model": ("model", "path"),
+    "alias": ("model", "alias"),
+    "n_ctx": ("model", "n_ctx"),
+    "context_length": ("model", "context_length"),
+    "n_gpu_layers": ("model", "n_gpu_layers"),
+    "threads": ("model", "n_threads"),
+    "chat_template": ("model", "chat_template"),
+    "parallel": ("engine", "max_running"),
+    "max_waiting": ("engine", "max_waiting"),
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+    "api_key": ("server", "api_key"),
+    "log_level": ("server", "log_level"),
+}
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI-compatible server")
+    p.add_argument("--config", help="TOML file layered over config/default.toml")
+    p.add_argument("--model", "-m", help="GGUF chat model (default: packaged SmolLM2-135M)")
+    p.add_argument("--alias", help="model id clients use (default: file name)")
+    p.add_argument("--n-ctx", type=int, help="KV cells shared by all sequences")
+    p.add_argument("--context-length", type=int, help="max prompt + completion per request")
+    p.add_argument("--n-gpu-layers", type=int, help="layers on the GPU (-1: all)")
+    p.add_argument("--threads", type=int, help="CPU threads (0: all cores)")
+    p.add_argument("--chat-template", help="Jinja chat template overriding the GGUF's")
+    p.add_argument("--parallel", "-np", type=int, help="sequences decoded together")
+    p.add_argument("--max-waiting", type=int, help="queued requests before 429")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    p.add_argument("--api-key", help="require this bearer token on /v1/*")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for flag, (section, key) in SERVE_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, _overrides(args))
+    except ConfigError as e:
+        print(f"hearth: {e}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from server.api.app import create_app
+    from server.engine.context import ContextError
+    from server.engine.model import ModelLoadError
+    from server.llama_log import route_llama_logs_to_python
+    from server.model_files import ModelNotFound
+    from server.runtime import Runtime
+
+    level = getattr(logging, settings.server.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    route_llama_logs_to_python()
+    try:
+        runtime = Runtime.load(settings)
+    except (ModelNotFound, ModelLoadError, ContextError) as e:
+        print(f"hearth: {e}", file=sys.stderr)
+        return 1
+    app = create_app(runtime)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hearth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

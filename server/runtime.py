@@ -1,0 +1,82 @@
+"""Everything a running server holds: settings, the model, its chat template and the engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from server.chat_template import CHATML_TEMPLATE, ChatTemplate
+from server.engine.engine import Engine, EngineConfig
+from server.engine.model import LlamaModel
+from server.model_files import resolve_chat_model
+from server.settings import Settings
+
+logger = logging.getLogger("hearth")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    model: LlamaModel
+    model_id: str
+    template: ChatTemplate
+    engine: Engine
+    created: int
+
+    @classmethod
+    def load(cls, settings: Settings) -> Runtime:
+        path = resolve_chat_model(settings.model.path)
+        model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
+        ms, es = settings.model, settings.engine
+        context_length = ms.context_length or min(ms.n_ctx, model.info.n_ctx_train or ms.n_ctx)
+        engine = Engine(
+            model,
+            EngineConfig(
+                n_ctx=ms.n_ctx,
+                context_length=context_length,
+                max_running=es.max_running,
+                max_waiting=es.max_waiting,
+                step_token_budget=es.step_token_budget,
+                n_batch=ms.n_batch,
+                n_ubatch=ms.n_ubatch,
+                n_threads=ms.n_threads or os.cpu_count() or 1,
+            ),
+        )
+        source = ms.chat_template or model.metadata("tokenizer.chat_template")
+        if not source:
+            logger.warning("%s has no chat template; using ChatML", path.name)
+            source = CHATML_TEMPLATE
+        template = ChatTemplate(
+            source,
+            bos_token=model.token_text(model.bos_token),
+            eos_token=model.token_text(model.eos_token),
+        )
+        model_id = ms.alias or path.name.removesuffix(".gguf")
+        logger.info(
+            "loaded %s (%s): %d KV cells, %d tokens per request, %d parallel sequences",
+            model_id,
+            model.info.description,
+            engine.ctx.n_ctx,
+            engine.context_length,
+            es.max_running,
+        )
+        return cls(settings, model, model_id, template, engine, int(time.time()))
+
+    def chat_prompt_tokens(self, text: str) -> list[int]:
+        """Tokenize a rendered chat prompt: special tokens in it are real special tokens,
+        and BOS is added only when the template did not write it already."""
+        bos_text = self.template.bos_token
+        add_bos = self.model.add_bos and not (bos_text and text.startswith(bos_text))
+        return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def text_prompt_tokens(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
+
+    def start(self) -> None:
+        self.engine.start()
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.model.close()
