@@ -23,6 +23,7 @@ from server.api.errors import (
     handle_http_exception,
     handle_unexpected,
 )
+from server.api.tokenize import detokenize, tokenize
 from server.runtime import Runtime
 
 
@@ -113,6 +114,8 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
     ]

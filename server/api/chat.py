@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.errors import APIError, bad_request, from_validation_error, parse_json_body
+from server.api.errors import APIError, bad_request, parse_json_body, validate_body
 from server.api.generation import (
     ChoiceResult,
     cancel_all,
@@ -62,10 +61,7 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 
 def parse_request(body: dict[str, Any]) -> ChatCompletionRequest:
-    try:
-        req = ChatCompletionRequest.model_validate(body)
-    except ValidationError as e:
-        raise from_validation_error(e) from None
+    req = validate_body(ChatCompletionRequest, body)
     if req.logprobs:
         raise bad_request("logprobs are not supported yet.", param="logprobs")
     if req.response_format and req.response_format.get("type") not in (None, "text"):

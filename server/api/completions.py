@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.errors import APIError, bad_request, from_validation_error, parse_json_body
+from server.api.errors import APIError, bad_request, parse_json_body, validate_body
 from server.api.generation import (
     ChoiceResult,
     cancel_all,
@@ -31,10 +30,7 @@ from server.runtime import Runtime
 
 
 def parse_request(body: dict[str, Any]) -> CompletionRequest:
-    try:
-        req = CompletionRequest.model_validate(body)
-    except ValidationError as e:
-        raise from_validation_error(e) from None
+    req = validate_body(CompletionRequest, body)
     if req.suffix:
         raise bad_request("suffix is not supported by this model.", param="suffix")
     if req.logprobs:

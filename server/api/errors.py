@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -49,10 +50,27 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+# pydantic puts the member of a union that failed into `loc` ("stop", "str"); a client
+# only needs the field's own path.
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal"}
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str | None:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif "[" in item or item.lower() in _TYPE_TAGS:
+            break
+        else:
+            parts.append(item)
+    return ".".join(parts) or None
+
+
 def from_validation_error(error: ValidationError) -> APIError:
-    """The first problem pydantic found, named the way OpenAI names it."""
+    """The first problem pydantic found, named the way OpenAI names it (messages.[0].role)."""
     first = error.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
+    param = _param_path(first["loc"])
     message = first["msg"]
     if first["type"] == "missing":
         message = f"Missing required parameter: '{param}'."
@@ -75,6 +93,16 @@ async def parse_json_body(request: Request) -> dict[str, object]:
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def validate_body(model: type[Body], body: dict[str, object]) -> Body:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:

@@ -136,19 +136,22 @@ class Engine:
     # --- engine thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            if not self._drain_inbox(block=not self.scheduler.has_work):
-                break
-            if not self.scheduler.has_work:
-                continue
-            try:
-                self._step()
-            except Exception:
-                logger.exception("engine step failed; failing the running requests")
-                for seq in list(self.scheduler.running):
-                    self._finish(seq, FinishReason.ERROR, error="internal engine error")
+        while self._drain_inbox(block=not self.scheduler.has_work):
+            if self.scheduler.has_work:
+                try:
+                    self._step()
+                except Exception:
+                    logger.exception("engine step failed; failing the running requests")
+                    for seq in list(self.scheduler.running):
+                        self._finish(seq, FinishReason.ERROR, error="internal engine error")
+            self._publish_stats()
         for seq in list(self._sequences.values()):
             self._finish(seq, FinishReason.CANCELLED)
+
+    def _publish_stats(self) -> None:
+        self.stats.running = len(self.scheduler.running)
+        self.stats.waiting = len(self.scheduler.waiting)
+        self.stats.cells_used = self.scheduler.cells_used
 
     def _drain_inbox(self, block: bool) -> bool:
         """Take new requests and cancellations; False when asked to stop."""
@@ -221,9 +224,6 @@ class Engine:
             if seq.request.cancelled.is_set():
                 continue  # its cancel message is in the inbox; finished next drain
             self._accept(seq, seq.sampler.sample(self.ctx, index))
-        self.stats.running = len(self.scheduler.running)
-        self.stats.waiting = len(self.scheduler.waiting)
-        self.stats.cells_used = self.scheduler.cells_used
 
     def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
         if status == DecodeStatus.NO_KV_SLOT and len(self.scheduler.running) > 1:
@@ -273,6 +273,7 @@ class Engine:
         token_ids: list[int] | None = None,
         error: str | None = None,
     ) -> None:
+        logger.debug("request %d finished: %s after %d tokens", request.id, reason, n_generated)
         with self._lock:
             self._n_active -= 1
         self.stats.requests_finished += 1

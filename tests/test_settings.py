@@ -1,0 +1,80 @@
+"""Configuration layering and validation: bad values are messages, never llama.cpp aborts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.settings import ConfigError, load_settings
+from tests.conftest import ROOT
+
+
+def test_defaults_load() -> None:
+    s = load_settings(environ={})
+    assert s.server.port == 8080
+    assert s.engine.max_running == 8
+    assert s.model.path == ""
+
+
+def test_layers_file_env_cli(tmp_path: Path) -> None:
+    f = tmp_path / "my.toml"
+    f.write_text("[server]\nport = 9000\nhost = '0.0.0.0'\n[engine]\nmax_running = 4\n")
+    env = {"HEARTH_SERVER__PORT": "9100", "HEARTH_MODEL__N_CTX": "4096"}
+    s = load_settings(f, {"engine": {"max_running": 2}}, environ=env)
+    assert s.server.host == "0.0.0.0"  # file
+    assert s.server.port == 9100  # env beats file
+    assert s.model.n_ctx == 4096  # env, coerced from text
+    assert s.engine.max_running == 2  # CLI beats everything
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"model": {"n_ubatch": 1024, "n_batch": 512}}, "n_ubatch"),
+        ({"engine": {"step_token_budget": 1024}}, "step_token_budget"),
+        ({"engine": {"max_running": 300}}, "max_running"),
+        ({"model": {"context_length": 99999}}, "context_length"),
+        ({"server": {"port": -1}}, "port"),
+        ({"model": {"n_ctx": "lots"}}, "n_ctx"),
+        ({"model": {"no_such_key": 1}}, "no_such_key"),
+    ],
+)
+def test_invalid_values_are_clear_errors(overrides: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(None, overrides, environ={})
+    assert fragment in str(e.value)
+
+
+def test_bad_toml_file(tmp_path: Path) -> None:
+    f = tmp_path / "broken.toml"
+    f.write_text("[server\nport=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(f, environ={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_rejects_bad_config_without_crashing() -> None:
+    r = _serve("--parallel", "0")
+    assert r.returncode == 2
+    assert "max_running" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_missing_model_file() -> None:
+    r = _serve("--model", "/nonexistent/model.gguf")
+    assert r.returncode == 1
+    assert "model file not found" in r.stderr
