@@ -68,7 +68,9 @@ async def run_load(
     for p in prompts:
         queue.put_nowait(p)
     timings: list[RequestTiming] = []
-    limits = httpx.Limits(max_connections=concurrency + 2)
+    # A fresh connection per request: llama-server's HTTP library closes kept-alive
+    # connections after a few requests, racing the next request on them.
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=0)
 
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 

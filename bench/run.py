@@ -22,6 +22,7 @@ from bench.raw_loop import RawResult, run_raw_loop
 from bench.servers import LLAMA_SERVER, ROOT, ServerProcess, start_hearth, start_llama_server
 from server.chat_template import ChatTemplate
 from server.engine.model import LlamaModel
+from server.llama_log import route_llama_logs_to_python
 from server.model_files import resolve_chat_model
 
 TOPICS = [
@@ -168,6 +169,7 @@ def main() -> int:
     parser.add_argument("--write", type=Path, help="write the Markdown report here")
     parser.add_argument("--no-peers", action="store_true", help="skip llama-server")
     args = parser.parse_args()
+    route_llama_logs_to_python()
     t0 = time.monotonic()
     threads = os.cpu_count() or 1
     model_path = resolve_chat_model("")

@@ -20,6 +20,7 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "chat_template": ("model", "chat_template"),
     "parallel": ("engine", "max_running"),
     "max_waiting": ("engine", "max_waiting"),
+    "cache": ("cache", "enabled"),
     "host": ("server", "host"),
     "port": ("server", "port"),
     "api_key": ("server", "api_key"),
@@ -39,6 +40,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--chat-template", help="Jinja chat template overriding the GGUF's")
     p.add_argument("--parallel", "-np", type=int, help="sequences decoded together")
     p.add_argument("--max-waiting", type=int, help="queued requests before 429")
+    p.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="shared prompt-prefix KV cache (default: on)",
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--api-key", help="require this bearer token on /v1/*")

@@ -42,6 +42,8 @@ class Runtime:
                 n_batch=ms.n_batch,
                 n_ubatch=ms.n_ubatch,
                 n_threads=ms.n_threads or os.cpu_count() or 1,
+                cache_entries=settings.cache.max_entries if settings.cache.enabled else 0,
+                cache_cells=settings.cache.max_cells,
             ),
         )
         source = ms.chat_template or model.metadata("tokenizer.chat_template")

@@ -59,6 +59,12 @@ class EngineSettings(_Section):
     default_max_tokens: int = Field(0, ge=0)
 
 
+class CacheSettings(_Section):
+    enabled: bool = True
+    max_entries: int = Field(24, ge=0)
+    max_cells: int = Field(0, ge=0)
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -69,6 +75,7 @@ class ServerSettings(_Section):
 class Settings(_Section):
     model: ModelSettings = ModelSettings()
     engine: EngineSettings = EngineSettings()
+    cache: CacheSettings = CacheSettings()
     server: ServerSettings = ServerSettings()
 
     @model_validator(mode="after")
@@ -82,6 +89,15 @@ class Settings(_Section):
             raise ValueError(
                 f"engine.max_running ({self.engine.max_running}) exceeds model.n_ctx "
                 f"({self.model.n_ctx}): every running sequence needs at least one KV cell"
+            )
+        if self.cache.enabled and self.engine.max_running + self.cache.max_entries > LLAMA_MAX_SEQ:
+            raise ValueError(
+                f"engine.max_running + cache.max_entries ({self.engine.max_running} + "
+                f"{self.cache.max_entries}) exceeds llama.cpp's {LLAMA_MAX_SEQ} sequence ids"
+            )
+        if self.cache.max_cells > self.model.n_ctx:
+            raise ValueError(
+                f"cache.max_cells ({self.cache.max_cells}) exceeds model.n_ctx ({self.model.n_ctx})"
             )
         return self
 

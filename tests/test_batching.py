@@ -78,7 +78,8 @@ def test_client_disconnect_frees_the_sequence(server: RunningServer, model_id: s
     t0 = time.monotonic()
     stats = _wait_idle(server)
     assert time.monotonic() - t0 < 5
-    assert stats["cells_used"] == 0
+    # Nothing but what the prefix cache keeps between requests.
+    assert stats["cells_used"] == stats["cache_cells"]
     # And the server keeps serving.
     r = httpx.post(
         f"{server.base_url}/chat/completions",

@@ -44,6 +44,10 @@ class EngineConfig:
     n_batch: int
     n_ubatch: int
     n_threads: int
+    # Prefix cache: sequence ids finished requests may keep (0: no cache), and the most
+    # KV cells they may hold between requests.
+    cache_entries: int = 0
+    cache_cells: int = 0
 
 
 _STOP = object()
@@ -67,7 +71,7 @@ class Engine:
             model,
             ContextParams(
                 n_ctx=config.n_ctx,
-                n_seq_max=config.max_running,
+                n_seq_max=config.max_running + config.cache_entries,
                 n_batch=config.n_batch,
                 n_ubatch=config.n_ubatch,
                 n_threads=config.n_threads,
@@ -79,7 +83,9 @@ class Engine:
             max_running=config.max_running,
             token_budget=config.step_token_budget,
             n_cells=self.ctx.n_ctx,
-            release_kv=self.ctx.seq_remove,
+            kv=self.ctx,
+            cache_entries=config.cache_entries,
+            cache_cells=config.cache_cells or self.ctx.n_ctx // 2,
         )
         self.stats = EngineStats(n_cells=self.ctx.n_ctx, max_running=config.max_running)
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -152,6 +158,10 @@ class Engine:
         self.stats.running = len(self.scheduler.running)
         self.stats.waiting = len(self.scheduler.waiting)
         self.stats.cells_used = self.scheduler.cells_used
+        cache = self.scheduler.cache
+        self.stats.cache_cells = cache.cells
+        self.stats.cache_entries = len(cache.entries)
+        self.stats.cache = cache.stats
 
     def _drain_inbox(self, block: bool) -> bool:
         """Take new requests and cancellations; False when asked to stop."""
@@ -214,6 +224,7 @@ class Engine:
             return
         for chunk in plan.chunks:
             chunk.seq.n_computed += chunk.n_tokens
+            self.scheduler.on_computed(chunk.seq)
         self.stats.record_step(
             n_sequences=len(plan.chunks),
             n_tokens=batch.n_tokens,
@@ -261,7 +272,16 @@ class Engine:
         self.scheduler.remove(seq)
         seq.sampler.close()
         del self._sequences[seq.request.id]
-        self._settle(seq.request, reason, seq.n_generated, seq.n_prompt, text, token_ids, error)
+        self._settle(
+            seq.request,
+            reason,
+            seq.n_generated,
+            seq.n_prompt,
+            text,
+            token_ids,
+            error,
+            cached_tokens=seq.n_cached or 0,
+        )
 
     def _settle(
         self,
@@ -272,6 +292,7 @@ class Engine:
         text: str = "",
         token_ids: list[int] | None = None,
         error: str | None = None,
+        cached_tokens: int = 0,
     ) -> None:
         logger.debug("request %d finished: %s after %d tokens", request.id, reason, n_generated)
         with self._lock:
@@ -284,6 +305,7 @@ class Engine:
                 finish_reason=reason,
                 prompt_tokens=n_prompt or len(request.prompt_tokens),
                 completion_tokens=n_generated,
+                cached_tokens=cached_tokens,
                 error=error,
             )
         )

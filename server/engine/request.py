@@ -31,6 +31,7 @@ class GenerationOutput:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     error: str | None = None
 
     @property

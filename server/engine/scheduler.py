@@ -1,23 +1,32 @@
 """Which sequences run, and what each step's single llama_decode holds.
 
-Pure bookkeeping over Sequence objects (no llama.cpp calls), so the policy is easy to read
-and to test:
-- admission: FIFO from the waiting queue while a sequence id is free and the KV cache can
-  hold the whole prompt next to what running sequences already hold;
+Bookkeeping over Sequence objects and the prefix cache; the only llama.cpp calls are the
+KV operations the cache makes through its KVOps. The policy:
+- admission: from the waiting queue while a sequence id is free and the KV cache can hold
+  the uncached part of the prompt; a request first takes the longest cached prefix of its
+  prompt (shared cells, no copy) and only prefills the rest;
+- cache-aware: a waiting request whose prompt shares a not-yet-cached prefix with a request
+  that is prefilling right now waits until that prefix is in the cache, rather than
+  computing the same tokens a second time (SGLang's longest-prefix-first idea);
 - each step: one token for every decoding sequence first (streams never stall behind a long
   prompt), then prompt chunks, oldest request first, within the token budget;
-- when the KV cache cannot take the next step, the newest sequence is preempted: its cells
-  are freed and it goes back to the head of the queue to be recomputed later (vLLM's
-  recompute preemption), so no request fails because others filled the cache.
+- room: finished requests kept in the cache are evicted LRU first; when the running ones
+  alone overflow the cells, the newest is preempted: its cells are freed and it goes back
+  to the head of the queue to be recomputed (vLLM's recompute preemption), so no request
+  fails because others filled the cache.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from server.engine.prefix_cache import KVOps, PrefixCache, common_prefix_length
 from server.engine.sequence import Sequence
+
+# A waiting request defers to a prefilling one only for a shared prefix at least this long:
+# below it, computing the few tokens twice costs less than waiting a step.
+DEFER_MIN_TOKENS = 32
 
 
 @dataclass(slots=True)
@@ -43,21 +52,27 @@ class Scheduler:
         max_running: int,
         token_budget: int,
         n_cells: int,
-        release_kv: Callable[[int], None],
+        kv: KVOps,
+        cache_entries: int = 0,
+        cache_cells: int | None = None,
     ) -> None:
-        """release_kv(seq_id) must drop that sequence's cells; it is called whenever an id
-        goes back to the pool, so a freed id never carries stale KV."""
+        """cache_entries: sequence ids beyond max_running that finished requests may keep
+        holding; cache_cells: most cells those entries may hold between requests."""
         self.max_running = max_running
-        self._release_kv = release_kv
         self.token_budget = token_budget
         self.n_cells = n_cells
+        self.cache = PrefixCache(kv, enabled=cache_entries > 0)
+        self.cache_cells = n_cells if cache_cells is None else cache_cells
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order
-        self._free_seq_ids: list[int] = list(range(max_running - 1, -1, -1))
+        n_ids = max_running + cache_entries
+        self._free_seq_ids: list[int] = list(range(n_ids - 1, -1, -1))
 
     @property
     def cells_used(self) -> int:
-        return sum(s.n_computed for s in self.running)
+        """Distinct KV cells in use: the tree's, plus what running sequences computed and
+        the tree does not have yet (their private tails)."""
+        return self.cache.cells + sum(s.n_computed - s.n_in_tree for s in self.running)
 
     @property
     def has_work(self) -> bool:
@@ -67,12 +82,20 @@ class Scheduler:
         self.waiting.append(seq)
 
     def remove(self, seq: Sequence) -> None:
-        """Forget a finished or cancelled sequence and free its KV."""
-        if seq.seq_id is not None:
-            self.running.remove(seq)
-            self._free_seq_id(seq)
-        else:
+        """A sequence finished or was cancelled: keep its KV as a cache entry or free it."""
+        if seq.seq_id is None:
             self.waiting.remove(seq)
+            return
+        self.running.remove(seq)
+        self._free_seq_ids.extend(self.cache.finish(seq.seq_id, seq.tokens, seq.n_computed))
+        seq.seq_id = None
+        self._trim_cache()
+
+    def on_computed(self, seq: Sequence) -> None:
+        """After a step: prompt tokens just computed go into the tree for others to share."""
+        if self.cache.enabled and seq.n_in_tree < seq.n_prompt:
+            self.cache.extend(seq.seq_id, seq.tokens, min(seq.n_computed, seq.n_prompt))
+            seq.n_in_tree = self.cache.held_length(seq.seq_id)
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
@@ -96,40 +119,91 @@ class Scheduler:
         return plan
 
     def preempt_newest(self) -> Sequence | None:
-        """Take the most recently admitted sequence off the context (KV freed by the caller)."""
+        """Take the most recently admitted sequence off the context, to be recomputed."""
         if not self.running:
             return None
         seq = self.running.pop()
-        self._free_seq_id(seq)
-        seq.n_computed = 0
+        self._release(seq)
         self.waiting.appendleft(seq)
         return seq
 
-    def _free_seq_id(self, seq: Sequence) -> None:
-        assert seq.seq_id is not None
-        self._release_kv(seq.seq_id)
-        self._free_seq_ids.append(seq.seq_id)
-        seq.seq_id = None
+    # --- admission ------------------------------------------------------------------------
 
     def _admit(self, plan: StepPlan) -> None:
-        # Cells the running sequences will hold once their pending tokens are computed.
-        committed = sum(len(s.tokens) for s in self.running)
-        while self.waiting and self._free_seq_ids and len(self.running) < self.max_running:
-            seq = self.waiting[0]
-            # +1: room for the first generated token, so a fresh request can make progress.
-            if self.running and committed + len(seq.tokens) + 1 > self.n_cells:
+        i = 0
+        while i < len(self.waiting) and len(self.running) < self.max_running:
+            seq = self.waiting[i]
+            # The last token is always computed: its logits choose the first new token.
+            if self._should_defer(seq, self.cache.match(seq.tokens, len(seq.tokens) - 1)):
+                i += 1
+                continue
+            if not self._free_seq_ids and not self._evict_one():
                 break
-            self.waiting.popleft()
-            seq.seq_id = self._free_seq_ids.pop()
+            seq_id = self._free_seq_ids.pop()
+            cached = self.cache.match(seq.tokens, len(seq.tokens) - 1)
+            self.cache.acquire(seq_id, seq.tokens, cached)
+            seq.seq_id = seq_id
+            seq.n_computed = seq.n_in_tree = cached
+            if seq.n_cached is None:
+                seq.n_cached = cached
+            # Room for the rest of the prompt and a first token; evict entries for it.
+            need = len(seq.tokens) - cached + 1
+            while self._cells_free_after_running() < need and self._evict_one():
+                pass
+            if self.running and self._cells_free_after_running() < need:
+                self._release(seq)  # wait for running requests to finish
+                break
+            del self.waiting[i]
             self.running.append(seq)
-            committed += len(seq.tokens)
             plan.admitted.append(seq)
 
+    def _cells_free_after_running(self) -> int:
+        """Cells left once every running sequence has computed what it has pending."""
+        pending = sum(s.n_uncomputed for s in self.running)
+        return self.n_cells - self.cells_used - pending
+
+    def _should_defer(self, seq: Sequence, cached: int) -> bool:
+        if not self.cache.enabled:
+            return False
+        for other in self.running:
+            if other.n_in_tree < other.n_prompt:  # still prefilling its prompt
+                shared = common_prefix_length(seq.tokens, other.tokens, 0, other.n_prompt)
+                shared = min(shared, len(seq.tokens) - 1)
+                if shared - cached >= DEFER_MIN_TOKENS:
+                    return True
+        return False
+
+    # --- room -----------------------------------------------------------------------------
+
     def _make_room_for_decodes(self, plan: StepPlan) -> None:
-        while len(self.running) > 1:
+        while True:
             n_decoding = sum(1 for s in self.running if not s.is_prefilling)
             if self.n_cells - self.cells_used >= n_decoding:
+                return
+            if self._evict_one():
+                continue
+            if len(self.running) <= 1:
                 return
             seq = self.preempt_newest()
             if seq is not None:
                 plan.preempted.append(seq)
+
+    def _trim_cache(self) -> None:
+        """Keep what finished requests hold within cache_cells (running ones may use more)."""
+        while self.cache.entries and self.cache.cells_held_only_by_entries() > self.cache_cells:
+            self._evict_one()
+
+    def _evict_one(self) -> bool:
+        seq_id = self.cache.evict_one()
+        if seq_id is None:
+            return False
+        self._free_seq_ids.append(seq_id)
+        return True
+
+    def _release(self, seq: Sequence) -> None:
+        """Drop a sequence's KV and give its id back (it stays a Sequence, to run again)."""
+        assert seq.seq_id is not None
+        self.cache.release(seq.seq_id)
+        self._free_seq_ids.append(seq.seq_id)
+        seq.seq_id = None
+        seq.n_computed = seq.n_in_tree = 0

@@ -10,7 +10,9 @@ from server.engine.sampling import TokenSampler
 class Sequence:
     __slots__ = (
         "detokenizer",
+        "n_cached",
         "n_computed",
+        "n_in_tree",
         "n_prompt",
         "request",
         "sampler",
@@ -32,6 +34,10 @@ class Sequence:
         # Tokens whose KV is in the context under seq_id. The next one to feed is
         # tokens[n_computed]; logits are needed once the last token has been fed.
         self.n_computed = 0
+        # Of those, the leading ones the prefix cache's tree holds (shared with others).
+        self.n_in_tree = 0
+        # Prompt tokens served from the cache when first admitted (usage.cached_tokens).
+        self.n_cached: int | None = None
         self.seq_id: int | None = None
 
     @property

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from server.engine.prefix_cache import CacheStats
 
 
 @dataclass
@@ -21,6 +23,9 @@ class EngineStats:
     running: int = 0
     waiting: int = 0
     cells_used: int = 0
+    cache_cells: int = 0  # cells in the prefix tree (shared prefixes counted once)
+    cache_entries: int = 0  # finished requests whose KV the cache keeps
+    cache: CacheStats = field(default_factory=CacheStats)
 
     def record_step(
         self, n_sequences: int, n_tokens: int, n_prompt_tokens: int, seconds: float
