@@ -26,6 +26,7 @@ class GenerationStream:
         sampling: SamplingParams,
         stop: list[str],
         ignore_eos: bool = False,
+        logprobs: int | None = None,
     ) -> None:
         self._engine = engine
         self._queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
@@ -38,6 +39,7 @@ class GenerationStream:
             sampling=sampling,
             stop=stop,
             ignore_eos=ignore_eos,
+            logprobs=logprobs,
         )
         engine.submit(self.request)  # raises before anything is queued
 

@@ -20,12 +20,13 @@ from server.api.generation import (
     now,
     start_streams,
     total_usage,
-    usage,
 )
+from server.api.logprobs import chat_logprobs
 from server.api.schemas import ChatCompletionRequest, ChatMessage
 from server.api.sse import DONE, dumps, sse_response
 from server.async_engine import GenerationStream
 from server.chat_template import ChatTemplateError
+from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason
 from server.runtime import Runtime
 
@@ -62,8 +63,8 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 def parse_request(body: dict[str, Any]) -> ChatCompletionRequest:
     req = validate_body(ChatCompletionRequest, body)
-    if req.logprobs:
-        raise bad_request("logprobs are not supported yet.", param="logprobs")
+    if req.top_logprobs and not req.logprobs:
+        raise bad_request("top_logprobs requires logprobs to be true.", param="top_logprobs")
     if req.response_format and req.response_format.get("type") not in (None, "text"):
         raise bad_request(
             "response_format other than 'text' is not supported yet.", param="response_format"
@@ -81,14 +82,19 @@ async def chat_completions(request: Request) -> Response:
         raise bad_request(str(e), param="messages", code="chat_template_error") from None
     prompt = runtime.chat_prompt_tokens(text)
     limit = max_tokens_for(runtime, req.token_limit, len(prompt))
-    streams = start_streams(runtime, req, [prompt], [limit])
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    streams = start_streams(runtime, req, [prompt], [limit], logprobs)
     completion_id = new_id("chatcmpl")
     created = now()
     if req.stream:
-        events = stream_chunks(streams, req, completion_id, created, model_id)
+        events = stream_chunks(runtime, streams, req, completion_id, created, model_id)
         return sse_response(events, on_close=lambda: cancel_all(streams))
     results = await collect(request, streams)
-    return JSONResponse(response_body(results, req.n, completion_id, created, model_id))
+    body = response_body(results, req.n, completion_id, created, model_id)
+    if req.logprobs:
+        for choice, r in zip(body["choices"], results, strict=True):
+            choice["logprobs"] = chat_logprobs(runtime.model, r.logprobs)
+    return JSONResponse(body)
 
 
 def response_body(
@@ -114,6 +120,7 @@ def response_body(
 
 
 async def stream_chunks(
+    runtime: Runtime,
     streams: list[GenerationStream],
     req: ChatCompletionRequest,
     completion_id: str,
@@ -136,25 +143,31 @@ async def stream_chunks(
         body.update(extra)
         return dumps(body)
 
-    def choice(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def choice(
+        index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
+    ) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
     for i in range(len(streams)):
         yield chunk([choice(i, {"role": "assistant", "content": ""})])
-    prompt_tokens = [0] * len(streams)
-    completion_tokens = [0] * len(streams)
+    results = [ChoiceResult() for _ in streams]  # for the usage chunk
+    # Logprobs of tokens whose text is still held back go out with the text, later.
+    pending: list[list[TokenLogprob]] = [[] for _ in streams]
     async for index, output in merged(streams):
         if output.finish_reason is FinishReason.ERROR:
             yield dumps(APIError(500, output.error or "engine error", type="server_error").body())
             return
+        if output.logprobs:
+            pending[index].extend(output.logprobs)
         if output.text:
-            yield chunk([choice(index, {"content": output.text})])
+            logprobs = None
+            if req.logprobs:
+                logprobs = chat_logprobs(runtime.model, pending[index])
+                pending[index] = []
+            yield chunk([choice(index, {"content": output.text}, logprobs=logprobs)])
         if output.finished:
-            prompt_tokens[index] = output.prompt_tokens
-            completion_tokens[index] = output.completion_tokens
+            results[index].add(output)
             yield chunk([choice(index, {}, str(output.finish_reason))])
     if include_usage:
-        n = req.n
-        body = usage(sum(prompt_tokens[::n]), sum(completion_tokens))
-        yield chunk([], usage=body)
+        yield chunk([], usage=total_usage(results, req.n))
     yield DONE

@@ -20,11 +20,12 @@ from server.api.generation import (
     now,
     start_streams,
     total_usage,
-    usage,
 )
+from server.api.logprobs import completion_logprobs
 from server.api.schemas import CompletionRequest
 from server.api.sse import DONE, dumps, sse_response
 from server.async_engine import GenerationStream
+from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason
 from server.runtime import Runtime
 
@@ -33,8 +34,10 @@ def parse_request(body: dict[str, Any]) -> CompletionRequest:
     req = validate_body(CompletionRequest, body)
     if req.suffix:
         raise bad_request("suffix is not supported by this model.", param="suffix")
-    if req.logprobs:
-        raise bad_request("logprobs are not supported yet.", param="logprobs")
+    if req.logprobs is not None and req.echo:
+        raise bad_request(
+            "logprobs of the prompt (echo with logprobs) are not supported.", param="logprobs"
+        )
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("best_of other than n is not supported.", param="best_of")
     return req
@@ -86,16 +89,20 @@ async def completions(request: Request) -> Response:
         ]
         return JSONResponse(response_body(results, req.n, completion_id, created, model_id))
     limits = [max_tokens_for(runtime, req.max_tokens, len(ids)) for ids in tokens]
-    streams = start_streams(runtime, req, tokens, limits)
+    streams = start_streams(runtime, req, tokens, limits, req.logprobs)
     echoes = [t for t in texts for _ in range(req.n)] if req.echo else None
     if req.stream:
-        events = stream_chunks(streams, req, echoes, completion_id, created, model_id)
+        events = stream_chunks(runtime, streams, req, echoes, completion_id, created, model_id)
         return sse_response(events, on_close=lambda: cancel_all(streams))
     results = await collect(request, streams)
     if echoes:
         for r, echo in zip(results, echoes, strict=True):
             r.text = echo + r.text
-    return JSONResponse(response_body(results, req.n, completion_id, created, model_id))
+    body = response_body(results, req.n, completion_id, created, model_id)
+    if req.logprobs is not None:
+        for choice, r in zip(body["choices"], results, strict=True):
+            choice["logprobs"] = completion_logprobs(runtime.model, r.logprobs)
+    return JSONResponse(body)
 
 
 def response_body(
@@ -121,6 +128,7 @@ def response_body(
 
 
 async def stream_chunks(
+    runtime: Runtime,
     streams: list[GenerationStream],
     req: CompletionRequest,
     echoes: list[str] | None,
@@ -130,7 +138,13 @@ async def stream_chunks(
 ) -> AsyncIterator[str]:
     include_usage = req.include_usage
 
-    def chunk(index: int | None, text: str = "", finish: str | None = None, **extra: Any) -> str:
+    def chunk(
+        index: int | None,
+        text: str = "",
+        finish: str | None = None,
+        logprobs: Any = None,
+        **extra: Any,
+    ) -> str:
         body: dict[str, Any] = {
             "id": completion_id,
             "object": "text_completion",
@@ -139,7 +153,7 @@ async def stream_chunks(
             "system_fingerprint": None,
             "choices": []
             if index is None
-            else [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
+            else [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
         }
         if include_usage:
             body["usage"] = None
@@ -149,18 +163,27 @@ async def stream_chunks(
     if echoes:
         for i, echo in enumerate(echoes):
             yield chunk(i, echo)
-    prompt_tokens = [0] * len(streams)
-    completion_tokens = [0] * len(streams)
+    results = [ChoiceResult() for _ in streams]  # for the usage chunk
+    # Logprobs of tokens whose text is still held back go out with the text, later.
+    pending: list[list[TokenLogprob]] = [[] for _ in streams]
+    offsets = [len(e) for e in echoes] if echoes else [0] * len(streams)
     async for index, output in merged(streams):
         if output.finish_reason is FinishReason.ERROR:
             yield dumps(APIError(500, output.error or "engine error", type="server_error").body())
             return
+        if output.logprobs:
+            pending[index].extend(output.logprobs)
+        if not output.finished and not output.text:
+            continue
+        logprobs = None
+        if req.logprobs is not None:
+            logprobs = completion_logprobs(runtime.model, pending[index], offsets[index])
+            pending[index] = []
+        offsets[index] += len(output.text)
+        finish = str(output.finish_reason) if output.finished else None
         if output.finished:
-            prompt_tokens[index] = output.prompt_tokens
-            completion_tokens[index] = output.completion_tokens
-            yield chunk(index, output.text, str(output.finish_reason))
-        elif output.text:
-            yield chunk(index, output.text)
+            results[index].add(output)
+        yield chunk(index, output.text, finish, logprobs)
     if include_usage:
-        yield chunk(None, usage=usage(sum(prompt_tokens[:: req.n]), sum(completion_tokens)))
+        yield chunk(None, usage=total_usage(results, req.n))
     yield DONE

@@ -14,6 +14,7 @@ from server.api.errors import APIError, bad_request
 from server.api.schemas import SamplingFields
 from server.async_engine import GenerationStream
 from server.engine.engine import ContextLengthExceeded, EngineBusy
+from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason, GenerationOutput
 from server.engine.sampling import SamplingParams
 from server.runtime import Runtime
@@ -82,6 +83,7 @@ def start_streams(
     body: SamplingFields,
     prompts: list[list[int]],
     max_tokens: list[int],
+    logprobs: int | None = None,
 ) -> list[GenerationStream]:
     """n streams per prompt, choice index = prompt index * n + j; all or none are queued."""
     streams: list[GenerationStream] = []
@@ -96,6 +98,7 @@ def start_streams(
                         sampling_params(body, runtime, p * body.n + j),
                         body.stop_list(),
                         ignore_eos=body.ignore_eos,
+                        logprobs=logprobs,
                     )
                 )
     except ContextLengthExceeded as e:
@@ -149,7 +152,20 @@ class ChoiceResult:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def add(self, output: GenerationOutput) -> None:
+        self.text += output.text
+        self.token_ids.extend(output.token_ids)
+        if output.logprobs:
+            self.logprobs.extend(output.logprobs)
+        if output.finished:
+            self.finish_reason = output.finish_reason
+            self.prompt_tokens = output.prompt_tokens
+            self.completion_tokens = output.completion_tokens
+            self.cached_tokens = output.cached_tokens
 
 
 def engine_failure(output: GenerationOutput) -> APIError:
@@ -162,15 +178,9 @@ async def collect(request: Request, streams: list[GenerationStream]) -> list[Cho
 
     async def run() -> None:
         async for index, output in merged(streams):
-            r = results[index]
-            r.text += output.text
-            r.token_ids.extend(output.token_ids)
-            if output.finished:
-                if output.finish_reason is FinishReason.ERROR:
-                    raise engine_failure(output)
-                r.finish_reason = output.finish_reason
-                r.prompt_tokens = output.prompt_tokens
-                r.completion_tokens = output.completion_tokens
+            if output.finish_reason is FinishReason.ERROR:
+                raise engine_failure(output)
+            results[index].add(output)
 
     task = asyncio.create_task(run())
     try:
@@ -186,15 +196,13 @@ async def collect(request: Request, streams: list[GenerationStream]) -> list[Cho
         cancel_all(streams)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
 def total_usage(results: list[ChoiceResult], n: int) -> dict[str, object]:
     # Each prompt is counted once however many choices it has, as OpenAI does.
     prompt = sum(r.prompt_tokens for r in results[::n])
-    return usage(prompt, sum(r.completion_tokens for r in results))
+    completion = sum(r.completion_tokens for r in results)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in results[::n])},
+    }

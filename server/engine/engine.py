@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from server.engine.context import ContextParams, DecodeStatus, LlamaContext, TokenBatch
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.logprobs import TokenLogprob, token_logprob
 from server.engine.model import LlamaModel
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
 from server.engine.sampling import TokenSampler
@@ -185,7 +186,7 @@ class Engine:
 
     def _add(self, request: GenerationRequest) -> None:
         if request.cancelled.is_set():
-            self._settle(request, FinishReason.CANCELLED, 0)
+            self._settle(request, GenerationOutput("", []), FinishReason.CANCELLED)
             return
         banned = self.model.eog_tokens if request.ignore_eos else frozenset()
         sampler = TokenSampler(request.sampling, self.model.n_vocab, self.context_length, banned)
@@ -234,7 +235,10 @@ class Engine:
         for seq, index in sample_at:
             if seq.request.cancelled.is_set():
                 continue  # its cancel message is in the inbox; finished next drain
-            self._accept(seq, seq.sampler.sample(self.ctx, index))
+            token = seq.sampler.sample(self.ctx, index)
+            n_top = seq.request.logprobs
+            logprob = None if n_top is None else token_logprob(self.ctx.logits(index), token, n_top)
+            self._accept(seq, token, logprob)
 
     def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
         if status == DecodeStatus.NO_KV_SLOT and len(self.scheduler.running) > 1:
@@ -247,65 +251,53 @@ class Engine:
         for chunk in plan.chunks:
             self._finish(chunk.seq, FinishReason.ERROR, error=f"llama_decode failed ({status})")
 
-    def _accept(self, seq: Sequence, token: int) -> None:
+    def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
         request = seq.request
         seq.tokens.append(token)
+        out = GenerationOutput("", [token], logprobs=None if logprob is None else [logprob])
         if token in self.model.eog_tokens and not request.ignore_eos:
-            self._finish(seq, FinishReason.STOP, seq.detokenizer.finish(), [token])
+            out.text = seq.detokenizer.finish()
+            out.logprobs = None  # not part of the content
+            self._finish(seq, FinishReason.STOP, out)
             return
-        text, stopped = seq.detokenizer.push(token)
+        out.text, stopped = seq.detokenizer.push(token)
         if stopped:
-            self._finish(seq, FinishReason.STOP, text, [token])
+            self._finish(seq, FinishReason.STOP, out)
         elif seq.n_generated >= request.max_tokens or len(seq.tokens) >= self.context_length:
-            self._finish(seq, FinishReason.LENGTH, text + seq.detokenizer.finish(), [token])
+            out.text += seq.detokenizer.finish()
+            self._finish(seq, FinishReason.LENGTH, out)
         else:
-            request.emit(GenerationOutput(text=text, token_ids=[token]))
+            request.emit(out)
 
     def _finish(
         self,
         seq: Sequence,
         reason: FinishReason,
-        text: str = "",
-        token_ids: list[int] | None = None,
+        output: GenerationOutput | None = None,
         error: str | None = None,
     ) -> None:
         self.scheduler.remove(seq)
         seq.sampler.close()
         del self._sequences[seq.request.id]
-        self._settle(
-            seq.request,
-            reason,
-            seq.n_generated,
-            seq.n_prompt,
-            text,
-            token_ids,
-            error,
-            cached_tokens=seq.n_cached or 0,
-        )
+        output = output or GenerationOutput("", [])
+        output.completion_tokens = seq.n_generated
+        output.cached_tokens = seq.n_cached or 0
+        self._settle(seq.request, output, reason, error)
 
     def _settle(
         self,
         request: GenerationRequest,
+        output: GenerationOutput,
         reason: FinishReason,
-        n_generated: int,
-        n_prompt: int = 0,
-        text: str = "",
-        token_ids: list[int] | None = None,
         error: str | None = None,
-        cached_tokens: int = 0,
     ) -> None:
-        logger.debug("request %d finished: %s after %d tokens", request.id, reason, n_generated)
+        logger.debug(
+            "request %d finished: %s after %d tokens", request.id, reason, output.completion_tokens
+        )
         with self._lock:
             self._n_active -= 1
         self.stats.requests_finished += 1
-        request.emit(
-            GenerationOutput(
-                text=text,
-                token_ids=token_ids or [],
-                finish_reason=reason,
-                prompt_tokens=n_prompt or len(request.prompt_tokens),
-                completion_tokens=n_generated,
-                cached_tokens=cached_tokens,
-                error=error,
-            )
-        )
+        output.finish_reason = reason
+        output.prompt_tokens = len(request.prompt_tokens)
+        output.error = error
+        request.emit(output)

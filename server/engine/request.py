@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from server.engine.logprobs import TokenLogprob
 from server.engine.sampling import SamplingParams
 
 
@@ -33,6 +34,7 @@ class GenerationOutput:
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked
 
     @property
     def finished(self) -> bool:
@@ -50,6 +52,8 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    # Report each sampled token's log-probability and this many alternatives (None: off).
+    logprobs: int | None = None
     id: int = field(default_factory=lambda: next(_ids))
     # Set from any thread; the engine notices it at its next step.
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
