@@ -60,13 +60,18 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
     return RequestTiming(ttft if ttft is not None else latency, latency, tokens)
 
 
+Messages = list[dict[str, str]]
+
+
 async def run_load(
-    base_url: str, model: str, prompts: list[str], max_tokens: int, concurrency: int
+    base_url: str, model: str, conversations: list[Messages], max_tokens: int, concurrency: int
 ) -> LoadResult:
+    """Send each conversation once, `concurrency` at a time, streaming; EOS is ignored so
+    every server generates exactly max_tokens."""
     url = f"{base_url}/v1/chat/completions"
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for p in prompts:
-        queue.put_nowait(p)
+    queue: asyncio.Queue[Messages] = asyncio.Queue()
+    for c in conversations:
+        queue.put_nowait(c)
     timings: list[RequestTiming] = []
     # A fresh connection per request: llama-server's HTTP library closes kept-alive
     # connections after a few requests, racing the next request on them.
@@ -76,10 +81,10 @@ async def run_load(
 
         async def worker() -> None:
             while not queue.empty():
-                prompt = queue.get_nowait()
+                messages = queue.get_nowait()
                 body = {
                     "model": model,
-                    "messages": [{"role": "user", "content": prompt}],
+                    "messages": messages,
                     "max_tokens": max_tokens,
                     "temperature": 0,
                     "ignore_eos": True,
@@ -91,4 +96,4 @@ async def run_load(
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return LoadResult(concurrency, len(prompts), wall, timings)
+    return LoadResult(concurrency, len(conversations), wall, timings)

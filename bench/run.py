@@ -1,7 +1,12 @@
 """`make bench`: Hearth against the raw engine loop and llama.cpp's llama-server.
 
-Same model file, same thread count and parallelism, same prompts, EOS ignored so every
+Same model file, same thread count and parallelism, same requests, EOS ignored so every
 server generates the same number of tokens. Writes docs/benchmarks.md.
+
+Workloads:
+- decode: distinct short prompts at concurrency 1 and 8, against the raw batched loop;
+- shared-prefix: one ~1,000-token system prompt and short distinct questions, 16 requests
+  at concurrency 8, with the prefix cache on and off.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from bench.load import LoadResult, run_load
+import httpx
+
+from bench.load import LoadResult, Messages, run_load
 from bench.raw_loop import RawResult, run_raw_loop
 from bench.servers import LLAMA_SERVER, ROOT, ServerProcess, start_hearth, start_llama_server
 from server.chat_template import ChatTemplate
@@ -47,20 +55,56 @@ N_CTX = 8192
 PARALLEL = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scenario:
+    name: str
     concurrency: int
     requests: int
     max_tokens: int
+    conversations: Callable[[int], list[Messages]]
 
 
-SCENARIOS = [Scenario(1, 4, 128), Scenario(8, 16, 128)]
-
-
-def prompts(n: int) -> list[str]:
+def decode_prompts(n: int) -> list[Messages]:
     return [
-        f"Request {i}: write a detailed story about {TOPICS[i % len(TOPICS)]}." for i in range(n)
+        [
+            {
+                "role": "user",
+                "content": f"Request {i}: write a detailed story about {TOPICS[i % 16]}.",
+            }
+        ]
+        for i in range(n)
     ]
+
+
+def shared_system_prompt() -> str:
+    """About 1,000 tokens of handbook text that every request shares."""
+    rules = []
+    for i in range(60):
+        topic = TOPICS[i % len(TOPICS)]
+        rules.append(
+            f"Rule {i + 1}: when a customer asks about {topic}, answer politely, "
+            f"cite section {i + 3} of the handbook, and never promise delivery "
+            f"before day {i % 7 + 2}."
+        )
+    return "You are the support assistant of Hearth Outfitters. " + " ".join(rules)
+
+
+def shared_prefix_prompts(n: int) -> list[Messages]:
+    system = shared_system_prompt()
+    return [
+        [
+            {"role": "system", "content": system},
+            {"role": "user", "content": f"Question {i}: do you sell {TOPICS[i % 16]}?"},
+        ]
+        for i in range(n)
+    ]
+
+
+DECODE = [
+    Scenario("decode", 1, 4, 128, decode_prompts),
+    Scenario("decode", 8, 16, 128, decode_prompts),
+]
+SHARED = Scenario("shared-prefix", 8, 16, 32, shared_prefix_prompts)
 
 
 def cpu_name() -> str:
@@ -73,24 +117,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_server(server: ServerProcess, model_id: str) -> dict[int, LoadResult]:
-    results = {}
-    for sc in SCENARIOS:
-        # One warm-up request so neither side pays first-call costs inside the figures.
-        asyncio.run(run_load(server.url, model_id, prompts(1), 8, 1))
-        results[sc.concurrency] = asyncio.run(
-            run_load(server.url, model_id, prompts(sc.requests), sc.max_tokens, sc.concurrency)
+def measure(server: ServerProcess, model_id: str, scenarios: list[Scenario]) -> list[LoadResult]:
+    results = []
+    for sc in scenarios:
+        # One short warm-up request so first-call costs stay out of the figures.
+        asyncio.run(run_load(server.url, model_id, decode_prompts(1)[:1], 4, 1))
+        results.append(
+            asyncio.run(
+                run_load(
+                    server.url,
+                    model_id,
+                    sc.conversations(sc.requests),
+                    sc.max_tokens,
+                    sc.concurrency,
+                )
+            )
         )
     return results
 
 
-def measure_raw(model: LlamaModel, threads: int) -> dict[int, RawResult]:
+def measure_raw(model: LlamaModel, threads: int) -> list[RawResult]:
     template = ChatTemplate(model.metadata("tokenizer.chat_template") or "")
-    results = {}
-    for sc in SCENARIOS:
-        texts = [template.render([{"role": "user", "content": p}]) for p in prompts(sc.concurrency)]
+    results = []
+    for sc in DECODE:
+        texts = [template.render(c) for c in sc.conversations(sc.concurrency)]
         tokens = [model.tokenize(t, add_special=False, parse_special=True) for t in texts]
-        results[sc.concurrency] = run_raw_loop(model, tokens, sc.max_tokens, N_CTX, threads)
+        results.append(run_raw_loop(model, tokens, sc.max_tokens, N_CTX, threads))
     return results
 
 
@@ -98,62 +150,8 @@ def fmt(x: float, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
-def render(
-    hearth: dict[int, LoadResult],
-    raw: dict[int, RawResult],
-    peer: dict[int, LoadResult] | None,
-    peer_note: str,
-    model_path: Path,
-    threads: int,
-    seconds: float,
-) -> str:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Written by `make bench` (`python -m bench.run`); numbers from one run on the machine "
-        "below. Throughput is output tokens per second summed over all requests (wall clock, "
-        "prefill included); TTFT is time to the first streamed content token.",
-        "",
-        "## Machine and versions",
-        "",
-        f"- CPU: {cpu_name()}, {os.cpu_count()} cores; llama.cpp threads: {threads}",
-        f"- Python {platform.python_version()}, llama-cpp-python "
-        f"{metadata.version('llama-cpp-python')}",
-        f"- Model: `{model_path.name}`",
-        f"- Date: {time.strftime('%Y-%m-%d')}; the whole run took {seconds:.0f} s",
-        "",
-        "## Decode throughput (unique prompts, EOS ignored)",
-        "",
-        f"Hearth: `hearth serve --parallel {PARALLEL} --n-ctx {N_CTX}`. Raw loop: the same "
-        "prompts prefilled together, then one `llama_decode` per output token over all "
-        "sequences, greedy argmax, no HTTP (`bench/raw_loop.py`).",
-        "",
-        "| concurrency | requests x tokens | Hearth tok/s | TTFT p50 / p90 (s) | raw loop tok/s "
-        "| Hearth / raw | llama-server tok/s | TTFT p50 / p90 (s) | Hearth / llama-server |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for sc in SCENARIOS:
-        h, r = hearth[sc.concurrency], raw[sc.concurrency]
-        row = [
-            str(sc.concurrency),
-            f"{sc.requests} x {sc.max_tokens}",
-            fmt(h.tokens_per_second),
-            f"{fmt(h.ttft_percentile(50), 2)} / {fmt(h.ttft_percentile(90), 2)}",
-            fmt(r.tokens_per_second),
-            fmt(h.tokens_per_second / r.tokens_per_second, 2),
-        ]
-        if peer:
-            p = peer[sc.concurrency]
-            row += [
-                fmt(p.tokens_per_second),
-                f"{fmt(p.ttft_percentile(50), 2)} / {fmt(p.ttft_percentile(90), 2)}",
-                fmt(h.tokens_per_second / p.tokens_per_second, 2),
-            ]
-        else:
-            row += ["n/a", "n/a", "n/a"]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", peer_note, ""]
-    return "\n".join(lines)
+def ttft(r: LoadResult) -> str:
+    return f"{fmt(r.ttft_percentile(50), 2)} / {fmt(r.ttft_percentile(90), 2)}"
 
 
 def build_llama_server() -> bool:
@@ -162,6 +160,17 @@ def build_llama_server() -> bool:
         return True
     script = ROOT / "bench" / "build_llama_server.sh"
     return subprocess.run(["bash", str(script)], cwd=ROOT).returncode == 0
+
+
+def run_hearth(logs: Path, scenarios: list[Scenario], *flags: str) -> list[LoadResult]:
+    server = start_hearth(
+        logs, "--parallel", str(PARALLEL), "--n-ctx", str(N_CTX), "--log-level", "warning", *flags
+    )
+    try:
+        model_id = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
+        return measure(server, model_id, scenarios)
+    finally:
+        server.stop()
 
 
 def main() -> int:
@@ -178,21 +187,13 @@ def main() -> int:
     raw = measure_raw(model, threads)
     model.close()
 
+    peer: list[LoadResult] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         print("hearth ...", flush=True)
-        server = start_hearth(
-            logs, "--parallel", str(PARALLEL), "--n-ctx", str(N_CTX), "--log-level", "warning"
-        )
-        try:
-            import httpx
-
-            model_id = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
-            hearth = measure_server(server, model_id)
-        finally:
-            server.stop()
-
-        peer = None
+        hearth = run_hearth(logs, [*DECODE, SHARED])
+        print("hearth without the prefix cache ...", flush=True)
+        (no_cache,) = run_hearth(logs, [SHARED], "--no-cache")
         if args.no_peers:
             peer_note = "llama-server: skipped (--no-peers)."
         elif not build_llama_server():
@@ -201,20 +202,114 @@ def main() -> int:
             print("llama-server ...", flush=True)
             srv = start_llama_server(logs, model_path, PARALLEL, N_CTX, threads)
             try:
-                peer = measure_server(srv, model_id)
+                peer = measure(srv, "default", [*DECODE, SHARED])
             finally:
                 srv.stop()
             peer_note = (
-                f"llama-server: built from the llama.cpp vendored in llama-cpp-python "
+                "llama-server: built from the llama.cpp vendored in llama-cpp-python "
                 f"{metadata.version('llama-cpp-python')} (`bench/build_llama_server.sh`), run "
-                f"as `llama-server -np {PARALLEL} -c {N_CTX} -t {threads} --kv-unified`."
+                f"as `llama-server -np {PARALLEL} -c {N_CTX} -t {threads} -tb {threads} "
+                "--kv-unified` (its own prompt cache on, as by default)."
             )
 
-    report = render(hearth, raw, peer, peer_note, model_path, threads, time.monotonic() - t0)
+    report = render(
+        hearth, no_cache, raw, peer, peer_note, model_path, threads, time.monotonic() - t0
+    )
     print(report)
     if args.write:
         args.write.write_text(report)
     return 0
+
+
+def render(
+    hearth: list[LoadResult],
+    no_cache: LoadResult,
+    raw: list[RawResult],
+    peer: list[LoadResult] | None,
+    peer_note: str,
+    model_path: Path,
+    threads: int,
+    seconds: float,
+) -> str:
+    na = "n/a"
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench.run`); figures from one run on the machine "
+        "below, every server with the same model file, threads and parallelism. Throughput "
+        "is output tokens per second over all requests (wall clock, prefill included); TTFT "
+        "is the time to the first streamed content token. EOS is ignored, so every server "
+        "generates the same number of tokens.",
+        "",
+        "## Machine and versions",
+        "",
+        f"- CPU: {cpu_name()}, {os.cpu_count()} cores; llama.cpp threads: {threads}",
+        f"- Python {platform.python_version()}, llama-cpp-python "
+        f"{metadata.version('llama-cpp-python')}",
+        f"- Model: `{model_path.name}`",
+        f"- Date: {time.strftime('%Y-%m-%d')}; the whole run took {seconds:.0f} s",
+        f"- Hearth: `hearth serve --parallel {PARALLEL} --n-ctx {N_CTX}`",
+        "",
+        "## Decode throughput: distinct short prompts",
+        "",
+        "Raw loop: the same prompts prefilled together, then one `llama_decode` per output "
+        "token over all sequences, greedy argmax, no HTTP (`bench/raw_loop.py`): the ceiling.",
+        "",
+        "| concurrency | requests x tokens | Hearth tok/s | TTFT p50 / p90 (s) | raw loop tok/s "
+        "| Hearth / raw | llama-server tok/s | TTFT p50 / p90 (s) | Hearth / llama-server |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, sc in enumerate(DECODE):
+        h, r = hearth[i], raw[i]
+        row = [
+            str(sc.concurrency),
+            f"{sc.requests} x {sc.max_tokens}",
+            fmt(h.tokens_per_second),
+            ttft(h),
+            fmt(r.tokens_per_second),
+            fmt(h.tokens_per_second / r.tokens_per_second, 2),
+        ]
+        if peer:
+            p = peer[i]
+            row += [
+                fmt(p.tokens_per_second),
+                ttft(p),
+                fmt(h.tokens_per_second / p.tokens_per_second, 2),
+            ]
+        else:
+            row += [na, na, na]
+        lines.append("| " + " | ".join(row) + " |")
+
+    h = hearth[len(DECODE)]
+    lines += [
+        "",
+        "## Shared prefix: one ~1,000-token system prompt, distinct short questions",
+        "",
+        f"{SHARED.requests} requests at concurrency {SHARED.concurrency}, {SHARED.max_tokens} "
+        "output tokens each.",
+        "",
+        "| server | output tok/s | TTFT p50 / p90 (s) |",
+        "|---|---|---|",
+        f"| Hearth, prefix cache on | {fmt(h.tokens_per_second)} | {ttft(h)} |",
+        f"| Hearth, prefix cache off | {fmt(no_cache.tokens_per_second)} | {ttft(no_cache)} |",
+    ]
+    if peer:
+        p = peer[len(DECODE)]
+        lines.append(f"| llama-server | {fmt(p.tokens_per_second)} | {ttft(p)} |")
+    lines += [
+        "",
+        f"- cache on / cache off: {fmt(h.tokens_per_second / no_cache.tokens_per_second, 2)}x "
+        "throughput, p90 TTFT "
+        f"{fmt(h.ttft_percentile(90) / no_cache.ttft_percentile(90), 2)}x",
+    ]
+    if peer:
+        p = peer[len(DECODE)]
+        lines.append(
+            f"- Hearth / llama-server: {fmt(h.tokens_per_second / p.tokens_per_second, 2)}x "
+            f"throughput, p90 TTFT {fmt(h.ttft_percentile(90) / p.ttft_percentile(90), 2)}x"
+        )
+    lines += ["", peer_note, ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
