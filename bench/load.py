@@ -24,6 +24,7 @@ class LoadResult:
     requests: int
     wall_seconds: float
     timings: list[RequestTiming]
+    failures: int = 0
 
     @property
     def output_tokens(self) -> int:
@@ -73,6 +74,7 @@ async def run_load(
     for c in conversations:
         queue.put_nowait(c)
     timings: list[RequestTiming] = []
+    failures = 0
     # A fresh connection per request: llama-server's HTTP library closes kept-alive
     # connections after a few requests, racing the next request on them.
     limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=0)
@@ -91,9 +93,13 @@ async def run_load(
                     "stream": True,
                     "stream_options": {"include_usage": True},
                 }
-                timings.append(await _one(client, url, body))
+                try:
+                    timings.append(await _one(client, url, body))
+                except httpx.HTTPStatusError:
+                    nonlocal failures
+                    failures += 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return LoadResult(concurrency, len(conversations), wall, timings)
+    return LoadResult(concurrency, len(conversations), wall, timings, failures)

@@ -51,7 +51,8 @@ TOPICS = [
     "caves",
     "maps",
 ]
-N_CTX = 8192
+# Room for 8 sequences of ~1,100 tokens each even without sharing (llama-server's case).
+N_CTX = 16384
 PARALLEL = 8
 
 
@@ -151,7 +152,8 @@ def fmt(x: float, digits: int = 1) -> str:
 
 
 def ttft(r: LoadResult) -> str:
-    return f"{fmt(r.ttft_percentile(50), 2)} / {fmt(r.ttft_percentile(90), 2)}"
+    text = f"{fmt(r.ttft_percentile(50), 2)} / {fmt(r.ttft_percentile(90), 2)}"
+    return text + (f" ({r.failures} failed)" if r.failures else "")
 
 
 def build_llama_server() -> bool:

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.chat_template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.engine import Engine, EngineConfig
@@ -29,7 +30,7 @@ class Runtime:
     def load(cls, settings: Settings) -> Runtime:
         path = resolve_chat_model(settings.model.path)
         model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
-        ms, es = settings.model, settings.engine
+        ms, es, cs = settings.model, settings.engine, settings.cache
         context_length = ms.context_length or min(ms.n_ctx, model.info.n_ctx_train or ms.n_ctx)
         engine = Engine(
             model,
@@ -42,8 +43,10 @@ class Runtime:
                 n_batch=ms.n_batch,
                 n_ubatch=ms.n_ubatch,
                 n_threads=ms.n_threads or os.cpu_count() or 1,
-                cache_entries=settings.cache.max_entries if settings.cache.enabled else 0,
-                cache_cells=settings.cache.max_cells,
+                cache_entries=cs.max_entries if cs.enabled else 0,
+                cache_cells=cs.max_cells,
+                cache_dir=Path(cs.persist_dir).expanduser() if cs.persist_dir else None,
+                cache_dir_max_bytes=cs.persist_max_mb << 20,
             ),
         )
         source = ms.chat_template or model.metadata("tokenizer.chat_template")

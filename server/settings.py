@@ -63,6 +63,8 @@ class CacheSettings(_Section):
     enabled: bool = True
     max_entries: int = Field(24, ge=0)
     max_cells: int = Field(0, ge=0)
+    persist_dir: str = ""
+    persist_max_mb: int = Field(1024, ge=1)
 
 
 class ServerSettings(_Section):

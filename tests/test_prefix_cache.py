@@ -220,3 +220,26 @@ def test_tiny_cache_evicts_and_keeps_serving(tiny_cache_server: RunningServer) -
     assert stats["running"] == 0 and stats["cells_used"] == stats["cache_cells"]
     assert stats["cache_cells"] <= 300
     assert stats["cache_entries"] <= 2 + 4  # its own ids plus idle running ids at most
+
+
+def test_cache_survives_a_restart(tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("persist")
+    cache_dir = tmp / "kv"
+    messages = [
+        {"role": "system", "content": system_prompt("iota", 150)},
+        {"role": "user", "content": "Hello?"},
+    ]
+    first = start_server(tmp, "--cache-dir", str(cache_dir))
+    try:
+        r1 = chat(first.client(), first.model_id(), messages, max_tokens=3)
+    finally:
+        stop_server(first)  # SIGTERM: graceful shutdown writes the cache
+    assert (cache_dir / "manifest.json").exists()
+    second = start_server(tmp, "--cache-dir", str(cache_dir))
+    try:
+        assert second.stats()["cache_cells"] >= r1.usage.prompt_tokens
+        r2 = chat(second.client(), second.model_id(), messages, max_tokens=3)
+        assert cached(r2) == r2.usage.prompt_tokens - 1
+        assert r2.choices[0].message.content == r1.choices[0].message.content
+    finally:
+        stop_server(second)

@@ -13,7 +13,9 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+from server.engine import cache_store
 from server.engine.context import ContextParams, DecodeStatus, LlamaContext, TokenBatch
 from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.logprobs import TokenLogprob, token_logprob
@@ -49,6 +51,9 @@ class EngineConfig:
     # KV cells they may hold between requests.
     cache_entries: int = 0
     cache_cells: int = 0
+    # Where the cache is saved at shutdown and restored at start-up (None: not kept).
+    cache_dir: Path | None = None
+    cache_dir_max_bytes: int = 1 << 30
 
 
 _STOP = object()
@@ -99,6 +104,9 @@ class Engine:
     # --- any thread -----------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.config.cache_dir is not None and self.scheduler.cache.enabled:
+            cache_store.load(self.ctx, self.scheduler, self.config.cache_dir)
+            self._publish_stats()
         self._thread = threading.Thread(target=self._run, name="hearth-engine", daemon=True)
         self._thread.start()
 
@@ -107,6 +115,10 @@ class Engine:
             self._inbox.put(_STOP)
             self._thread.join()
             self._thread = None
+            if self.config.cache_dir is not None and self.scheduler.cache.enabled:
+                cache_store.save(
+                    self.ctx, self.scheduler, self.config.cache_dir, self.config.cache_dir_max_bytes
+                )
         self._batch.close()
         self.ctx.close()
 
@@ -159,6 +171,7 @@ class Engine:
         self.stats.running = len(self.scheduler.running)
         self.stats.waiting = len(self.scheduler.waiting)
         self.stats.cells_used = self.scheduler.cells_used
+        self.stats.preemptions = self.scheduler.preemptions
         cache = self.scheduler.cache
         self.stats.cache_cells = cache.cells
         self.stats.cache_entries = len(cache.entries)
@@ -197,7 +210,6 @@ class Engine:
 
     def _step(self) -> None:
         plan = self.scheduler.schedule()
-        self.stats.preemptions += len(plan.preempted)
         if not plan.chunks:
             return
         batch = self._batch
@@ -241,11 +253,10 @@ class Engine:
             self._accept(seq, token, logprob)
 
     def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
-        if status == DecodeStatus.NO_KV_SLOT and len(self.scheduler.running) > 1:
-            # The cache is fuller than our count says (fragmentation): make room, retry.
-            logger.warning("llama_decode found no KV slot; preempting the newest sequence")
-            if self.scheduler.preempt_newest() is not None:
-                self.stats.preemptions += 1
+        if status == DecodeStatus.NO_KV_SLOT and self.scheduler.make_room():
+            # llama.cpp found no room for this batch though our count said it fits
+            # (fragmented cells): something was evicted or preempted; the next step retries.
+            logger.warning("llama_decode found no KV slot; made room and retrying")
             return
         logger.error("llama_decode failed with status %d", status)
         for chunk in plan.chunks:

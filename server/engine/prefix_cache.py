@@ -232,6 +232,15 @@ class PrefixCache:
                 stack.append(child)
         return total
 
+    def path_tokens(self, seq_id: int) -> list[int]:
+        """The tokens seq_id holds KV for, from position 0."""
+        parts = []
+        node: Node | None = self._deepest[seq_id]
+        while node is not None and node is not self.root:
+            parts.append(node.tokens)
+            node = node.parent
+        return [t for part in reversed(parts) for t in part]
+
     def held_length(self, seq_id: int) -> int:
         return self._deepest[seq_id].end
 

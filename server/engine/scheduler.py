@@ -65,6 +65,7 @@ class Scheduler:
         self.cache_cells = n_cells if cache_cells is None else cache_cells
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order
+        self.preemptions = 0
         n_ids = max_running + cache_entries
         self._free_seq_ids: list[int] = list(range(n_ids - 1, -1, -1))
 
@@ -118,6 +119,26 @@ class Scheduler:
                 cells_free -= n
         return plan
 
+    def take_seq_id(self) -> int | None:
+        return self._free_seq_ids.pop() if self._free_seq_ids else None
+
+    def give_back_seq_id(self, seq_id: int) -> None:
+        self._free_seq_ids.append(seq_id)
+
+    def adopt_entry(self, seq_id: int, tokens: list[int]) -> None:
+        """seq_id already holds KV for tokens (restored from disk): make it a cache entry."""
+        self.cache.acquire(seq_id, tokens, 0)
+        self.cache.extend(seq_id, tokens, len(tokens))
+        self._free_seq_ids.extend(self.cache.finish(seq_id, tokens, len(tokens)))
+        self._trim_cache()
+
+    def make_room(self) -> bool:
+        """Free some cells: an idle cache entry first, else the newest running sequence.
+        False when nothing can go (a lone running sequence)."""
+        if self._evict_one():
+            return True
+        return len(self.running) > 1 and self.preempt_newest() is not None
+
     def preempt_newest(self) -> Sequence | None:
         """Take the most recently admitted sequence off the context, to be recomputed."""
         if not self.running:
@@ -125,6 +146,7 @@ class Scheduler:
         seq = self.running.pop()
         self._release(seq)
         self.waiting.appendleft(seq)
+        self.preemptions += 1
         return seq
 
     # --- admission ------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+"""Persist the prefix cache across restarts, so a restarted server does not start cold.
+
+On shutdown the most recently used cache entries are written with llama.cpp's
+`llama_state_seq_save_file` (KV cells plus the token ids they hold), newest first, until a
+size limit; on start-up they are loaded back and put into the radix tree again (prefixes two
+files share are deduplicated there, as any concurrent computation would be). A manifest
+names the model file the KV belongs to; files made for another model are ignored.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+from pathlib import Path
+
+import llama_cpp
+
+from server.engine.context import LlamaContext
+from server.engine.scheduler import Scheduler
+
+logger = logging.getLogger("hearth.cache")
+
+MANIFEST = "manifest.json"
+
+
+def model_identity(ctx: LlamaContext) -> dict[str, object]:
+    info = ctx.model.info
+    return {"file": info.path.name, "size": info.size_bytes, "params": info.n_params}
+
+
+def save(ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: int) -> int:
+    """Write entries, most recently used first, within max_bytes; returns how many."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.kv"):
+        old.unlink()
+    cache = scheduler.cache
+    written, total = [], 0
+    for seq_id in reversed(list(cache.entries)):
+        tokens = cache.path_tokens(seq_id)
+        path = directory / f"{len(written):04d}.kv"
+        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        size = llama_cpp.llama_state_seq_save_file(
+            ctx.ptr, str(path).encode(), seq_id, arr, len(tokens)
+        )
+        if size == 0 or total + size > max_bytes:
+            path.unlink(missing_ok=True)
+            break
+        total += size
+        written.append(path.name)
+    # Oldest first in the manifest: loading in that order leaves the newest most recent.
+    manifest = {"model": model_identity(ctx), "files": list(reversed(written))}
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    logger.info(
+        "saved %d prefix cache entries (%.1f MiB) to %s", len(written), total / 2**20, directory
+    )
+    return len(written)
+
+
+def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path) -> int:
+    """Restore saved entries into an idle engine; returns how many."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return 0
+    if manifest.get("model") != model_identity(ctx):
+        logger.info("prefix cache in %s was saved for another model; not loading it", directory)
+        return 0
+    loaded = 0
+    capacity = ctx.n_ctx
+    tokens = (llama_cpp.llama_token * capacity)()
+    n_tokens = ctypes.c_size_t(0)
+    for name in manifest.get("files", []):
+        seq_id = scheduler.take_seq_id()
+        if seq_id is None:
+            break
+        read = llama_cpp.llama_state_seq_load_file(
+            ctx.ptr,
+            str(directory / name).encode(),
+            seq_id,
+            tokens,
+            capacity,
+            ctypes.byref(n_tokens),
+        )
+        if read == 0 or n_tokens.value == 0:
+            ctx.seq_remove(seq_id)
+            scheduler.give_back_seq_id(seq_id)
+            logger.warning("could not load prefix cache file %s", name)
+            continue
+        scheduler.adopt_entry(seq_id, list(tokens[: n_tokens.value]))
+        loaded += 1
+    logger.info(
+        "restored %d prefix cache entries (%d cells) from %s",
+        loaded,
+        scheduler.cache.cells,
+        directory,
+    )
+    return loaded
