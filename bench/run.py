@@ -80,7 +80,7 @@ def decode_prompts(n: int) -> list[Messages]:
 def shared_system_prompt() -> str:
     """About 1,000 tokens of handbook text that every request shares."""
     rules = []
-    for i in range(60):
+    for i in range(30):
         topic = TOPICS[i % len(TOPICS)]
         rules.append(
             f"Rule {i + 1}: when a customer asks about {topic}, answer politely, "

@@ -13,6 +13,7 @@ import llama_cpp
 import numpy as np
 
 from server.engine.model import LlamaModel
+from server.engine.threadpool import ThreadPool
 
 
 class ContextError(RuntimeError):
@@ -88,9 +89,11 @@ class LlamaContext:
         self.n_seq_max: int = params.n_seq_max
         self.n_batch: int = params.n_batch
         self.n_vocab = model.n_vocab
+        self._threadpool = ThreadPool(self.ptr, params.n_threads)
 
     def close(self) -> None:
         if self.ptr:
+            self._threadpool.close()
             llama_cpp.llama_free(self.ptr)
             self.ptr = None
 

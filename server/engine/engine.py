@@ -96,6 +96,10 @@ class Engine:
         self.stats = EngineStats(n_cells=self.ctx.n_ctx, max_running=config.max_running)
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._sequences: dict[int, Sequence] = {}  # request id → sequence, engine thread only
+        # Outputs wait here until the next llama_decode is about to start: the listener
+        # (the event loop) then works while llama.cpp computes instead of competing with
+        # the engine thread for the GIL between two steps.
+        self._outbox: list[tuple[GenerationRequest, GenerationOutput]] = []
         self._capacity = config.max_running + config.max_waiting
         self._n_active = 0  # submitted and not yet finished; guarded by _lock
         self._lock = threading.Lock()
@@ -164,8 +168,16 @@ class Engine:
                     for seq in list(self.scheduler.running):
                         self._finish(seq, FinishReason.ERROR, error="internal engine error")
             self._publish_stats()
+            if not self.scheduler.has_work:
+                self._flush_outbox()
         for seq in list(self._sequences.values()):
             self._finish(seq, FinishReason.CANCELLED)
+        self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        for request, output in self._outbox:
+            request.emit(output)
+        self._outbox.clear()
 
     def _publish_stats(self) -> None:
         self.stats.running = len(self.scheduler.running)
@@ -179,10 +191,9 @@ class Engine:
 
     def _drain_inbox(self, block: bool) -> bool:
         """Take new requests and cancellations; False when asked to stop."""
-        try:
-            item = self._inbox.get() if block else self._inbox.get_nowait()
-        except queue.Empty:
+        if not block and self._inbox.empty():
             return True
+        item = self._inbox.get()
         while True:
             if item is _STOP:
                 return False
@@ -192,10 +203,9 @@ class Engine:
                 seq = self._sequences.get(item.request.id)
                 if seq is not None:  # else it finished already, or _add settled it
                     self._finish(seq, FinishReason.CANCELLED)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
+            if self._inbox.empty():
                 return True
+            item = self._inbox.get()
 
     def _add(self, request: GenerationRequest) -> None:
         if request.cancelled.is_set():
@@ -229,6 +239,7 @@ class Engine:
             if seq.is_prefilling:
                 n_prompt_tokens += chunk.n_tokens
 
+        self._flush_outbox()
         t0 = time.perf_counter()
         status = self.ctx.decode(batch)
         elapsed = time.perf_counter() - t0
@@ -278,7 +289,7 @@ class Engine:
             out.text += seq.detokenizer.finish()
             self._finish(seq, FinishReason.LENGTH, out)
         else:
-            request.emit(out)
+            self._outbox.append((request, out))
 
     def _finish(
         self,
@@ -311,4 +322,4 @@ class Engine:
         output.finish_reason = reason
         output.prompt_tokens = len(request.prompt_tokens)
         output.error = error
-        request.emit(output)
+        self._outbox.append((request, output))
