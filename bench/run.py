@@ -192,8 +192,10 @@ def main() -> int:
     peer: list[LoadResult] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
+        # Each workload on a fresh server: what one left in the KV cache would otherwise
+        # change the next one's figures (every resident cell is attended over).
         print("hearth ...", flush=True)
-        hearth = run_hearth(logs, [*DECODE, SHARED])
+        hearth = run_hearth(logs, DECODE) + run_hearth(logs, [SHARED])
         print("hearth without the prefix cache ...", flush=True)
         (no_cache,) = run_hearth(logs, [SHARED], "--no-cache")
         if args.no_peers:
@@ -202,11 +204,13 @@ def main() -> int:
             peer_note = "llama-server: could not be built here; see the build log above."
         else:
             print("llama-server ...", flush=True)
-            srv = start_llama_server(logs, model_path, PARALLEL, N_CTX, threads)
-            try:
-                peer = measure(srv, "default", [*DECODE, SHARED])
-            finally:
-                srv.stop()
+            peer = []
+            for scenarios in (DECODE, [SHARED]):
+                srv = start_llama_server(logs, model_path, PARALLEL, N_CTX, threads)
+                try:
+                    peer += measure(srv, "default", scenarios)
+                finally:
+                    srv.stop()
             peer_note = (
                 "llama-server: built from the llama.cpp vendored in llama-cpp-python "
                 f"{metadata.version('llama-cpp-python')} (`bench/build_llama_server.sh`), run "

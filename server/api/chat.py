@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -11,13 +12,12 @@ from starlette.responses import JSONResponse, Response
 from server.api.errors import APIError, bad_request, parse_json_body, validate_body
 from server.api.generation import (
     ChoiceResult,
+    Envelope,
     cancel_all,
     check_model,
     collect,
     max_tokens_for,
     merged,
-    new_id,
-    now,
     start_streams,
     total_usage,
 )
@@ -84,64 +84,43 @@ async def chat_completions(request: Request) -> Response:
     limit = max_tokens_for(runtime, req.token_limit, len(prompt))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     streams = start_streams(runtime, req, [prompt], [limit], logprobs)
-    completion_id = new_id("chatcmpl")
-    created = now()
+    envelope = Envelope.new("chatcmpl", "chat.completion", model_id)
     if req.stream:
-        events = stream_chunks(runtime, streams, req, completion_id, created, model_id)
+        events = stream_chunks(runtime, streams, req, envelope)
         return sse_response(events, on_close=lambda: cancel_all(streams))
     results = await collect(request, streams)
-    body = response_body(results, req.n, completion_id, created, model_id)
+    body = response_body(results, req.n, envelope)
     if req.logprobs:
         for choice, r in zip(body["choices"], results, strict=True):
             choice["logprobs"] = chat_logprobs(runtime.model, r.logprobs)
     return JSONResponse(body)
 
 
-def response_body(
-    results: list[ChoiceResult], n: int, completion_id: str, created: int, model_id: str
-) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model_id,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": r.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": str(r.finish_reason),
-            }
-            for i, r in enumerate(results)
-        ],
-        "usage": total_usage(results, n),
-    }
+def response_body(results: list[ChoiceResult], n: int, envelope: Envelope) -> dict[str, Any]:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": r.text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": str(r.finish_reason),
+        }
+        for i, r in enumerate(results)
+    ]
+    return envelope.body(choices, usage=total_usage(results, n))
 
 
 async def stream_chunks(
     runtime: Runtime,
     streams: list[GenerationStream],
     req: ChatCompletionRequest,
-    completion_id: str,
-    created: int,
-    model_id: str,
+    envelope: Envelope,
 ) -> AsyncIterator[str]:
-    include_usage = req.include_usage
+    chunks = replace(envelope, object="chat.completion.chunk")
+    # With include_usage, OpenAI sends "usage": null on every chunk but the last.
+    no_usage = {"usage": None} if req.include_usage else {}
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        body: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-            "system_fingerprint": None,
-            "choices": choices,
-        }
-        if include_usage:
-            body["usage"] = None
-        body.update(extra)
-        return dumps(body)
+        return dumps(chunks.body(choices, **{**no_usage, **extra}))
 
     def choice(
         index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
@@ -168,6 +147,6 @@ async def stream_chunks(
         if output.finished:
             results[index].add(output)
             yield chunk([choice(index, {}, str(output.finish_reason))])
-    if include_usage:
+    if req.include_usage:
         yield chunk([], usage=total_usage(results, req.n))
     yield DONE

@@ -11,13 +11,12 @@ from starlette.responses import JSONResponse, Response
 from server.api.errors import APIError, bad_request, parse_json_body, validate_body
 from server.api.generation import (
     ChoiceResult,
+    Envelope,
     cancel_all,
     check_model,
     collect,
     max_tokens_for,
     merged,
-    new_id,
-    now,
     start_streams,
     total_usage,
 )
@@ -75,8 +74,7 @@ async def completions(request: Request) -> Response:
     req = parse_request(await parse_json_body(request))
     model_id = check_model(runtime, req.model)
     tokens, texts = prompt_tokens(runtime, req)
-    completion_id = new_id("cmpl")
-    created = now()
+    envelope = Envelope.new("cmpl", "text_completion", model_id)
     if req.max_tokens == 0:  # only the prompt (with echo) and its usage, as OpenAI does
         results = [
             ChoiceResult(
@@ -87,44 +85,30 @@ async def completions(request: Request) -> Response:
             for ids, t in zip(tokens, texts, strict=True)
             for _ in range(req.n)
         ]
-        return JSONResponse(response_body(results, req.n, completion_id, created, model_id))
+        return JSONResponse(response_body(results, req.n, envelope))
     limits = [max_tokens_for(runtime, req.max_tokens, len(ids)) for ids in tokens]
     streams = start_streams(runtime, req, tokens, limits, req.logprobs)
     echoes = [t for t in texts for _ in range(req.n)] if req.echo else None
     if req.stream:
-        events = stream_chunks(runtime, streams, req, echoes, completion_id, created, model_id)
+        events = stream_chunks(runtime, streams, req, echoes, envelope)
         return sse_response(events, on_close=lambda: cancel_all(streams))
     results = await collect(request, streams)
     if echoes:
         for r, echo in zip(results, echoes, strict=True):
             r.text = echo + r.text
-    body = response_body(results, req.n, completion_id, created, model_id)
+    body = response_body(results, req.n, envelope)
     if req.logprobs is not None:
         for choice, r in zip(body["choices"], results, strict=True):
             choice["logprobs"] = completion_logprobs(runtime.model, r.logprobs)
     return JSONResponse(body)
 
 
-def response_body(
-    results: list[ChoiceResult], n: int, completion_id: str, created: int, model_id: str
-) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "text_completion",
-        "created": created,
-        "model": model_id,
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": i,
-                "text": r.text,
-                "logprobs": None,
-                "finish_reason": str(r.finish_reason),
-            }
-            for i, r in enumerate(results)
-        ],
-        "usage": total_usage(results, n),
-    }
+def response_body(results: list[ChoiceResult], n: int, envelope: Envelope) -> dict[str, Any]:
+    choices = [
+        {"index": i, "text": r.text, "logprobs": None, "finish_reason": str(r.finish_reason)}
+        for i, r in enumerate(results)
+    ]
+    return envelope.body(choices, usage=total_usage(results, n))
 
 
 async def stream_chunks(
@@ -132,11 +116,10 @@ async def stream_chunks(
     streams: list[GenerationStream],
     req: CompletionRequest,
     echoes: list[str] | None,
-    completion_id: str,
-    created: int,
-    model_id: str,
+    envelope: Envelope,
 ) -> AsyncIterator[str]:
-    include_usage = req.include_usage
+    # With include_usage, OpenAI sends "usage": null on every chunk but the last.
+    no_usage = {"usage": None} if req.include_usage else {}
 
     def chunk(
         index: int | None,
@@ -145,20 +128,12 @@ async def stream_chunks(
         logprobs: Any = None,
         **extra: Any,
     ) -> str:
-        body: dict[str, Any] = {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": model_id,
-            "system_fingerprint": None,
-            "choices": []
+        choices = (
+            []
             if index is None
-            else [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
-        }
-        if include_usage:
-            body["usage"] = None
-        body.update(extra)
-        return dumps(body)
+            else [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]
+        )
+        return dumps(envelope.body(choices, **{**no_usage, **extra}))
 
     if echoes:
         for i, echo in enumerate(echoes):
@@ -184,6 +159,6 @@ async def stream_chunks(
         if output.finished:
             results[index].add(output)
         yield chunk(index, output.text, finish, logprobs)
-    if include_usage:
+    if req.include_usage:
         yield chunk(None, usage=total_usage(results, req.n))
     yield DONE

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
 
@@ -23,12 +24,29 @@ from server.runtime import Runtime
 DISCONNECT_POLL_SECONDS = 0.5
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_urlsafe(18)}"
+@dataclass(frozen=True)
+class Envelope:
+    """The fields every response and chunk of one completion carries, as OpenAI sends them."""
 
+    id: str
+    object: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
 
-def now() -> int:
-    return int(time.time())
+    @classmethod
+    def new(cls, id_prefix: str, object: str, model: str) -> Envelope:
+        return cls(f"{id_prefix}-{secrets.token_urlsafe(18)}", object, model)
+
+    def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
 
 
 def check_model(runtime: Runtime, model: str | None) -> str:
