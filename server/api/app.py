@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.chat import chat_completions
 from server.api.completions import completions
+from server.api.embeddings import embeddings
 from server.api.errors import (
     APIError,
     handle_api_error,
@@ -27,47 +29,55 @@ from server.api.tokenize import detokenize, tokenize
 from server.runtime import Runtime
 
 
-async def list_models(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
+def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
     info = runtime.model.info
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [
-                {
-                    "id": runtime.model_id,
-                    "object": "model",
-                    "created": runtime.created,
-                    "owned_by": "hearth",
-                    "meta": {
-                        "n_ctx_train": info.n_ctx_train,
-                        "context_length": runtime.engine.context_length,
-                        "n_vocab": info.n_vocab,
-                        "n_params": info.n_params,
-                        "size": info.size_bytes,
-                    },
-                }
-            ],
-        }
-    )
-
-
-async def retrieve_model(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    if request.path_params["model"] != runtime.model_id:
-        raise APIError(
-            404,
-            f"The model '{request.path_params['model']}' does not exist",
-            param="model",
-            code="model_not_found",
-        )
-    return JSONResponse(
+    cards: list[dict[str, object]] = [
         {
             "id": runtime.model_id,
             "object": "model",
             "created": runtime.created,
             "owned_by": "hearth",
+            "meta": {
+                "kind": "chat",
+                "n_ctx_train": info.n_ctx_train,
+                "context_length": runtime.engine.context_length,
+                "n_vocab": info.n_vocab,
+                "n_params": info.n_params,
+                "size": info.size_bytes,
+            },
         }
+    ]
+    if runtime.embedder is not None:
+        emb = runtime.embedder
+        cards.append(
+            {
+                "id": runtime.embedding_model_id,
+                "object": "model",
+                "created": runtime.created,
+                "owned_by": "hearth",
+                "meta": {
+                    "kind": "embedding",
+                    "dimensions": emb.dim,
+                    "context_length": emb.max_tokens,
+                    "n_params": emb.model.info.n_params,
+                    "size": emb.model.info.size_bytes,
+                },
+            }
+        )
+    return cards
+
+
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": _model_cards(request.app.state.runtime)})
+
+
+async def retrieve_model(request: Request) -> Response:
+    wanted = request.path_params["model"]
+    for card in _model_cards(request.app.state.runtime):
+        if card["id"] == wanted:
+            return JSONResponse({k: v for k, v in card.items() if k != "meta"})
+    raise APIError(
+        404, f"The model '{wanted}' does not exist", param="model", code="model_not_found"
     )
 
 
@@ -80,7 +90,10 @@ async def health(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    return JSONResponse(runtime.engine.stats.snapshot())
+    body: dict[str, object] = runtime.engine.stats.snapshot()
+    if runtime.embedder is not None:
+        body["embeddings"] = asdict(runtime.embedder.stats)
+    return JSONResponse(body)
 
 
 class BearerAuth:
@@ -112,6 +125,7 @@ def create_app(runtime: Runtime) -> Starlette:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),
