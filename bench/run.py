@@ -25,13 +25,22 @@ from pathlib import Path
 
 import httpx
 
+from bench.embed_load import EmbedResult, chunks, run_embed_load, run_raw_embed_loop
 from bench.load import LoadResult, Messages, run_load
 from bench.raw_loop import RawResult, run_raw_loop
-from bench.servers import LLAMA_SERVER, ROOT, ServerProcess, start_hearth, start_llama_server
+from bench.servers import (
+    LLAMA_SERVER,
+    ROOT,
+    ServerProcess,
+    start_hearth,
+    start_llama_server,
+    start_llama_server_embeddings,
+)
 from server.chat_template import ChatTemplate
 from server.engine.model import LlamaModel
 from server.llama_log import route_llama_logs_to_python
-from server.model_files import resolve_chat_model
+from server.model_files import prepare_default_embedding_model, resolve_chat_model
+from server.settings import load_settings
 
 TOPICS = [
     "lighthouses",
@@ -106,6 +115,9 @@ DECODE = [
     Scenario("decode", 8, 16, 128, decode_prompts),
 ]
 SHARED = Scenario("shared-prefix", 8, 16, 32, shared_prefix_prompts)
+EMBED_TEXTS = 1000
+EMBED_CONCURRENCY = (1, 8)
+EMBED_N_CTX, EMBED_N_SEQ = 2048, 32  # Hearth's defaults (config/default.toml)
 
 
 def cpu_name() -> str:
@@ -189,7 +201,15 @@ def main() -> int:
     raw = measure_raw(model, threads)
     model.close()
 
+    embed_path = prepare_default_embedding_model(load_settings().storage.resolved_data_dir())
+    embed_model = LlamaModel(embed_path)
+    print("raw embedding loop ...", flush=True)
+    texts = chunks(EMBED_TEXTS)
+    embed_raw = run_raw_embed_loop(embed_model, texts, EMBED_N_CTX, EMBED_N_SEQ, threads)
+    embed_model.close()
+
     peer: list[LoadResult] | None = None
+    embed_peer: list[EmbedResult] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         # Each workload on a fresh server: what one left in the KV cache would otherwise
@@ -198,6 +218,10 @@ def main() -> int:
         hearth = run_hearth(logs, DECODE) + run_hearth(logs, [SHARED])
         print("hearth without the prefix cache ...", flush=True)
         (no_cache,) = run_hearth(logs, [SHARED], "--no-cache")
+        print("hearth embeddings ...", flush=True)
+        embed_hearth = measure_embeddings(
+            start_hearth(logs, "--log-level", "warning"), "all-MiniLM-L6-v2", texts
+        )
         if args.no_peers:
             peer_note = "llama-server: skipped (--no-peers)."
         elif not build_llama_server():
@@ -211,6 +235,14 @@ def main() -> int:
                     peer += measure(srv, "default", scenarios)
                 finally:
                     srv.stop()
+            print("llama-server --embedding ...", flush=True)
+            embed_peer = measure_embeddings(
+                start_llama_server_embeddings(
+                    logs, embed_path, max(EMBED_CONCURRENCY), EMBED_N_CTX * 4, threads
+                ),
+                "default",
+                texts,
+            )
             peer_note = (
                 "llama-server: built from the llama.cpp vendored in llama-cpp-python "
                 f"{metadata.version('llama-cpp-python')} (`bench/build_llama_server.sh`), run "
@@ -221,10 +253,59 @@ def main() -> int:
     report = render(
         hearth, no_cache, raw, peer, peer_note, model_path, threads, time.monotonic() - t0
     )
+    report += render_embeddings(embed_hearth, embed_raw, embed_peer, embed_path)
     print(report)
     if args.write:
         args.write.write_text(report)
     return 0
+
+
+def measure_embeddings(server: ServerProcess, model: str, texts: list[str]) -> list[EmbedResult]:
+    try:
+        asyncio.run(run_embed_load(server.url, model, texts[:8], 1))  # warm-up
+        return [asyncio.run(run_embed_load(server.url, model, texts, c)) for c in EMBED_CONCURRENCY]
+    finally:
+        server.stop()
+
+
+def render_embeddings(
+    hearth: list[EmbedResult], raw: EmbedResult, peer: list[EmbedResult] | None, model_path: Path
+) -> str:
+    lines = [
+        "## Embeddings: 1,000 chunks of about 200 tokens, one chunk per request",
+        "",
+        f"Model `{model_path.name}` (converted by `hearth models prepare`). Raw loop: all "
+        f"chunks queued at once into Hearth's embedder, no HTTP ({EMBED_N_CTX}-token batches, "
+        f"up to {EMBED_N_SEQ} inputs each): {fmt(raw.texts_per_second)} texts/s, "
+        f"{fmt(raw.tokens_per_second, 0)} tokens/s.",
+        "",
+        "| concurrency | Hearth texts/s | tokens/s | Hearth / raw | llama-server texts/s "
+        "| Hearth / llama-server |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(EMBED_CONCURRENCY):
+        h = hearth[i]
+        row = [
+            str(c),
+            fmt(h.texts_per_second),
+            fmt(h.tokens_per_second, 0),
+            fmt(h.texts_per_second / raw.texts_per_second, 2),
+        ]
+        if peer:
+            row += [
+                fmt(peer[i].texts_per_second),
+                fmt(h.texts_per_second / peer[i].texts_per_second, 2),
+            ]
+        else:
+            row += ["n/a", "n/a"]
+        lines.append("| " + " | ".join(row) + " |")
+    if peer:
+        lines += [
+            "",
+            "llama-server: `llama-server --embedding --pooling mean -np 8 -c 8192 "
+            "-b 8192 -ub 8192 --kv-unified` on the same GGUF.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def render(

@@ -90,3 +90,36 @@ def start_llama_server(
         "--no-webui",
     ]
     return start_process(cmd, port, log_dir / f"llama-server-{port}.log")
+
+
+def start_llama_server_embeddings(
+    log_dir: Path, model: Path, parallel: int, n_ctx: int, threads: int
+) -> ServerProcess:
+    port = free_port()
+    cmd = [
+        str(LLAMA_SERVER),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--embedding",
+        "--pooling",
+        "mean",
+        "-np",
+        str(parallel),
+        "-c",
+        str(n_ctx),
+        "-b",
+        str(n_ctx),
+        "-ub",
+        str(n_ctx),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "--kv-unified",
+        "--no-webui",
+    ]
+    return start_process(cmd, port, log_dir / f"llama-server-embed-{port}.log")
