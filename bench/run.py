@@ -117,7 +117,7 @@ DECODE = [
 SHARED = Scenario("shared-prefix", 8, 16, 32, shared_prefix_prompts)
 EMBED_TEXTS = 1000
 EMBED_CONCURRENCY = (1, 8)
-EMBED_N_CTX, EMBED_N_SEQ = 2048, 32  # Hearth's defaults (config/default.toml)
+EMBED_N_CTX, EMBED_N_SEQ = 512, 32  # Hearth's defaults (config/default.toml)
 
 
 def cpu_name() -> str:
@@ -238,7 +238,7 @@ def main() -> int:
             print("llama-server --embedding ...", flush=True)
             embed_peer = measure_embeddings(
                 start_llama_server_embeddings(
-                    logs, embed_path, max(EMBED_CONCURRENCY), EMBED_N_CTX * 4, threads
+                    logs, embed_path, max(EMBED_CONCURRENCY), 4096, EMBED_N_CTX, threads
                 ),
                 "default",
                 texts,
@@ -302,8 +302,9 @@ def render_embeddings(
     if peer:
         lines += [
             "",
-            "llama-server: `llama-server --embedding --pooling mean -np 8 -c 8192 "
-            "-b 8192 -ub 8192 --kv-unified` on the same GGUF.",
+            "llama-server: `llama-server --embedding --pooling mean -np 8 -c 4096 "
+            "-b 512 -ub 512 --kv-unified` on the same GGUF (the batch size that is fastest "
+            "for both).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -71,7 +71,7 @@ class EmbeddingSettings(_Section):
     enabled: bool = True
     path: str = ""
     alias: str = ""
-    n_ctx: int = Field(2048, ge=64)
+    n_ctx: int = Field(512, ge=64)
     n_seq_max: int = Field(32, ge=1, le=LLAMA_MAX_SEQ)
 
     @model_validator(mode="after")

@@ -106,3 +106,18 @@ def test_health_reports_engine(server: RunningServer) -> None:
     assert body["status"] == "ok"
     assert json.dumps(body["engine"])
     assert body["engine"]["max_running"] == 8
+
+
+def test_prometheus_metrics(server: RunningServer) -> None:
+    r = httpx.get(f"{server.url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    lines = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in r.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    stats = server.stats()
+    assert lines["hearth_engine_steps_total"] >= 1
+    assert lines["hearth_kv_cells"] == stats["n_cells"]
+    assert "hearth_prefix_cache_hit_tokens_total" in lines
+    assert "hearth_embedding_inputs_total" in lines

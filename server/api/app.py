@@ -25,6 +25,7 @@ from server.api.errors import (
     handle_http_exception,
     handle_unexpected,
 )
+from server.api.metrics import make_registry, metrics
 from server.api.tokenize import detokenize, tokenize
 from server.runtime import Runtime
 
@@ -132,6 +133,7 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/detokenize", detokenize, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     middleware = [
         Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]),
@@ -149,4 +151,5 @@ def create_app(runtime: Runtime) -> Starlette:
         },
     )
     app.state.runtime = runtime
+    app.state.metrics = make_registry(runtime)
     return app

@@ -1,0 +1,76 @@
+"""GET /metrics: the engine's counters in Prometheus' text format, read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.runtime import Runtime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# stats field → (metric name, help); counters only ever grow, gauges are current values.
+_COUNTERS = {
+    "steps": ("hearth_engine_steps", "llama_decode calls made by the engine"),
+    "multi_sequence_steps": (
+        "hearth_engine_batched_steps",
+        "steps whose batch held more than one sequence",
+    ),
+    "tokens_decoded": ("hearth_engine_tokens", "tokens through llama_decode"),
+    "prompt_tokens_processed": ("hearth_engine_prompt_tokens", "prompt tokens computed"),
+    "decode_seconds": ("hearth_engine_decode_seconds", "time spent in llama_decode"),
+    "preemptions": ("hearth_engine_preemptions", "sequences preempted for KV cells"),
+    "requests_finished": ("hearth_requests_finished", "generation requests finished"),
+}
+_GAUGES = {
+    "running": ("hearth_requests_running", "requests being decoded"),
+    "waiting": ("hearth_requests_waiting", "requests waiting for a sequence"),
+    "cells_used": ("hearth_kv_cells_used", "KV cells in use"),
+    "n_cells": ("hearth_kv_cells", "KV cells in the context"),
+    "cache_cells": ("hearth_prefix_cache_cells", "KV cells held by the prefix cache tree"),
+    "cache_entries": ("hearth_prefix_cache_entries", "finished requests kept in the cache"),
+}
+_CACHE_COUNTERS = {
+    "lookups": "prefix cache lookups",
+    "hits": "lookups that reused at least one token",
+    "hit_tokens": "prompt tokens served from the cache",
+    "evictions": "cache entries evicted",
+    "deduplicated_tokens": "tokens computed twice at once whose copy was dropped",
+}
+
+
+class EngineCollector(Collector):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.runtime.engine.stats
+        for field, (name, doc) in _COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=getattr(stats, field))
+        for field, (name, doc) in _GAUGES.items():
+            yield GaugeMetricFamily(name, doc, value=getattr(stats, field))
+        for field, doc in _CACHE_COUNTERS.items():
+            yield CounterMetricFamily(
+                f"hearth_prefix_cache_{field}", doc, value=getattr(stats.cache, field)
+            )
+        if self.runtime.embedder is not None:
+            for field, value in asdict(self.runtime.embedder.stats).items():
+                yield CounterMetricFamily(
+                    f"hearth_embedding_{field}", f"embedding engine: {field}", value=value
+                )
+
+
+def make_registry(runtime: Runtime) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(runtime))
+    return registry
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE)
