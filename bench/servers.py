@@ -93,7 +93,7 @@ def start_llama_server(
 
 
 def start_llama_server_embeddings(
-    log_dir: Path, model: Path, parallel: int, n_ctx: int, threads: int
+    log_dir: Path, model: Path, parallel: int, n_ctx: int, n_batch: int, threads: int
 ) -> ServerProcess:
     port = free_port()
     cmd = [
@@ -112,9 +112,9 @@ def start_llama_server_embeddings(
         "-c",
         str(n_ctx),
         "-b",
-        str(n_ctx),
+        str(n_batch),
         "-ub",
-        str(n_ctx),
+        str(n_batch),
         "-t",
         str(threads),
         "-tb",
