@@ -24,6 +24,7 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "cache_entries": ("cache", "max_entries"),
     "cache_cells": ("cache", "max_cells"),
     "cache_dir": ("cache", "persist_dir"),
+    "data_dir": ("storage", "data_dir"),
     "host": ("server", "host"),
     "port": ("server", "port"),
     "api_key": ("server", "api_key"),
@@ -52,6 +53,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--cache-entries", type=int, help="finished requests the cache may keep")
     p.add_argument("--cache-cells", type=int, help="KV cells those may hold (0: n_ctx / 2)")
     p.add_argument("--cache-dir", help="save the cache here at shutdown, restore it at start")
+    p.add_argument("--data-dir", help="converted models, uploaded files, documents")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--api-key", help="require this bearer token on /v1/*")

@@ -84,6 +84,10 @@ class EmbeddingSettings(_Section):
         return self
 
 
+class RetrievalSettings(_Section):
+    max_upload_mb: int = Field(64, ge=1)
+
+
 class StorageSettings(_Section):
     # Where Hearth keeps converted models, its cache and (later) documents.
     # Empty: $XDG_DATA_HOME/hearth, else ~/.local/share/hearth.
@@ -109,6 +113,7 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     storage: StorageSettings = StorageSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
 
     @model_validator(mode="after")

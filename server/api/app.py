@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from retrieval.files import FileStore
 from server.api.chat import chat_completions
 from server.api.completions import completions
 from server.api.embeddings import embeddings
@@ -25,6 +26,7 @@ from server.api.errors import (
     handle_http_exception,
     handle_unexpected,
 )
+from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
 from server.api.metrics import make_registry, metrics
 from server.api.tokenize import detokenize, tokenize
 from server.runtime import Runtime
@@ -127,6 +129,11 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/files", create_file, methods=["POST"]),
+        Route("/v1/files", list_files, methods=["GET"]),
+        Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
+        Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),
@@ -152,4 +159,8 @@ def create_app(runtime: Runtime) -> Starlette:
     )
     app.state.runtime = runtime
     app.state.metrics = make_registry(runtime)
+    settings = runtime.settings
+    app.state.files = FileStore(
+        settings.storage.resolved_data_dir(), settings.retrieval.max_upload_mb << 20
+    )
     return app

@@ -1,0 +1,121 @@
+"""Documents → text sections that remember where they came from (page, heading, offset).
+
+PDF through pypdf (one section per page), Markdown split on its headings, plain text as
+one section. A file that cannot give text (encrypted, malformed, scanned images only,
+binary) raises ParseError with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd"}
+TEXT_SUFFIXES = {
+    ".txt",
+    ".text",
+    ".rst",
+    ".csv",
+    ".log",
+    ".json",
+    ".yaml",
+    ".yml",
+    ".toml",
+    ".py",
+    ".js",
+    ".ts",
+    ".html",
+    ".htm",
+    ".xml",
+    ".ini",
+    ".cfg",
+    ".tex",
+}
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+class ParseError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Section:
+    text: str
+    char_start: int  # offset of text in the document's whole extracted text
+    page: int | None = None  # 1-based, PDFs only
+    heading: str | None = None  # Markdown: the heading this section sits under
+
+
+def parse(path: Path, filename: str) -> list[Section]:
+    suffix = Path(filename).suffix.lower()
+    if suffix == ".pdf" or _starts_with(path, b"%PDF-"):
+        sections = _parse_pdf(path)
+    else:
+        text = _read_text(path, filename)
+        sections = _parse_markdown(text) if suffix in MARKDOWN_SUFFIXES else [Section(text, 0)]
+    sections = [s for s in sections if s.text.strip()]
+    if not sections:
+        raise ParseError(f"{filename} contains no text")
+    return sections
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(magic)) == magic
+
+
+def _read_text(path: Path, filename: str) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192] and data[:2] not in (b"\xff\xfe", b"\xfe\xff"):
+        raise ParseError(
+            f"{filename} looks like a binary file; supported: PDF, Markdown and plain text"
+        )
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")  # never fails; better than refusing a legacy text file
+
+
+def _parse_pdf(path: Path) -> list[Section]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(str(path))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ParseError("the PDF is encrypted with a password")
+        sections = []
+        offset = 0
+        for number, page in enumerate(reader.pages, start=1):
+            text = (page.extract_text() or "").strip()
+            if text:
+                sections.append(Section(text, offset, page=number))
+                offset += len(text) + 2
+    except ParseError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as e:
+        raise ParseError(f"the PDF could not be read: {e}") from e
+    except Exception as e:  # pypdf raises assorted errors on damaged files
+        raise ParseError(f"the PDF could not be read: {type(e).__name__}: {e}") from e
+    if not sections:
+        raise ParseError("the PDF has no extractable text (scanned images need OCR)")
+    return sections
+
+
+def _parse_markdown(text: str) -> list[Section]:
+    """One section per heading (the heading line included, so its words are searchable)."""
+    starts = [m.start() for m in _HEADING.finditer(text)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    sections = []
+    for begin, end in zip(starts, [*starts[1:], len(text)], strict=True):
+        body = text[begin:end]
+        heading_match = _HEADING.match(body)
+        heading = heading_match.group(2).strip() if heading_match else None
+        stripped = body.strip()
+        if stripped:
+            sections.append(Section(stripped, begin + body.index(stripped[0]), heading=heading))
+    return sections

@@ -1,0 +1,120 @@
+"""Parsing and chunking of real files: PDFs written here with fpdf2, Markdown, plain text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fpdf import FPDF
+
+from retrieval.chunking import chunk_sections
+from retrieval.parsing import ParseError, parse
+from server.engine.model import LlamaModel
+from server.model_files import prepare_default_embedding_model
+from server.settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def count_tokens() -> Iterator:
+    model = LlamaModel(prepare_default_embedding_model(load_settings().storage.resolved_data_dir()))
+    yield lambda text: len(model.tokenize(text, add_special=False))
+    model.close()
+
+
+def write_pdf(path: Path, pages: list[str], password: str | None = None) -> Path:
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 6, text)
+    if password:
+        pdf.set_encryption(owner_password=password, user_password=password)
+    pdf.output(str(path))
+    return path
+
+
+def test_pdf_pages_are_kept(tmp_path: Path) -> None:
+    path = write_pdf(
+        tmp_path / "manual.pdf",
+        [
+            "Chapter one. The pump must be primed before use.",
+            "Chapter two. Error E1042 means the valve is stuck.",
+        ],
+    )
+    sections = parse(path, "manual.pdf")
+    assert [s.page for s in sections] == [1, 2]
+    assert "E1042" in sections[1].text
+    assert sections[1].char_start > sections[0].char_start
+
+
+def test_encrypted_malformed_and_empty_pdfs_fail_clearly(tmp_path: Path) -> None:
+    locked = write_pdf(tmp_path / "locked.pdf", ["secret text"], password="hunter2")
+    with pytest.raises(ParseError, match="encrypted"):
+        parse(locked, "locked.pdf")
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7\n this is not really a pdf \x00\x01")
+    with pytest.raises(ParseError):
+        parse(broken, "broken.pdf")
+    blank = write_pdf(tmp_path / "blank.pdf", [""])
+    with pytest.raises(ParseError, match=r"no extractable text|no text"):
+        parse(blank, "blank.pdf")
+
+
+def test_markdown_splits_on_headings(tmp_path: Path) -> None:
+    path = tmp_path / "guide.md"
+    path.write_text("Intro line.\n\n# Install\n\nRun make serve.\n\n## Test\n\nRun make test.\n")
+    sections = parse(path, "guide.md")
+    assert [s.heading for s in sections] == [None, "Install", "Test"]
+    text = path.read_text()
+    for s in sections:
+        assert text[s.char_start : s.char_start + len(s.text)] == s.text
+
+
+def test_binary_and_empty_text_fail(tmp_path: Path) -> None:
+    binary = tmp_path / "image.bin"
+    binary.write_bytes(bytes(range(256)) * 10)
+    with pytest.raises(ParseError, match="binary"):
+        parse(binary, "image.bin")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n ")
+    with pytest.raises(ParseError, match="no text"):
+        parse(empty, "empty.txt")
+
+
+def test_chunks_respect_paragraphs_token_limit_and_offsets(tmp_path: Path, count_tokens) -> None:
+    long_para = " ".join(f"sentence{i} about pumps and valves." for i in range(300))
+    text = f"Title\n\nShort first paragraph about the device.\n\n{long_para}\n\nLast words here."
+    path = tmp_path / "doc.txt"
+    path.write_text(text)
+    chunks = chunk_sections(parse(path, "doc.txt"), count_tokens, max_tokens=64, overlap_tokens=16)
+    assert len(chunks) > 5
+    for c in chunks:
+        assert count_tokens(c.text) <= 64
+        assert text[c.char_start : c.char_end] == c.text
+    # "Title" is too short to stand alone: it joins the next paragraph.
+    assert chunks[0].text.startswith("Title") and "Short first paragraph" in chunks[0].text
+    assert chunks[0].position == "beginning" and chunks[-1].position == "end"
+    assert {c.position for c in chunks} == {"beginning", "middle", "end"}
+    # Windows of the long paragraph overlap.
+    windows = [c for c in chunks if "sentence" in c.text]
+    assert windows[0].char_end > windows[1].char_start
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+
+
+def test_real_pdf_from_the_machine_if_any(count_tokens) -> None:
+    """A real PDF, not one written by the tests, when the machine has one."""
+    candidates = (
+        sorted(Path("/usr/share/doc").rglob("*.pdf"))[:3] if Path("/usr/share/doc").exists() else []
+    )
+    if not candidates:
+        pytest.skip("no PDF under /usr/share/doc on this machine")
+    for path in candidates:
+        try:
+            sections = parse(path, path.name)
+        except ParseError:
+            continue
+        chunks = chunk_sections(sections, count_tokens)
+        assert chunks and all(c.page for c in chunks)
+        return
+    pytest.skip("the PDFs found have no extractable text")
