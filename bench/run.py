@@ -272,6 +272,7 @@ def render_embeddings(
     hearth: list[EmbedResult], raw: EmbedResult, peer: list[EmbedResult] | None, model_path: Path
 ) -> str:
     lines = [
+        "",
         "## Embeddings: 1,000 chunks of about 200 tokens, one chunk per request",
         "",
         f"Model `{model_path.name}` (converted by `hearth models prepare`). Raw loop: all "

@@ -86,6 +86,9 @@ class EmbeddingSettings(_Section):
 
 class RetrievalSettings(_Section):
     max_upload_mb: int = Field(64, ge=1)
+    lancedb_uri: str = ""
+    chunk_tokens: int = Field(256, ge=16, le=500)
+    chunk_overlap: int = Field(32, ge=0)
 
 
 class StorageSettings(_Section):

@@ -16,7 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from retrieval.files import FileStore
+from retrieval.ingestion import ChunkingOptions
+from retrieval.service import Retrieval
+from server.api import vector_stores as vs
 from server.api.chat import chat_completions
 from server.api.completions import completions
 from server.api.embeddings import embeddings
@@ -120,9 +122,11 @@ def create_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime.start()
+        app.state.retrieval.start()
         try:
             yield
         finally:
+            await app.state.retrieval.stop()
             runtime.close()
 
     routes = [
@@ -134,6 +138,18 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
         Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
         Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+        Route("/v1/vector_stores", vs.create_store, methods=["POST"]),
+        Route("/v1/vector_stores", vs.list_stores, methods=["GET"]),
+        Route("/v1/vector_stores/{store_id}", vs.retrieve_store, methods=["GET"]),
+        Route("/v1/vector_stores/{store_id}", vs.modify_store, methods=["POST"]),
+        Route("/v1/vector_stores/{store_id}", vs.delete_store, methods=["DELETE"]),
+        Route("/v1/vector_stores/{store_id}/files", vs.attach_file, methods=["POST"]),
+        Route("/v1/vector_stores/{store_id}/files", vs.list_store_files, methods=["GET"]),
+        Route(
+            "/v1/vector_stores/{store_id}/files/{file_id}", vs.retrieve_store_file, methods=["GET"]
+        ),
+        Route("/v1/vector_stores/{store_id}/files/{file_id}", vs.detach_file, methods=["DELETE"]),
+        Route("/v1/vector_stores/{store_id}/search", vs.search_store, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),
@@ -160,7 +176,11 @@ def create_app(runtime: Runtime) -> Starlette:
     app.state.runtime = runtime
     app.state.metrics = make_registry(runtime)
     settings = runtime.settings
-    app.state.files = FileStore(
-        settings.storage.resolved_data_dir(), settings.retrieval.max_upload_mb << 20
+    app.state.retrieval = Retrieval(
+        settings.storage.resolved_data_dir(),
+        settings.retrieval.lancedb_uri,
+        settings.retrieval.max_upload_mb << 20,
+        runtime.embedder,
+        ChunkingOptions(settings.retrieval.chunk_tokens, settings.retrieval.chunk_overlap),
     )
     return app

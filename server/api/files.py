@@ -30,7 +30,7 @@ def file_object(f: StoredFile) -> dict[str, Any]:
 
 
 def _store(request: Request) -> FileStore:
-    return request.app.state.files
+    return request.app.state.retrieval.files
 
 
 def _not_found(file_id: str) -> APIError:
@@ -139,6 +139,7 @@ async def file_content(request: Request) -> Response:
 
 async def delete_file(request: Request) -> Response:
     file_id = request.path_params["file_id"]
-    if not _store(request).delete(file_id):
+    # Also takes the file out of every vector store that holds it.
+    if not request.app.state.retrieval.delete_file(file_id):
         raise _not_found(file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})

@@ -1,0 +1,245 @@
+"""Vector stores and the files attached to them, in SQLite beside the uploaded files.
+
+A vector-store file whose status is `in_progress` is also the ingestion worker's job: the
+queue is this table, so it survives a crash or kill -9 and the worker resumes it on start.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vector_stores (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    last_active_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vector_store_files (
+    vector_store_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    last_error TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (vector_store_id, file_id)
+);
+"""
+
+IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "in_progress", "completed", "failed", "cancelled"
+
+
+@dataclass(frozen=True)
+class VectorStore:
+    id: str
+    name: str | None
+    metadata: dict[str, Any]
+    created_at: int
+    last_active_at: int
+    file_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorStoreFile:
+    vector_store_id: str
+    file_id: str
+    status: str
+    last_error: dict[str, str] | None
+    attributes: dict[str, Any]
+    created_at: int
+    chunks: int
+
+
+class Catalog:
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(data_dir / "vector_stores.db", check_same_thread=False)
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:
+            yield self._db
+
+    # --- vector stores --------------------------------------------------------------------
+
+    def create_store(self, name: str | None, metadata: dict[str, Any]) -> VectorStore:
+        now = int(time.time())
+        store_id = "vs_" + secrets.token_hex(12)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO vector_stores VALUES (?, ?, ?, ?, ?)",
+                (store_id, name, json.dumps(metadata), now, now),
+            )
+        store = self.get_store(store_id)
+        assert store is not None
+        return store
+
+    def get_store(self, store_id: str) -> VectorStore | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM vector_stores WHERE id = ?", (store_id,)).fetchone()
+            if row is None:
+                return None
+            counts = dict(
+                db.execute(
+                    "SELECT status, COUNT(*) FROM vector_store_files WHERE vector_store_id = ? "
+                    "GROUP BY status",
+                    (store_id,),
+                ).fetchall()
+            )
+        file_counts = {s: counts.get(s, 0) for s in (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}
+        file_counts["total"] = sum(file_counts.values())
+        return VectorStore(row[0], row[1], json.loads(row[2]), row[3], row[4], file_counts)
+
+    def list_stores(self, order: str = "desc") -> list[VectorStore]:
+        direction = "ASC" if order == "asc" else "DESC"
+        with self._tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT id FROM vector_stores ORDER BY created_at {direction}, "
+                    f"rowid {direction}"
+                ).fetchall()
+            ]
+        return [s for i in ids if (s := self.get_store(i)) is not None]
+
+    def update_store(
+        self, store_id: str, name: str | None, metadata: dict[str, Any] | None
+    ) -> VectorStore | None:
+        with self._tx() as db:
+            if name is not None:
+                db.execute("UPDATE vector_stores SET name = ? WHERE id = ?", (name, store_id))
+            if metadata is not None:
+                db.execute(
+                    "UPDATE vector_stores SET metadata = ? WHERE id = ?",
+                    (json.dumps(metadata), store_id),
+                )
+        return self.get_store(store_id)
+
+    def delete_store(self, store_id: str) -> bool:
+        with self._tx() as db:
+            db.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
+            return db.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,)).rowcount > 0
+
+    def touch(self, store_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE vector_stores SET last_active_at = ? WHERE id = ?",
+                (int(time.time()), store_id),
+            )
+
+    # --- files in stores (and the ingestion queue) ----------------------------------------
+
+    def add_file(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
+        """Attach a file (again): its status becomes in_progress, which queues ingestion."""
+        with self._tx() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM vector_store_files").fetchone()[
+                0
+            ]
+            db.execute(
+                "INSERT INTO vector_store_files VALUES (?, ?, ?, NULL, ?, ?, 0, ?) "
+                "ON CONFLICT (vector_store_id, file_id) DO UPDATE SET status = excluded.status,"
+                " last_error = NULL, attributes = excluded.attributes, seq = excluded.seq",
+                (store_id, file_id, IN_PROGRESS, json.dumps(attributes), int(time.time()), seq),
+            )
+        vsf = self.get_file(store_id, file_id)
+        assert vsf is not None
+        return vsf
+
+    def get_file(self, store_id: str, file_id: str) -> VectorStoreFile | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
+                "chunks FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
+                (store_id, file_id),
+            ).fetchone()
+        return self._file(row) if row else None
+
+    def list_files(
+        self, store_id: str, status: str | None = None, order: str = "desc"
+    ) -> list[VectorStoreFile]:
+        direction = "ASC" if order == "asc" else "DESC"
+        query = (
+            "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
+            "chunks FROM vector_store_files WHERE vector_store_id = ?"
+        )
+        args: tuple[str, ...] = (store_id,)
+        if status:
+            query += " AND status = ?"
+            args += (status,)
+        with self._tx() as db:
+            rows = db.execute(f"{query} ORDER BY seq {direction}", args).fetchall()
+        return [self._file(r) for r in rows]
+
+    def stores_with_file(self, file_id: str) -> list[str]:
+        with self._tx() as db:
+            return [
+                r[0]
+                for r in db.execute(
+                    "SELECT vector_store_id FROM vector_store_files WHERE file_id = ?", (file_id,)
+                ).fetchall()
+            ]
+
+    def remove_file(self, store_id: str, file_id: str) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
+                    (store_id, file_id),
+                ).rowcount
+                > 0
+            )
+
+    def next_job(self) -> VectorStoreFile | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
+                "chunks FROM vector_store_files WHERE status = ? ORDER BY seq LIMIT 1",
+                (IN_PROGRESS,),
+            ).fetchone()
+        return self._file(row) if row else None
+
+    def finish_job(
+        self,
+        job: VectorStoreFile,
+        chunks: int,
+        error: str | None = None,
+        code: str = "server_error",
+    ) -> None:
+        status = FAILED if error else COMPLETED
+        last_error = json.dumps({"code": code, "message": error}) if error else None
+        with self._tx() as db:
+            # Only if the job is still the one we ran (not detached or re-queued meanwhile).
+            db.execute(
+                "UPDATE vector_store_files SET status = ?, last_error = ?, chunks = ? "
+                "WHERE vector_store_id = ? AND file_id = ? AND status = ?",
+                (status, last_error, chunks, job.vector_store_id, job.file_id, IN_PROGRESS),
+            )
+
+    @staticmethod
+    def _file(row: tuple[Any, ...]) -> VectorStoreFile:
+        return VectorStoreFile(
+            row[0],
+            row[1],
+            row[2],
+            json.loads(row[3]) if row[3] else None,
+            json.loads(row[4]),
+            row[5],
+            row[6],
+        )
+
+    def close(self) -> None:
+        self._db.close()

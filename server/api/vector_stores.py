@@ -1,0 +1,250 @@
+"""OpenAI's Vector Stores API over Hearth's retrieval store (LanceDB + ingestion worker)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from retrieval.catalog import IN_PROGRESS, VectorStore, VectorStoreFile
+from retrieval.filters import FilterError, validate
+from retrieval.service import Retrieval
+from retrieval.store import Hit
+from server.api.errors import APIError, bad_request, parse_json_body, validate_body
+from server.api.files import page
+
+# The openai client polls a file's status; tell it to look again soon.
+POLL_HEADERS = {"openai-poll-after-ms": "200"}
+STATIC_CHUNKING = {
+    "type": "static",
+    "static": {"max_chunk_size_tokens": 256, "chunk_overlap_tokens": 32},
+}
+
+
+class CreateStore(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    file_ids: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+
+
+class ModifyStore(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class AttachFile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    file_id: str
+    attributes: dict[str, str | float | bool] | None = None
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    query: str | list[str]
+    max_num_results: int = Field(10, ge=1, le=50)
+    filters: dict[str, Any] | None = None
+    # Hearth extension: how to search (hybrid = vector + full text, fused).
+    mode: Literal["hybrid", "vector", "text"] = "hybrid"
+
+
+def _retrieval(request: Request) -> Retrieval:
+    retrieval: Retrieval = request.app.state.retrieval
+    if not retrieval.enabled:
+        raise APIError(
+            503,
+            "Vector stores need the embedding model, which is switched off.",
+            type="server_error",
+            code="embeddings_disabled",
+        )
+    return retrieval
+
+
+def _store_or_404(retrieval: Retrieval, store_id: str) -> VectorStore:
+    store = retrieval.catalog.get_store(store_id)
+    if store is None:
+        raise APIError(
+            404,
+            f"No vector store found with id '{store_id}'.",
+            param="vector_store_id",
+            code="vector_store_not_found",
+        )
+    return store
+
+
+def store_object(store: VectorStore) -> dict[str, Any]:
+    return {
+        "id": store.id,
+        "object": "vector_store",
+        "created_at": store.created_at,
+        "name": store.name,
+        "usage_bytes": 0,
+        "file_counts": store.file_counts,
+        "status": "in_progress" if store.file_counts.get(IN_PROGRESS) else "completed",
+        "expires_after": None,
+        "expires_at": None,
+        "last_active_at": store.last_active_at,
+        "metadata": store.metadata,
+    }
+
+
+def file_object(vsf: VectorStoreFile) -> dict[str, Any]:
+    return {
+        "id": vsf.file_id,
+        "object": "vector_store.file",
+        "usage_bytes": 0,
+        "created_at": vsf.created_at,
+        "vector_store_id": vsf.vector_store_id,
+        "status": vsf.status,
+        "last_error": vsf.last_error,
+        "chunking_strategy": STATIC_CHUNKING,
+        "attributes": vsf.attributes,
+        "chunk_count": vsf.chunks,  # Hearth extension
+    }
+
+
+def hit_object(hit: Hit) -> dict[str, Any]:
+    return {
+        "file_id": hit.file_id,
+        "filename": hit.filename,
+        "score": hit.score,
+        "attributes": hit.attributes,
+        "content": [{"type": "text", "text": hit.text}],
+        # Hearth's additions: where in the document the chunk is.
+        "page": hit.page,
+        "chunk_index": hit.chunk_index,
+        "position": hit.position,
+        "heading": hit.heading,
+        "char_start": hit.char_start,
+        "char_end": hit.char_end,
+    }
+
+
+def _attach(
+    retrieval: Retrieval, store_id: str, file_id: str, attributes: dict[str, Any]
+) -> VectorStoreFile:
+    if retrieval.files.get(file_id) is None:
+        raise APIError(
+            404, f"No file found with id '{file_id}'.", param="file_id", code="file_not_found"
+        )
+    return retrieval.attach(store_id, file_id, attributes)
+
+
+async def create_store(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    body = validate_body(CreateStore, await parse_json_body(request))
+    missing = [f for f in body.file_ids if retrieval.files.get(f) is None]
+    if missing:
+        raise APIError(
+            404, f"No file found with id '{missing[0]}'.", param="file_ids", code="file_not_found"
+        )
+    store = retrieval.catalog.create_store(body.name, body.metadata or {})
+    for file_id in body.file_ids:
+        retrieval.attach(store.id, file_id, {})
+    return JSONResponse(store_object(_store_or_404(retrieval, store.id)))
+
+
+async def list_stores(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    order = request.query_params.get("order", "desc")
+    stores = retrieval.catalog.list_stores(order)
+    return JSONResponse(page([store_object(s) for s in stores], request, default_limit=20))
+
+
+async def retrieve_store(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    return JSONResponse(store_object(_store_or_404(retrieval, request.path_params["store_id"])))
+
+
+async def modify_store(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id = request.path_params["store_id"]
+    _store_or_404(retrieval, store_id)
+    body = validate_body(ModifyStore, await parse_json_body(request))
+    store = retrieval.catalog.update_store(store_id, body.name, body.metadata)
+    assert store is not None
+    return JSONResponse(store_object(store))
+
+
+async def delete_store(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id = request.path_params["store_id"]
+    _store_or_404(retrieval, store_id)
+    retrieval.delete_store(store_id)
+    return JSONResponse({"id": store_id, "object": "vector_store.deleted", "deleted": True})
+
+
+async def attach_file(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id = request.path_params["store_id"]
+    _store_or_404(retrieval, store_id)
+    body = validate_body(AttachFile, await parse_json_body(request))
+    vsf = _attach(retrieval, store_id, body.file_id, dict(body.attributes or {}))
+    return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
+
+
+async def list_store_files(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id = request.path_params["store_id"]
+    _store_or_404(retrieval, store_id)
+    status = request.query_params.get("filter")
+    order = request.query_params.get("order", "desc")
+    files = retrieval.catalog.list_files(store_id, status, order)
+    return JSONResponse(page([file_object(f) for f in files], request, default_limit=20))
+
+
+def _store_file_or_404(retrieval: Retrieval, store_id: str, file_id: str) -> VectorStoreFile:
+    _store_or_404(retrieval, store_id)
+    vsf = retrieval.catalog.get_file(store_id, file_id)
+    if vsf is None:
+        raise APIError(
+            404,
+            f"No file '{file_id}' in vector store '{store_id}'.",
+            param="file_id",
+            code="file_not_found",
+        )
+    return vsf
+
+
+async def retrieve_store_file(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    vsf = _store_file_or_404(
+        retrieval, request.path_params["store_id"], request.path_params["file_id"]
+    )
+    return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
+
+
+async def detach_file(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
+    _store_file_or_404(retrieval, store_id, file_id)
+    retrieval.detach(store_id, file_id)
+    return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
+
+
+async def search_store(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id = request.path_params["store_id"]
+    _store_or_404(retrieval, store_id)
+    body = validate_body(SearchRequest, await parse_json_body(request))
+    query = " ".join(body.query) if isinstance(body.query, list) else body.query
+    if not query.strip():
+        raise bad_request("'query' must not be empty.", param="query")
+    if body.filters is not None:
+        try:
+            validate(body.filters)
+        except FilterError as e:
+            raise bad_request(f"Invalid filters: {e}.", param="filters") from None
+    hits = await retrieval.search([store_id], query, body.max_num_results, body.mode, body.filters)
+    return JSONResponse(
+        {
+            "object": "vector_store.search_results.page",
+            "search_query": body.query if isinstance(body.query, list) else [body.query],
+            "data": [hit_object(h) for h in hits],
+            "has_more": False,
+            "next_page": None,
+        }
+    )

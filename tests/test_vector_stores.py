@@ -1,0 +1,211 @@
+"""OpenAI Vector Stores API end to end: the official client, real files, a real LanceDB."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RunningServer, start_server, stop_server
+from tests.test_documents import write_pdf
+
+FACT = "The Hearth test reactor runs on 47 hamster wheels."
+
+
+@pytest.fixture(scope="module")
+def rag_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("rag")
+    s = start_server(tmp, "--data-dir", str(tmp / "data"))
+    yield s
+    stop_server(s)
+
+
+def upload(client: openai.OpenAI, store_id: str, name: str, data: bytes):
+    return client.vector_stores.files.upload_and_poll(
+        vector_store_id=store_id, file=(name, io.BytesIO(data)), poll_interval_ms=100
+    )
+
+
+def test_pdf_and_markdown_end_to_end(rag_server: RunningServer, tmp_path: Path) -> None:
+    client = rag_server.client()
+    store = client.vector_stores.create(name="manuals", metadata={"team": "qa"})
+    assert store.object == "vector_store" and store.name == "manuals"
+    pdf = write_pdf(
+        tmp_path / "reactor.pdf",
+        [
+            "Introduction. This manual covers the installation of the device.",
+            f"Power. {FACT} Keep them well fed.",
+        ],
+    )
+    pdf_file = upload(client, store.id, "reactor.pdf", pdf.read_bytes())
+    assert pdf_file.status == "completed", pdf_file.last_error
+    md = b"# Garden\n\nTomatoes need sun.\n\n## Watering\n\nWater the basil every morning.\n"
+    md_file = upload(client, store.id, "garden.md", md)
+    assert md_file.status == "completed"
+    store = client.vector_stores.retrieve(store.id)
+    assert store.file_counts.completed == 2 and store.file_counts.total == 2
+
+    results = client.vector_stores.search(store.id, query="How many hamster wheels power it?")
+    top = results.data[0]
+    assert top.filename == "reactor.pdf" and top.file_id == pdf_file.id
+    assert "47 hamster wheels" in top.content[0].text
+    raw = httpx.post(
+        f"{rag_server.base_url}/vector_stores/{store.id}/search", json={"query": "basil watering"}
+    ).json()
+    assert raw["data"][0]["filename"] == "garden.md"
+    assert raw["data"][0]["heading"] == "Watering"
+    pdf_hit = httpx.post(
+        f"{rag_server.base_url}/vector_stores/{store.id}/search", json={"query": "hamster wheels"}
+    ).json()["data"][0]
+    assert pdf_hit["page"] == 2
+
+    # Detaching a file removes its chunks from search; deleting the store removes it.
+    client.vector_stores.files.delete(file_id=pdf_file.id, vector_store_id=store.id)
+    again = client.vector_stores.search(store.id, query="hamster wheels")
+    assert all(r.file_id != pdf_file.id for r in again.data)
+    assert client.vector_stores.delete(store.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve(store.id)
+
+
+def test_failed_files_report_why(rag_server: RunningServer, tmp_path: Path) -> None:
+    client = rag_server.client()
+    store = client.vector_stores.create(name="bad")
+    locked = write_pdf(tmp_path / "locked.pdf", ["secret"], password="pw")
+    f = upload(client, store.id, "locked.pdf", locked.read_bytes())
+    assert f.status == "failed" and "encrypted" in f.last_error.message
+    g = upload(client, store.id, "blob.bin", bytes(range(256)) * 8)
+    assert g.status == "failed" and "binary" in g.last_error.message
+    # The worker goes on with the next job.
+    ok = upload(client, store.id, "fine.txt", b"Perfectly ordinary text about kettles.")
+    assert ok.status == "completed"
+    counts = client.vector_stores.retrieve(store.id).file_counts
+    assert counts.failed == 2 and counts.completed == 1
+
+
+def test_hybrid_finds_exact_identifiers(rag_server: RunningServer) -> None:
+    """Questions that hinge on an exact error code: embeddings see near-identical codes as
+    near-identical; the full-text index does not."""
+    client = rag_server.client()
+    store = client.vector_stores.create(name="codes")
+    causes = [
+        "the valve is stuck",
+        "the pump runs dry",
+        "the filter is clogged",
+        "the sensor is unplugged",
+        "the fan is blocked",
+        "the fuse has blown",
+    ]
+    codes = [f"E{1000 + (i * 7919) % 9000}" for i in range(36)]
+    paragraphs = [
+        f"Error {code}: {causes[i % len(causes)]}; restart the unit after fixing it."
+        for i, code in enumerate(codes)
+    ]
+    upload(client, store.id, "errors.txt", "\n\n".join(paragraphs).encode())
+
+    def rank(mode: str, code: str) -> int:
+        data = httpx.post(
+            f"{rag_server.base_url}/vector_stores/{store.id}/search",
+            json={"query": f"What does error {code} mean?", "mode": mode, "max_num_results": 20},
+        ).json()["data"]
+        texts = [d["content"][0]["text"] for d in data]
+        return next((i for i, t in enumerate(texts) if f"Error {code}:" in t), 99)
+
+    asked = codes[5:35:3]
+    hybrid = [rank("hybrid", c) for c in asked]
+    vector = [rank("vector", c) for c in asked]
+    assert sum(r == 0 for r in hybrid) >= 8, hybrid
+    assert sum(r == 0 for r in hybrid) > sum(r == 0 for r in vector), (hybrid, vector)
+
+
+def test_attribute_filters(rag_server: RunningServer) -> None:
+    client = rag_server.client()
+    store = client.vector_stores.create(name="filtered")
+    for lang in ("en", "de"):
+        f = client.files.create(
+            file=(
+                f"{lang}.txt",
+                io.BytesIO(f"Release notes ({lang}): the kettle now boils faster.".encode()),
+            ),
+            purpose="assistants",
+        )
+        client.vector_stores.files.create_and_poll(
+            vector_store_id=store.id, file_id=f.id, attributes={"lang": lang}, poll_interval_ms=100
+        )
+    hits = client.vector_stores.search(
+        store.id, query="kettle", filters={"type": "eq", "key": "lang", "value": "de"}
+    )
+    assert [h.attributes["lang"] for h in hits.data] == ["de"]
+    r = httpx.post(
+        f"{rag_server.base_url}/vector_stores/{store.id}/search",
+        json={"query": "kettle", "filters": {"type": "near", "key": "x"}},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "filters"
+
+
+def test_listing_paging_and_bad_ids(rag_server: RunningServer) -> None:
+    client = rag_server.client()
+    made = [client.vector_stores.create(name=f"s{i}").id for i in range(4)]
+    first = client.vector_stores.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    assert set(made) <= {s.id for s in client.vector_stores.list(limit=2)}  # auto-paging
+    renamed = client.vector_stores.update(made[0], name="renamed", metadata={"k": "v"})
+    assert renamed.name == "renamed" and renamed.metadata == {"k": "v"}
+    for call in (
+        lambda: client.vector_stores.retrieve("vs_nope"),
+        lambda: client.vector_stores.files.create(vector_store_id=made[0], file_id="file-nope"),
+        lambda: client.vector_stores.search("vs_nope", query="x"),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+
+
+def test_deleting_a_file_removes_it_from_stores(rag_server: RunningServer) -> None:
+    client = rag_server.client()
+    store = client.vector_stores.create(name="transient")
+    f = upload(client, store.id, "t.txt", b"Ephemeral content about lighthouses.")
+    assert client.vector_stores.search(store.id, query="lighthouses").data
+    client.files.delete(f.id)
+    assert not client.vector_stores.search(store.id, query="lighthouses").data
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.retrieve(file_id=f.id, vector_store_id=store.id)
+
+
+def test_kill_during_ingestion_then_restart(tmp_path: Path) -> None:
+    """kill -9 in the middle of a job; after a restart the job finishes and every chunk is
+    in LanceDB exactly once."""
+    import lancedb
+
+    data = tmp_path / "data"
+    text = "\n\n".join(
+        f"Paragraph {i} describes maintenance step {i} of the boiler in detail, "
+        f"including the torque for bolt {i} and the order of the valves."
+        for i in range(400)
+    ).encode()
+    server = start_server(tmp_path, "--data-dir", str(data))
+    client = server.client()
+    store = client.vector_stores.create(name="crash")
+    f = client.files.create(file=("boiler.txt", io.BytesIO(text)), purpose="assistants")
+    vsf = client.vector_stores.files.create(vector_store_id=store.id, file_id=f.id)
+    assert vsf.status == "in_progress"
+    server.proc.process.kill()  # SIGKILL: no shutdown code runs
+    server.proc.process.wait()
+
+    server = start_server(tmp_path, "--data-dir", str(data))
+    try:
+        done = server.client().vector_stores.files.poll(
+            file_id=f.id, vector_store_id=store.id, poll_interval_ms=100
+        )
+        assert done.status == "completed"
+        chunk_count = done.model_extra["chunk_count"]
+        assert chunk_count > 50
+    finally:
+        stop_server(server)
+    table = lancedb.connect(str(data / "lancedb")).open_table("chunks")
+    rows = table.search().where(f"file_id = '{f.id}'").limit(100_000).to_list()
+    indexes = sorted(r["chunk_index"] for r in rows)
+    assert indexes == list(range(chunk_count))
