@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from server.settings import ConfigError, load_settings
@@ -138,15 +139,65 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default="http://127.0.0.1:8080",
+        help="the running Hearth server (default http://127.0.0.1:8080)",
+    )
+    common.add_argument("--api-key", help="bearer token, if the server asks for one")
+    common.add_argument("--store", required=True, help="vector store name or id")
+    ingest = sub.add_parser(
+        "ingest",
+        parents=[common],
+        help="upload files or folders into a vector store and index them",
+    )
+    ingest.add_argument("paths", nargs="+", type=Path)
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    search = sub.add_parser("search", parents=[common], help="search a vector store")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    search.add_argument("--mode", choices=["hybrid", "vector", "text"], default="hybrid")
+
+
+def client_command(args: argparse.Namespace) -> int:
+    from retrieval.client import ClientError, HearthClient
+
+    client = HearthClient(args.url, args.api_key)
+    try:
+        if args.command == "ingest":
+            failed = 0
+            for result in client.ingest(args.paths, args.store, args.quiet):
+                error = (result.get("last_error") or {}).get("message")
+                failed += result["status"] != "completed"
+                print(
+                    f"{result['status']:>10}  {result['filename']}"
+                    + (f"  ({result.get('chunk_count', 0)} chunks)" if not error else f"  {error}")
+                )
+            return 1 if failed else 0
+        for i, hit in enumerate(client.search(args.query, args.store, args.k, args.mode), 1):
+            where = f"{hit['filename']}" + (f" p.{hit['page']}" if hit.get("page") else "")
+            text = " ".join(hit["content"][0]["text"].split())
+            print(f"{i}. [{hit['score']:.4f}] {where}\n   {text[:300]}")
+        return 0
+    except ClientError as e:
+        print(f"hearth: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hearth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _models_parser(sub)
+    _client_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return models(args)
+    if args.command == "models":
+        return models(args)
+    return client_command(args)
 
 
 if __name__ == "__main__":

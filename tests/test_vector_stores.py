@@ -209,3 +209,36 @@ def test_kill_during_ingestion_then_restart(tmp_path: Path) -> None:
     rows = table.search().where(f"file_id = '{f.id}'").limit(100_000).to_list()
     indexes = sorted(r["chunk_index"] for r in rows)
     assert indexes == list(range(chunk_count))
+
+
+def test_cli_ingest_and_search(rag_server: RunningServer, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tea.md").write_text("# Tea\n\nGreen tea is steeped at 80 degrees for two minutes.\n")
+    write_pdf(docs / "coffee.pdf", ["Espresso is brewed at nine bar of pressure."])
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+
+    def hearth(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "server.cli", *args, "--url", rag_server.url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ingest = hearth("ingest", str(docs), "--store", "drinks", "--quiet")
+    assert ingest.returncode == 1  # one file failed, and the exit code says so
+    lines = ingest.stdout.splitlines()
+    assert any(line.strip().startswith("completed") and "tea.md" in line for line in lines)
+    assert any(line.strip().startswith("failed") and "broken.pdf" in line for line in lines)
+    found = hearth("search", "How hot should green tea water be?", "--store", "drinks")
+    assert found.returncode == 0, found.stderr
+    assert "tea.md" in found.stdout.splitlines()[0]
+    missing = hearth("search", "x", "--store", "no-such-store")
+    assert missing.returncode == 1 and "no vector store" in missing.stderr
