@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import retrieval_bench
 from bench.embed_load import EmbedResult, chunks, run_embed_load, run_raw_embed_loop
 from bench.load import LoadResult, Messages, run_load
 from bench.raw_loop import RawResult, run_raw_loop
@@ -206,6 +207,10 @@ def main() -> int:
     print("raw embedding loop ...", flush=True)
     texts = chunks(EMBED_TEXTS)
     embed_raw = run_raw_embed_loop(embed_model, texts, EMBED_N_CTX, EMBED_N_SEQ, threads)
+    print("retrieval ingestion and search ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        ingest = retrieval_bench.measure_ingestion(Path(tmp), embed_model, threads)
+    retrieval_report = retrieval_bench.render(ingest, retrieval_bench.measure_search())
     embed_model.close()
 
     peer: list[LoadResult] | None = None
@@ -254,6 +259,7 @@ def main() -> int:
         hearth, no_cache, raw, peer, peer_note, model_path, threads, time.monotonic() - t0
     )
     report += render_embeddings(embed_hearth, embed_raw, embed_peer, embed_path)
+    report += retrieval_report
     print(report)
     if args.write:
         args.write.write_text(report)
