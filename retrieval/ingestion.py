@@ -49,12 +49,16 @@ class IngestionWorker:
         self.embedder = embedder
         self.options = options
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.jobs_done = 0
 
     def wake(self) -> None:
-        self._wake.set()
+        """Tell the worker a job is queued; callable from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         while True:
             job = self.catalog.next_job()
             if job is None:

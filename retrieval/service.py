@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.catalog import Catalog, VectorStoreFile
 from retrieval.files import FileStore
@@ -13,6 +13,9 @@ from retrieval.filters import matches
 from retrieval.ingestion import ChunkingOptions, IngestionWorker
 from retrieval.store import ChunkStore, Hit
 from server.engine.embedder import Embedder
+
+if TYPE_CHECKING:
+    from retrieval.watcher import FolderWatcher
 
 
 class Retrieval:
@@ -32,22 +35,30 @@ class Retrieval:
         if embedder is not None:
             self.store = ChunkStore(lancedb_uri or str(data_dir / "lancedb"), embedder.dim)
             self.worker = IngestionWorker(self.catalog, self.files, self.store, embedder, options)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: FolderWatcher | None = None
 
     @property
     def enabled(self) -> bool:
         return self.worker is not None
 
-    def start(self) -> None:
+    def start(self, watcher: FolderWatcher | None = None) -> None:
+        """Start the worker (it first resumes whatever a crash left in_progress) and, when
+        given, the watched-folder scanner."""
+        loop = asyncio.get_running_loop()
         if self.worker is not None:
-            self._task = asyncio.get_running_loop().create_task(self.worker.run())
-            self.worker.wake()  # resume whatever a crash left in_progress
+            self._tasks.append(loop.create_task(self.worker.run()))
+            if watcher is not None:
+                self._watcher = watcher
+                self._tasks.append(loop.create_task(watcher.run()))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        if self._watcher is not None:
+            self._watcher.close()
         self.files.close()
         self.catalog.close()
 

@@ -89,6 +89,9 @@ class RetrievalSettings(_Section):
     lancedb_uri: str = ""
     chunk_tokens: int = Field(256, ge=16, le=500)
     chunk_overlap: int = Field(32, ge=0)
+    watch_dir: str = ""
+    watch_store: str = "watched"
+    watch_interval: float = Field(5.0, gt=0)
 
 
 class StorageSettings(_Section):

@@ -242,3 +242,47 @@ def test_cli_ingest_and_search(rag_server: RunningServer, tmp_path: Path) -> Non
     assert "tea.md" in found.stdout.splitlines()[0]
     missing = hearth("search", "x", "--store", "no-such-store")
     assert missing.returncode == 1 and "no vector store" in missing.stderr
+
+
+def test_watched_folder(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "first.txt").write_text("The lighthouse keeper feeds the gulls at dawn.")
+    config = tmp_path / "watch.toml"
+    config.write_text(
+        f'[retrieval]\nwatch_dir = "{inbox}"\nwatch_store = "inbox"\nwatch_interval = 0.2\n'
+    )
+    server = start_server(tmp_path, "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    client = server.client()
+
+    def texts(query: str) -> list[str]:
+        stores = [s for s in client.vector_stores.list() if s.name == "inbox"]
+        if not stores or stores[0].file_counts.in_progress:
+            return []
+        return [
+            h.content[0].text for h in client.vector_stores.search(stores[0].id, query=query).data
+        ]
+
+    def eventually(predicate, timeout: float = 20.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.2)
+        raise AssertionError("condition not met in time")
+
+    try:
+        eventually(lambda: any("gulls" in t for t in texts("gulls")))
+        (inbox / "first.txt").write_text("The keeper now feeds the seals instead.")
+        eventually(
+            lambda: (
+                any("seals" in t for t in texts("seals"))
+                and not any("gulls" in t for t in texts("gulls"))
+            )
+        )
+        (inbox / "first.txt").unlink()
+        eventually(lambda: not texts("seals"))
+    finally:
+        stop_server(server)

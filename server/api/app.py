@@ -6,6 +6,7 @@ import contextlib
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from retrieval.ingestion import ChunkingOptions
 from retrieval.service import Retrieval
+from retrieval.watcher import FolderWatcher
 from server.api import vector_stores as vs
 from server.api.chat import chat_completions
 from server.api.completions import completions
@@ -118,11 +120,24 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+def _watcher(runtime: Runtime, retrieval: Retrieval) -> FolderWatcher | None:
+    rs = runtime.settings.retrieval
+    if not rs.watch_dir:
+        return None
+    return FolderWatcher(
+        retrieval,
+        Path(rs.watch_dir).expanduser(),
+        rs.watch_store,
+        rs.watch_interval,
+        runtime.settings.storage.resolved_data_dir(),
+    )
+
+
 def create_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime.start()
-        app.state.retrieval.start()
+        app.state.retrieval.start(_watcher(runtime, app.state.retrieval))
         try:
             yield
         finally:
