@@ -6,6 +6,7 @@ and the CLI works the same against a server on another machine.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,43 @@ class HearthClient:
         store_id = self.store_id(store, create=False)
         body = {"query": query, "max_num_results": k, "mode": mode}
         return self._call("POST", f"/vector_stores/{store_id}/search", json=body)["data"]
+
+    def ask(
+        self, question: str, store: str, k: int, mode: str, max_tokens: int
+    ) -> tuple[str, list[dict]]:
+        """Stream an answer drawn from the store to stdout; returns (answer, citations)."""
+        store_id = self.store_id(store, create=False)
+        model = self._call("GET", "/models")["data"][0]["id"]
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "stream": True,
+            "max_tokens": max_tokens,
+            "retrieval": {"vector_store_ids": [store_id], "max_num_results": k, "mode": mode},
+        }
+        answer: list[str] = []
+        cited: list[dict] = []
+        try:
+            with self.http.stream("POST", "/chat/completions", json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise ClientError(f"chat: {r.status_code} {r.text}")
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise ClientError(chunk["error"].get("message", "server error"))
+                    cited = chunk.get("citations", cited)
+                    for choice in chunk.get("choices", []):
+                        piece = choice.get("delta", {}).get("content") or ""
+                        answer.append(piece)
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+        except httpx.HTTPError as e:
+            raise ClientError(f"cannot reach Hearth at {self.http.base_url}: {e}") from e
+        sys.stdout.write("\n")
+        return "".join(answer), cited
 
 
 def _expand(paths: list[Path]) -> list[Path]:

@@ -159,6 +159,13 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
     search.add_argument("--mode", choices=["hybrid", "vector", "text"], default="hybrid")
+    ask = sub.add_parser(
+        "ask", parents=[common], help="ask a question answered from a vector store, with sources"
+    )
+    ask.add_argument("question")
+    ask.add_argument("-k", type=int, default=4, help="how many sources (default 4)")
+    ask.add_argument("--max-tokens", type=int, default=512, help="longest answer (512)")
+    ask.add_argument("--mode", choices=["hybrid", "vector", "text"], default="hybrid")
 
 
 def client_command(args: argparse.Namespace) -> int:
@@ -176,6 +183,14 @@ def client_command(args: argparse.Namespace) -> int:
                     + (f"  ({result.get('chunk_count', 0)} chunks)" if not error else f"  {error}")
                 )
             return 1 if failed else 0
+        if args.command == "ask":
+            _, cited = client.ask(args.question, args.store, args.k, args.mode, args.max_tokens)
+            if cited:
+                print("\nSources:")
+            for c in cited:
+                page = f", page {c['page']}" if c.get("page") else ""
+                print(f"  [{c['index']}] {c['filename']}{page}")
+            return 0
         for i, hit in enumerate(client.search(args.query, args.store, args.k, args.mode), 1):
             where = f"{hit['filename']}" + (f" p.{hit['page']}" if hit.get("page") else "")
             text = " ".join(hit["content"][0]["text"].split())

@@ -9,6 +9,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from retrieval.augmentation import augment, citations, latest_user_text, order_sources
+from retrieval.filters import FilterError
+from retrieval.filters import validate as validate_filters
+from retrieval.service import Retrieval
+from retrieval.store import Hit
 from server.api.errors import APIError, bad_request, parse_json_body, validate_body
 from server.api.generation import (
     ChoiceResult,
@@ -61,6 +66,43 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
+async def retrieve_sources(
+    request: Request, req: ChatCompletionRequest, messages: list[dict[str, Any]]
+) -> list[Hit]:
+    """Search the requested vector stores with the latest user message (or the given query)."""
+    options = req.retrieval
+    if options is None:
+        return []
+    retrieval: Retrieval = request.app.state.retrieval
+    if not retrieval.enabled:
+        raise APIError(
+            503,
+            "Retrieval needs the embedding model, which is switched off.",
+            type="server_error",
+            code="embeddings_disabled",
+        )
+    for store_id in options.vector_store_ids:
+        if retrieval.catalog.get_store(store_id) is None:
+            raise APIError(
+                404,
+                f"No vector store found with id '{store_id}'.",
+                param="retrieval.vector_store_ids",
+                code="vector_store_not_found",
+            )
+    if options.filters is not None:
+        try:
+            validate_filters(options.filters)
+        except FilterError as e:
+            raise bad_request(f"Invalid filters: {e}.", param="retrieval.filters") from None
+    query = options.query or latest_user_text(messages)
+    if not query.strip() or not options.vector_store_ids:
+        return []
+    hits = await retrieval.search(
+        options.vector_store_ids, query, options.max_num_results, options.mode, options.filters
+    )
+    return order_sources(hits)
+
+
 def parse_request(body: dict[str, Any]) -> ChatCompletionRequest:
     req = validate_body(ChatCompletionRequest, body)
     if req.top_logprobs and not req.logprobs:
@@ -76,8 +118,11 @@ async def chat_completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = parse_request(await parse_json_body(request))
     model_id = check_model(runtime, req.model)
+    messages = template_messages(req.messages)
+    sources = await retrieve_sources(request, req, messages)
+    messages = augment(messages, sources)
     try:
-        text = runtime.template.render(template_messages(req.messages), tools=req.tools)
+        text = runtime.template.render(messages, tools=req.tools)
     except ChatTemplateError as e:
         raise bad_request(str(e), param="messages", code="chat_template_error") from None
     prompt = runtime.chat_prompt_tokens(text)
@@ -85,11 +130,14 @@ async def chat_completions(request: Request) -> Response:
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     streams = start_streams(runtime, req, [prompt], [limit], logprobs)
     envelope = Envelope.new("chatcmpl", "chat.completion", model_id)
+    cited = citations(sources) if req.retrieval is not None else None
     if req.stream:
-        events = stream_chunks(runtime, streams, req, envelope)
+        events = stream_chunks(runtime, streams, req, envelope, cited)
         return sse_response(events, on_close=lambda: cancel_all(streams))
     results = await collect(request, streams)
     body = response_body(results, req.n, envelope)
+    if cited is not None:
+        body["citations"] = cited  # Hearth extension: the sources the prompt carried
     if req.logprobs:
         for choice, r in zip(body["choices"], results, strict=True):
             choice["logprobs"] = chat_logprobs(runtime.model, r.logprobs)
@@ -114,6 +162,7 @@ async def stream_chunks(
     streams: list[GenerationStream],
     req: ChatCompletionRequest,
     envelope: Envelope,
+    cited: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[str]:
     chunks = replace(envelope, object="chat.completion.chunk")
     # With include_usage, OpenAI sends "usage": null on every chunk but the last.
@@ -149,4 +198,6 @@ async def stream_chunks(
             yield chunk([choice(index, {}, str(output.finish_reason))])
     if req.include_usage:
         yield chunk([], usage=total_usage(results, req.n))
+    if cited is not None:
+        yield chunk([], citations=cited)
     yield DONE

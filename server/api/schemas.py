@@ -77,6 +77,17 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+class RetrievalOptions(BaseModel):
+    """Hearth extension: answer from these vector stores and cite them."""
+
+    model_config = ConfigDict(extra="forbid")
+    vector_store_ids: list[str] = Field(min_length=1)
+    max_num_results: int = Field(4, ge=1, le=20)
+    mode: Literal["hybrid", "vector", "text"] = "hybrid"
+    query: str | None = None
+    filters: dict[str, Any] | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -86,6 +97,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    retrieval: RetrievalOptions | None = None
 
     @property
     def token_limit(self) -> int | None:
