@@ -166,6 +166,12 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ask.add_argument("-k", type=int, default=4, help="how many sources (default 4)")
     ask.add_argument("--max-tokens", type=int, default=512, help="longest answer (512)")
     ask.add_argument("--mode", choices=["hybrid", "vector", "text"], default="hybrid")
+    evaluate = sub.add_parser("eval", help="evaluate retrieval (recall@k, MRR)")
+    kinds = evaluate.add_subparsers(dest="kind", required=True)
+    retrieval = kinds.add_parser(
+        "retrieval", parents=[common], help="recall@k and MRR of vector, text and hybrid search"
+    )
+    retrieval.add_argument("questions", type=Path, help="QA.json (see docs)")
 
 
 def client_command(args: argparse.Namespace) -> int:
@@ -183,6 +189,12 @@ def client_command(args: argparse.Namespace) -> int:
                     + (f"  ({result.get('chunk_count', 0)} chunks)" if not error else f"  {error}")
                 )
             return 1 if failed else 0
+        if args.command == "eval":
+            from retrieval.evaluation import evaluate, load_questions, render
+
+            questions = load_questions(args.questions)
+            print(render(evaluate(client, questions, args.store)))
+            return 0
         if args.command == "ask":
             _, cited = client.ask(args.question, args.store, args.k, args.mode, args.max_tokens)
             if cited:

@@ -1,0 +1,94 @@
+"""hearth eval retrieval over Hearth's own small evaluation set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.retrieval_eval import write_corpus
+from retrieval.evaluation import first_rank, hit_matches
+from tests.conftest import ROOT, start_server, stop_server
+
+
+def hit(filename: str, page: int | None, text: str) -> dict:
+    return {"filename": filename, "page": page, "content": [{"type": "text", "text": text}]}
+
+
+def test_matching_rules() -> None:
+    item = {"question": "q", "file": "a.pdf", "page": 2, "contains": "E1042"}
+    assert hit_matches(item, hit("a.pdf", 2, "Error E1042: stuck"))
+    assert not hit_matches(item, hit("a.pdf", 3, "Error E1042: stuck"))
+    assert not hit_matches(item, hit("b.pdf", 2, "Error E1042: stuck"))
+    assert not hit_matches(item, hit("a.pdf", 2, "Error E1024: stuck"))
+    hits = [hit("x.md", None, "no"), hit("a.pdf", 2, "E1042 yes")]
+    assert first_rank(item, hits) == 2 and first_rank(item, hits[:1]) is None
+
+
+def test_eval_cli_reports_each_mode(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _, qa = write_corpus(docs)
+    server = start_server(tmp_path, "--data-dir", str(tmp_path / "data"))
+    try:
+
+        def hearth(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "server.cli", *args, "--url", server.url],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+
+        assert (
+            hearth(
+                "ingest",
+                str(docs / "pump-manual.pdf"),
+                str(docs / "faq.md"),
+                "--store",
+                "evalset",
+                "--quiet",
+            ).returncode
+            == 0
+        )
+        r = hearth("eval", "retrieval", str(qa), "--store", "evalset")
+    finally:
+        stop_server(server)
+    assert r.returncode == 0, r.stderr
+    rows = {
+        line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:-1]]
+        for line in r.stdout.splitlines()
+        if line.startswith("| ") and "mode" not in line
+    }
+    assert set(rows) == {"vector", "text", "hybrid"}
+    for values in rows.values():
+        recalls, mrr = values[:-1], values[-1]
+        assert all(0 <= v <= 1 for v in values)
+        assert recalls == sorted(recalls)  # recall@k grows with k
+        assert mrr <= recalls[-1] + 1e-9
+    assert rows["hybrid"][-2] >= 0.8  # recall@10
+
+
+def test_eval_rejects_a_bad_question_file(tmp_path: Path) -> None:
+    bad = tmp_path / "QA.json"
+    bad.write_text('[{"question": "no target"}]')
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "eval",
+            "retrieval",
+            str(bad),
+            "--store",
+            "x",
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "needs 'question'" in r.stderr
