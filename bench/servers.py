@@ -67,8 +67,9 @@ def start_hearth(log_dir: Path, *args: str) -> ServerProcess:
 
 
 def start_llama_server(
-    log_dir: Path, model: Path, parallel: int, n_ctx: int, threads: int
+    log_dir: Path, model: Path, parallel: int, n_ctx: int, threads: int, *extra: str
 ) -> ServerProcess:
+    """llama.cpp's llama-server on loopback with unified KV, like Hearth's context."""
     port = free_port()
     cmd = [
         str(LLAMA_SERVER),
@@ -88,6 +89,7 @@ def start_llama_server(
         str(threads),
         "--kv-unified",
         "--no-webui",
+        *extra,
     ]
     return start_process(cmd, port, log_dir / f"llama-server-{port}.log")
 
@@ -95,31 +97,17 @@ def start_llama_server(
 def start_llama_server_embeddings(
     log_dir: Path, model: Path, parallel: int, n_ctx: int, n_batch: int, threads: int
 ) -> ServerProcess:
-    port = free_port()
-    cmd = [
-        str(LLAMA_SERVER),
-        "-m",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+    return start_llama_server(
+        log_dir,
+        model,
+        parallel,
+        n_ctx,
+        threads,
         "--embedding",
         "--pooling",
         "mean",
-        "-np",
-        str(parallel),
-        "-c",
-        str(n_ctx),
         "-b",
         str(n_batch),
         "-ub",
         str(n_batch),
-        "-t",
-        str(threads),
-        "-tb",
-        str(threads),
-        "--kv-unified",
-        "--no-webui",
-    ]
-    return start_process(cmd, port, log_dir / f"llama-server-embed-{port}.log")
+    )

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from retrieval.sqlite import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vector_stores (
@@ -64,22 +62,14 @@ class VectorStoreFile:
 
 class Catalog:
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(data_dir / "vector_stores.db", check_same_thread=False)
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._db:
-            yield self._db
+        self._db = Database(data_dir / "vector_stores.db", _SCHEMA)
 
     # --- vector stores --------------------------------------------------------------------
 
     def create_store(self, name: str | None, metadata: dict[str, Any]) -> VectorStore:
         now = int(time.time())
         store_id = "vs_" + secrets.token_hex(12)
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute(
                 "INSERT INTO vector_stores VALUES (?, ?, ?, ?, ?)",
                 (store_id, name, json.dumps(metadata), now, now),
@@ -89,7 +79,7 @@ class Catalog:
         return store
 
     def get_store(self, store_id: str) -> VectorStore | None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             row = db.execute("SELECT * FROM vector_stores WHERE id = ?", (store_id,)).fetchone()
             if row is None:
                 return None
@@ -106,7 +96,7 @@ class Catalog:
 
     def list_stores(self, order: str = "desc") -> list[VectorStore]:
         direction = "ASC" if order == "asc" else "DESC"
-        with self._tx() as db:
+        with self._db.tx() as db:
             ids = [
                 r[0]
                 for r in db.execute(
@@ -119,7 +109,7 @@ class Catalog:
     def update_store(
         self, store_id: str, name: str | None, metadata: dict[str, Any] | None
     ) -> VectorStore | None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             if name is not None:
                 db.execute("UPDATE vector_stores SET name = ? WHERE id = ?", (name, store_id))
             if metadata is not None:
@@ -130,12 +120,12 @@ class Catalog:
         return self.get_store(store_id)
 
     def delete_store(self, store_id: str) -> bool:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
             return db.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,)).rowcount > 0
 
     def touch(self, store_id: str) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute(
                 "UPDATE vector_stores SET last_active_at = ? WHERE id = ?",
                 (int(time.time()), store_id),
@@ -145,7 +135,7 @@ class Catalog:
 
     def add_file(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
         """Attach a file (again): its status becomes in_progress, which queues ingestion."""
-        with self._tx() as db:
+        with self._db.tx() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM vector_store_files").fetchone()[
                 0
             ]
@@ -160,7 +150,7 @@ class Catalog:
         return vsf
 
     def get_file(self, store_id: str, file_id: str) -> VectorStoreFile | None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             row = db.execute(
                 "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
                 "chunks FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
@@ -180,12 +170,12 @@ class Catalog:
         if status:
             query += " AND status = ?"
             args += (status,)
-        with self._tx() as db:
+        with self._db.tx() as db:
             rows = db.execute(f"{query} ORDER BY seq {direction}", args).fetchall()
         return [self._file(r) for r in rows]
 
     def stores_with_file(self, file_id: str) -> list[str]:
-        with self._tx() as db:
+        with self._db.tx() as db:
             return [
                 r[0]
                 for r in db.execute(
@@ -194,7 +184,7 @@ class Catalog:
             ]
 
     def remove_file(self, store_id: str, file_id: str) -> bool:
-        with self._tx() as db:
+        with self._db.tx() as db:
             return (
                 db.execute(
                     "DELETE FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
@@ -204,7 +194,7 @@ class Catalog:
             )
 
     def next_job(self) -> VectorStoreFile | None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             row = db.execute(
                 "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
                 "chunks FROM vector_store_files WHERE status = ? ORDER BY seq LIMIT 1",
@@ -221,7 +211,7 @@ class Catalog:
     ) -> None:
         status = FAILED if error else COMPLETED
         last_error = json.dumps({"code": code, "message": error}) if error else None
-        with self._tx() as db:
+        with self._db.tx() as db:
             # Only if the job is still the one we ran (not detached or re-queued meanwhile).
             db.execute(
                 "UPDATE vector_store_files SET status = ?, last_error = ?, chunks = ? "

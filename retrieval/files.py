@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import re
 import secrets
-import sqlite3
-import threading
 import time
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from retrieval.sqlite import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -56,14 +54,7 @@ class FileStore:
         self.dir = data_dir / "files"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
-        self._db = sqlite3.connect(data_dir / "files.db", check_same_thread=False)
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._db:
-            yield self._db
+        self._db = Database(data_dir / "files.db", _SCHEMA)
 
     def path(self, file_id: str) -> Path:
         return self.dir / file_id
@@ -85,7 +76,7 @@ class FileStore:
         finally:
             tmp.unlink(missing_ok=True)
         stored = StoredFile(file_id, sanitize_filename(filename), size, purpose, int(time.time()))
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?)",
                 (stored.id, stored.filename, stored.bytes, stored.purpose, stored.created_at),
@@ -93,7 +84,7 @@ class FileStore:
         return stored
 
     def get(self, file_id: str) -> StoredFile | None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             row = db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
         return StoredFile(*row) if row else None
 
@@ -104,14 +95,14 @@ class FileStore:
         if purpose:
             query += " WHERE purpose = ?"
             args = (purpose,)
-        with self._tx() as db:
+        with self._db.tx() as db:
             rows = db.execute(
                 f"{query} ORDER BY created_at {direction}, rowid {direction}", args
             ).fetchall()
         return [StoredFile(*r) for r in rows]
 
     def delete(self, file_id: str) -> bool:
-        with self._tx() as db:
+        with self._db.tx() as db:
             deleted = db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount > 0
         self.path(file_id).unlink(missing_ok=True)
         return deleted

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import threading
 from pathlib import Path
 
 from retrieval.service import Retrieval
+from retrieval.sqlite import Database
 
 logger = logging.getLogger("hearth.watcher")
 
@@ -32,9 +31,7 @@ class FolderWatcher:
         self.folder = folder
         self.store_name = store_name
         self.interval = interval
-        self._db = sqlite3.connect(data_dir / "watched.db", check_same_thread=False)
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._db = Database(data_dir / "watched.db", _SCHEMA)
 
     async def run(self) -> None:
         while True:
@@ -60,8 +57,8 @@ class FolderWatcher:
                 if path.is_file() and not any(p.startswith(".") for p in path.parts):
                     stat = path.stat()
                     current[str(path)] = (stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            known = {row[0]: row[1:] for row in self._db.execute("SELECT * FROM watched")}
+        with self._db.tx() as db:
+            known = {row[0]: row[1:] for row in db.execute("SELECT * FROM watched")}
         if current == {k: v[:2] for k, v in known.items()}:
             return
         store_id = self._store_id()
@@ -74,8 +71,8 @@ class FolderWatcher:
             with open(path, "rb") as f:
                 stored = self.retrieval.files.add(f, Path(path).name, "assistants")
             self.retrieval.attach(store_id, stored.id, {"path": path})
-            with self._lock, self._db:
-                self._db.execute(
+            with self._db.tx() as db:
+                db.execute(
                     "INSERT OR REPLACE INTO watched VALUES (?, ?, ?, ?)",
                     (path, size, mtime, stored.id),
                 )
@@ -83,8 +80,8 @@ class FolderWatcher:
         for path, (_, _, file_id) in known.items():
             if path not in current:
                 self.retrieval.delete_file(file_id)
-                with self._lock, self._db:
-                    self._db.execute("DELETE FROM watched WHERE path = ?", (path,))
+                with self._db.tx() as db:
+                    db.execute("DELETE FROM watched WHERE path = ?", (path,))
                 logger.info("watched folder: %s is gone; removed from the store", path)
 
     def close(self) -> None:

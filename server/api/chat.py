@@ -10,9 +10,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from retrieval.augmentation import augment, citations, latest_user_text, order_sources
-from retrieval.filters import FilterError
-from retrieval.filters import validate as validate_filters
-from retrieval.service import Retrieval
 from retrieval.store import Hit
 from server.api.errors import APIError, bad_request, parse_json_body, validate_body
 from server.api.generation import (
@@ -29,6 +26,7 @@ from server.api.generation import (
 from server.api.logprobs import chat_logprobs
 from server.api.schemas import ChatCompletionRequest, ChatMessage
 from server.api.sse import DONE, dumps, sse_response
+from server.api.vector_stores import check_filters, require_retrieval, store_or_404
 from server.async_engine import GenerationStream
 from server.chat_template import ChatTemplateError
 from server.engine.logprobs import TokenLogprob
@@ -73,27 +71,10 @@ async def retrieve_sources(
     options = req.retrieval
     if options is None:
         return []
-    retrieval: Retrieval = request.app.state.retrieval
-    if not retrieval.enabled:
-        raise APIError(
-            503,
-            "Retrieval needs the embedding model, which is switched off.",
-            type="server_error",
-            code="embeddings_disabled",
-        )
+    retrieval = require_retrieval(request)
     for store_id in options.vector_store_ids:
-        if retrieval.catalog.get_store(store_id) is None:
-            raise APIError(
-                404,
-                f"No vector store found with id '{store_id}'.",
-                param="retrieval.vector_store_ids",
-                code="vector_store_not_found",
-            )
-    if options.filters is not None:
-        try:
-            validate_filters(options.filters)
-        except FilterError as e:
-            raise bad_request(f"Invalid filters: {e}.", param="retrieval.filters") from None
+        store_or_404(retrieval, store_id, param="retrieval.vector_store_ids")
+    check_filters(options.filters, "retrieval.filters")
     query = options.query or latest_user_text(messages)
     if not query.strip() or not options.vector_store_ids:
         return []

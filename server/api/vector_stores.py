@@ -51,25 +51,27 @@ class SearchRequest(BaseModel):
     mode: Literal["hybrid", "vector", "text"] = "hybrid"
 
 
-def _retrieval(request: Request) -> Retrieval:
+def require_retrieval(request: Request) -> Retrieval:
     retrieval: Retrieval = request.app.state.retrieval
     if not retrieval.enabled:
         raise APIError(
             503,
-            "Vector stores need the embedding model, which is switched off.",
+            "Retrieval needs the embedding model, which is switched off.",
             type="server_error",
             code="embeddings_disabled",
         )
     return retrieval
 
 
-def _store_or_404(retrieval: Retrieval, store_id: str) -> VectorStore:
+def store_or_404(
+    retrieval: Retrieval, store_id: str, param: str = "vector_store_id"
+) -> VectorStore:
     store = retrieval.catalog.get_store(store_id)
     if store is None:
         raise APIError(
             404,
             f"No vector store found with id '{store_id}'.",
-            param="vector_store_id",
+            param=param,
             code="vector_store_not_found",
         )
     return store
@@ -89,6 +91,14 @@ def store_object(store: VectorStore) -> dict[str, Any]:
         "last_active_at": store.last_active_at,
         "metadata": store.metadata,
     }
+
+
+def check_filters(filters: dict[str, Any] | None, param: str) -> None:
+    if filters is not None:
+        try:
+            validate(filters)
+        except FilterError as e:
+            raise bad_request(f"Invalid filters: {e}.", param=param) from None
 
 
 def file_object(vsf: VectorStoreFile) -> dict[str, Any]:
@@ -134,7 +144,7 @@ def _attach(
 
 
 async def create_store(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     body = validate_body(CreateStore, await parse_json_body(request))
     missing = [f for f in body.file_ids if retrieval.files.get(f) is None]
     if missing:
@@ -144,25 +154,25 @@ async def create_store(request: Request) -> Response:
     store = retrieval.catalog.create_store(body.name, body.metadata or {})
     for file_id in body.file_ids:
         retrieval.attach(store.id, file_id, {})
-    return JSONResponse(store_object(_store_or_404(retrieval, store.id)))
+    return JSONResponse(store_object(store_or_404(retrieval, store.id)))
 
 
 async def list_stores(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     order = request.query_params.get("order", "desc")
     stores = retrieval.catalog.list_stores(order)
     return JSONResponse(page([store_object(s) for s in stores], request, default_limit=20))
 
 
 async def retrieve_store(request: Request) -> Response:
-    retrieval = _retrieval(request)
-    return JSONResponse(store_object(_store_or_404(retrieval, request.path_params["store_id"])))
+    retrieval = require_retrieval(request)
+    return JSONResponse(store_object(store_or_404(retrieval, request.path_params["store_id"])))
 
 
 async def modify_store(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
-    _store_or_404(retrieval, store_id)
+    store_or_404(retrieval, store_id)
     body = validate_body(ModifyStore, await parse_json_body(request))
     store = retrieval.catalog.update_store(store_id, body.name, body.metadata)
     assert store is not None
@@ -170,26 +180,26 @@ async def modify_store(request: Request) -> Response:
 
 
 async def delete_store(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
-    _store_or_404(retrieval, store_id)
+    store_or_404(retrieval, store_id)
     retrieval.delete_store(store_id)
     return JSONResponse({"id": store_id, "object": "vector_store.deleted", "deleted": True})
 
 
 async def attach_file(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
-    _store_or_404(retrieval, store_id)
+    store_or_404(retrieval, store_id)
     body = validate_body(AttachFile, await parse_json_body(request))
     vsf = _attach(retrieval, store_id, body.file_id, dict(body.attributes or {}))
     return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
 
 
 async def list_store_files(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
-    _store_or_404(retrieval, store_id)
+    store_or_404(retrieval, store_id)
     status = request.query_params.get("filter")
     order = request.query_params.get("order", "desc")
     files = retrieval.catalog.list_files(store_id, status, order)
@@ -197,7 +207,7 @@ async def list_store_files(request: Request) -> Response:
 
 
 def _store_file_or_404(retrieval: Retrieval, store_id: str, file_id: str) -> VectorStoreFile:
-    _store_or_404(retrieval, store_id)
+    store_or_404(retrieval, store_id)
     vsf = retrieval.catalog.get_file(store_id, file_id)
     if vsf is None:
         raise APIError(
@@ -210,7 +220,7 @@ def _store_file_or_404(retrieval: Retrieval, store_id: str, file_id: str) -> Vec
 
 
 async def retrieve_store_file(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     vsf = _store_file_or_404(
         retrieval, request.path_params["store_id"], request.path_params["file_id"]
     )
@@ -218,7 +228,7 @@ async def retrieve_store_file(request: Request) -> Response:
 
 
 async def detach_file(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
     _store_file_or_404(retrieval, store_id, file_id)
     retrieval.detach(store_id, file_id)
@@ -226,18 +236,14 @@ async def detach_file(request: Request) -> Response:
 
 
 async def search_store(request: Request) -> Response:
-    retrieval = _retrieval(request)
+    retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
-    _store_or_404(retrieval, store_id)
+    store_or_404(retrieval, store_id)
     body = validate_body(SearchRequest, await parse_json_body(request))
     query = " ".join(body.query) if isinstance(body.query, list) else body.query
     if not query.strip():
         raise bad_request("'query' must not be empty.", param="query")
-    if body.filters is not None:
-        try:
-            validate(body.filters)
-        except FilterError as e:
-            raise bad_request(f"Invalid filters: {e}.", param="filters") from None
+    check_filters(body.filters, "filters")
     hits = await retrieval.search([store_id], query, body.max_num_results, body.mode, body.filters)
     return JSONResponse(
         {
