@@ -172,6 +172,16 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "retrieval", parents=[common], help="recall@k and MRR of vector, text and hybrid search"
     )
     retrieval.add_argument("questions", type=Path, help="QA.json (see docs)")
+    ppl = kinds.add_parser("perplexity", help="perplexity of a model over a text file")
+    ppl.add_argument("model", type=Path, help="GGUF model")
+    ppl.add_argument("--text", type=Path, required=True, help="UTF-8 text file")
+    ppl.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default 512)")
+    ppl.add_argument("--chunks", type=int, help="score at most this many chunks")
+    quant = sub.add_parser("quantize", help="quantize a GGUF model with llama.cpp")
+    quant.add_argument("source", type=Path)
+    quant.add_argument("dest", type=Path)
+    quant.add_argument("--type", required=True, help="q4_0, q4_k_m, q5_k_m, q8_0, ...")
+    quant.add_argument("--threads", type=int, default=0)
 
 
 def client_command(args: argparse.Namespace) -> int:
@@ -213,6 +223,36 @@ def client_command(args: argparse.Namespace) -> int:
         return 1
 
 
+def quantize_command(args: argparse.Namespace) -> int:
+    from server.llama_log import route_llama_logs_to_python
+    from server.quantize import QuantizeError, quantize
+
+    route_llama_logs_to_python()
+    try:
+        out = quantize(args.source, args.dest, args.type, args.threads)
+    except QuantizeError as e:
+        print(f"hearth: {e}", file=sys.stderr)
+        return 1
+    print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def perplexity_command(args: argparse.Namespace) -> int:
+    from server.engine.model import ModelLoadError
+    from server.llama_log import route_llama_logs_to_python
+    from server.perplexity import PerplexityError, perplexity
+
+    route_llama_logs_to_python()
+    try:
+        text = args.text.read_text(encoding="utf-8")
+        ppl, scored = perplexity(args.model, text, args.ctx, max_chunks=args.chunks)
+    except (OSError, ModelLoadError, PerplexityError) as e:
+        print(f"hearth: {e}", file=sys.stderr)
+        return 1
+    print(f"perplexity {ppl:.4f} over {scored} tokens ({args.model.name})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hearth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "models":
         return models(args)
+    if args.command == "quantize":
+        return quantize_command(args)
+    if args.command == "eval" and args.kind == "perplexity":
+        return perplexity_command(args)
     return client_command(args)
 
 
