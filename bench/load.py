@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
@@ -16,6 +17,20 @@ class RequestTiming:
     ttft: float  # seconds to the first content token
     latency: float  # seconds to the last byte
     output_tokens: int
+    # Arrival times (seconds after the request was sent) of each chunk with content.
+    chunk_times: list[float] = field(default_factory=list)
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first (vLLM's TPOT)."""
+        if self.output_tokens < 2:
+            return None
+        return (self.latency - self.ttft) / (self.output_tokens - 1)
+
+    @property
+    def itls(self) -> list[float]:
+        """Gaps between consecutive content chunks (inter-token latency)."""
+        return [b - a for a, b in zip(self.chunk_times, self.chunk_times[1:], strict=False)]
 
 
 @dataclass
@@ -46,6 +61,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
+    chunk_times: list[float] = []
     async with client.stream("POST", url, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -55,20 +71,30 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk.get("choices", []):
-                if choice.get("delta", {}).get("content") and ttft is None:
-                    ttft = time.perf_counter() - t0
+                if choice.get("delta", {}).get("content"):
+                    now = time.perf_counter() - t0
+                    chunk_times.append(now)
+                    if ttft is None:
+                        ttft = now
     latency = time.perf_counter() - t0
-    return RequestTiming(ttft if ttft is not None else latency, latency, tokens)
+    return RequestTiming(ttft if ttft is not None else latency, latency, tokens, chunk_times)
 
 
 Messages = list[dict[str, str]]
 
 
 async def run_load(
-    base_url: str, model: str, conversations: list[Messages], max_tokens: int, concurrency: int
+    base_url: str,
+    model: str,
+    conversations: list[Messages],
+    max_tokens: int,
+    concurrency: int,
+    rate: float | None = None,
+    on_done: Callable[[], None] | None = None,
 ) -> LoadResult:
     """Send each conversation once, `concurrency` at a time, streaming; EOS is ignored so
-    every server generates exactly max_tokens."""
+    every server generates exactly max_tokens. With `rate`, requests start as a Poisson
+    process of that many per second (vLLM's request-rate mode) instead of back to back."""
     url = f"{base_url}/v1/chat/completions"
     queue: asyncio.Queue[Messages] = asyncio.Queue()
     for c in conversations:
@@ -81,25 +107,43 @@ async def run_load(
 
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
+        async def send_one(messages: Messages) -> None:
+            nonlocal failures
+            body = {
+                "model": model,
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            try:
+                timings.append(await _one(client, url, body))
+            except httpx.HTTPStatusError:
+                failures += 1
+            if on_done is not None:
+                on_done()
+
         async def worker() -> None:
             while not queue.empty():
-                messages = queue.get_nowait()
-                body = {
-                    "model": model,
-                    "messages": messages,
-                    "max_tokens": max_tokens,
-                    "temperature": 0,
-                    "ignore_eos": True,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                }
-                try:
-                    timings.append(await _one(client, url, body))
-                except httpx.HTTPStatusError:
-                    nonlocal failures
-                    failures += 1
+                await send_one(queue.get_nowait())
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if rate is None:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        else:
+            # Poisson arrivals (exponential gaps), at most `concurrency` in flight.
+            starts = np.cumsum(np.random.default_rng(0).exponential(1.0 / rate, len(conversations)))
+            limit = asyncio.Semaphore(concurrency)
+
+            async def arrival(delay: float, messages: Messages) -> None:
+                await asyncio.sleep(delay)
+                async with limit:
+                    await send_one(messages)
+
+            await asyncio.gather(
+                *(arrival(float(d), m) for d, m in zip(starts, conversations, strict=True))
+            )
         wall = time.perf_counter() - t0
     return LoadResult(concurrency, len(conversations), wall, timings, failures)

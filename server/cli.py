@@ -259,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     _models_parser(sub)
     _client_parsers(sub)
+    sub.add_parser("bench", help="measure a server (hearth bench --help)", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)

@@ -1,0 +1,64 @@
+"""hearth bench: its statistics on a scripted timeline, and a short real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.load import LoadResult, RequestTiming
+from bench.report import summarize
+from tests.conftest import ROOT, RunningServer
+
+
+def test_statistics_on_a_scripted_timeline() -> None:
+    # Two requests: first tokens at 0.1 s and 0.3 s, then a token every 0.02 / 0.04 s.
+    a = RequestTiming(0.1, 0.1 + 4 * 0.02, 5, [0.1 + i * 0.02 for i in range(5)])
+    b = RequestTiming(0.3, 0.3 + 4 * 0.04, 5, [0.3 + i * 0.04 for i in range(5)])
+    s = summarize("fake", LoadResult(2, 2, 1.0, [a, b]))
+    assert s.request_throughput == pytest.approx(2.0)
+    assert s.output_throughput == pytest.approx(10.0)
+    assert s.latency_ms["ttft"]["mean"] == pytest.approx(200.0)
+    assert s.latency_ms["ttft"]["p50"] == pytest.approx(200.0)
+    assert s.latency_ms["tpot"]["mean"] == pytest.approx(30.0)
+    assert s.latency_ms["itl"]["p50"] == pytest.approx(30.0)  # four 20s and four 40s
+    assert s.latency_ms["itl"]["p99"] == pytest.approx(40.0)
+    assert s.latency_ms["e2e"]["p90"] == pytest.approx(180 + 0.9 * (460 - 180))
+
+
+def test_a_short_real_run_writes_every_output(server: RunningServer, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "bench",
+            "--url",
+            server.url,
+            "--workload",
+            "shared-prefix",
+            "--requests",
+            "4",
+            "--concurrency",
+            "1,2",
+            "--output-tokens",
+            "8",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [x["concurrency"] for x in results] == [1, 2]
+    assert all(x["requests"] == 4 and x["output_throughput"] > 0 for x in results)
+    assert "TTFT" in (out / "results.md").read_text()
+    for png in ("latency.png", "throughput.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
