@@ -109,11 +109,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-tokens", type=int, default=64)
     p.add_argument("--label", help="name of this run in the report (default: the URL)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also start llama.cpp's llama-server on the same model and compare",
+    )
+    p.add_argument(
+        "--models",
+        type=Path,
+        nargs="+",
+        help="sweep GGUF files: prefill/decode speed, throughput, perplexity",
+    )
+    p.add_argument("--text", type=Path, help="text for perplexity in a --models sweep")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.models:
+        from bench.sweep import run_sweep
+
+        return run_sweep(args.models, args.text, args.out)
     try:
         levels = [int(c) for c in args.concurrency.split(",") if c]
         model = args.model or httpx.get(f"{args.url}/v1/models", timeout=30).json()["data"][0]["id"]
@@ -138,7 +154,42 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         summaries.append(summarize(args.label or args.url, result, args.rate))
+    if args.peers:
+        summaries += _peer_runs(args, model, convs, levels)
     paths = write(summaries, args.out)
     print(to_markdown(summaries))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0 if all(s.failures == 0 for s in summaries) else 1
+
+
+def _peer_runs(
+    args: argparse.Namespace, model: str, convs: list[Messages], levels: list[int]
+) -> list[Summary]:
+    """The same workload against llama-server on the model file the server reports."""
+    import os
+    import tempfile
+
+    from bench.run import build_llama_server
+    from bench.servers import start_llama_server
+
+    info = httpx.get(f"{args.url}/v1/models", timeout=30).json()["data"][0]
+    path = info.get("meta", {}).get("path")
+    if not path or not build_llama_server():
+        print(
+            "hearth bench: --peers needs a Hearth server (it names its model file) and a "
+            "llama-server build (bench/build_llama_server.sh)",
+            file=sys.stderr,
+        )
+        return []
+    out = []
+    with tempfile.TemporaryDirectory() as logs:
+        server = start_llama_server(Path(logs), Path(path), max(levels), 16384, os.cpu_count() or 1)
+        try:
+            for level in levels:
+                result = asyncio.run(
+                    run_load(server.url, model, convs, args.output_tokens, level, rate=args.rate)
+                )
+                out.append(summarize("llama-server", result, args.rate))
+        finally:
+            server.stop()
+    return out

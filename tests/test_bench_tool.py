@@ -62,3 +62,30 @@ def test_a_short_real_run_writes_every_output(server: RunningServer, tmp_path: P
     assert "TTFT" in (out / "results.md").read_text()
     for png in ("latency.png", "throughput.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_models_sweep(tmp_path: Path) -> None:
+    from server.model_files import resolve_chat_model
+
+    out = tmp_path / "sweep"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "bench",
+            "--models",
+            str(resolve_chat_model("")),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads((out / "models.json").read_text())
+    assert row["prefill_tok_s"] > row["decode_tok_s"] > 0
+    assert row["server_tok_s_c8"] > 0 and 1 < row["perplexity"] < 1000
+    assert (out / "models.png").read_bytes()[:4] == b"\x89PNG"

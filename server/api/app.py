@@ -46,6 +46,7 @@ def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
             "owned_by": "hearth",
             "meta": {
                 "kind": "chat",
+                "path": str(info.path),
                 "n_ctx_train": info.n_ctx_train,
                 "context_length": runtime.engine.context_length,
                 "n_vocab": info.n_vocab,
