@@ -276,10 +276,36 @@ def main() -> int:
     )
     report += render_embeddings(embed_hearth, embed_raw, embed_peer, embed_path)
     report += retrieval_report
+    report += quantization_sweep(model_path)
     print(report)
     if args.write:
         args.write.write_text(report)
     return 0
+
+
+def quantization_sweep(model_path: Path) -> str:
+    """The packaged model re-quantized to Q4_0 and Q8_0 (cached under .cache/), swept."""
+    from bench.sweep import run_sweep
+    from server.quantize import quantize
+
+    cache = ROOT / ".cache" / "quantized"
+    cache.mkdir(parents=True, exist_ok=True)
+    files = [model_path]
+    for kind in ("q4_0", "q8_0"):
+        out = cache / f"{model_path.stem}-requant-{kind}.gguf"
+        if not out.exists():
+            quantize(model_path, out, kind, show_progress=False)
+        files.append(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_sweep(files, None, Path(tmp))
+        table = (Path(tmp) / "models.md").read_text()
+    return (
+        "\n## Models and quantizations (`hearth bench --models`)\n\n"
+        "The packaged Q4_1 model and the same model re-quantized by `hearth quantize`: "
+        "one-sequence prefill (256-token prompt) and decode speed, Hearth's throughput at "
+        "concurrency 8, and perplexity over README + architecture text (256-token chunks).\n\n"
+        f"{table}"
+    )
 
 
 def best_rounds(rounds: list[list[LoadResult]]) -> list[LoadResult]:
