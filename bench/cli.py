@@ -11,28 +11,10 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from bench.load import Messages, run_load
+from bench.load import TOPICS, Messages, run_load
 from bench.report import Summary, summarize, to_markdown, write
 
 WORKLOADS = ("unique", "shared-prefix", "rag")
-TOPICS = [
-    "lighthouses",
-    "volcanoes",
-    "bees",
-    "glaciers",
-    "trains",
-    "coral reefs",
-    "owls",
-    "deserts",
-    "comets",
-    "rivers",
-    "bridges",
-    "forests",
-    "tides",
-    "kites",
-    "caves",
-    "maps",
-]
 
 
 def _filler(words: int, seed: int) -> str:

@@ -81,6 +81,25 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
 
 
 Messages = list[dict[str, str]]
+# Subjects the generated workloads ask about (so prompts differ but look alike).
+TOPICS = [
+    "lighthouses",
+    "volcanoes",
+    "bees",
+    "glaciers",
+    "trains",
+    "coral reefs",
+    "owls",
+    "deserts",
+    "comets",
+    "rivers",
+    "bridges",
+    "forests",
+    "tides",
+    "kites",
+    "caves",
+    "maps",
+]
 
 
 async def run_load(

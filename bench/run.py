@@ -27,7 +27,7 @@ import httpx
 
 from bench import retrieval_bench, retrieval_eval
 from bench.embed_load import EmbedResult, chunks, run_embed_load, run_raw_embed_loop
-from bench.load import LoadResult, Messages, run_load
+from bench.load import TOPICS, LoadResult, Messages, run_load
 from bench.raw_loop import RawResult, run_raw_loop
 from bench.servers import (
     LLAMA_SERVER,
@@ -43,24 +43,6 @@ from server.llama_log import route_llama_logs_to_python
 from server.model_files import prepare_default_embedding_model, resolve_chat_model
 from server.settings import load_settings
 
-TOPICS = [
-    "lighthouses",
-    "volcanoes",
-    "bees",
-    "glaciers",
-    "trains",
-    "coral reefs",
-    "owls",
-    "deserts",
-    "comets",
-    "rivers",
-    "bridges",
-    "forests",
-    "tides",
-    "kites",
-    "caves",
-    "maps",
-]
 # Room for 8 sequences of ~1,100 tokens each even without sharing (llama-server's case).
 N_CTX = 16384
 PARALLEL = 8
