@@ -14,7 +14,7 @@ from tqdm import tqdm
 from bench.load import TOPICS, Messages, run_load
 from bench.report import Summary, summarize, to_markdown, write
 
-WORKLOADS = ("unique", "shared-prefix", "rag")
+WORKLOADS = ("unique", "shared-prefix", "rag", "embeddings")
 
 
 def _filler(words: int, seed: int) -> str:
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, httpx.HTTPError, KeyError, IndexError) as e:
         print(f"hearth bench: {e}", file=sys.stderr)
         return 1
+    if args.workload == "embeddings":
+        return _embeddings(args, levels)
     convs = conversations(args.workload, args.requests, args.prompt_words)
     summaries: list[Summary] = []
     for level in levels:
@@ -175,3 +177,44 @@ def _peer_runs(
         finally:
             server.stop()
     return out
+
+
+def _embeddings(args: argparse.Namespace, levels: list[int]) -> int:
+    """~200-token texts, one per request, through /v1/embeddings at each concurrency."""
+    import json
+
+    from bench.embed_load import chunks, run_embed_load
+    from bench.report import describe
+
+    cards = httpx.get(f"{args.url}/v1/models", timeout=30).json()["data"]
+    model = args.model or next(
+        (c["id"] for c in cards if c.get("meta", {}).get("kind") == "embedding"), cards[0]["id"]
+    )
+    texts = chunks(args.requests)
+    rows = []
+    for level in levels:
+        r = asyncio.run(run_embed_load(args.url, model, texts, level))
+        rows.append(
+            {
+                "label": args.label or args.url,
+                "concurrency": level,
+                "texts_per_second": r.texts_per_second,
+                "tokens_per_second": r.tokens_per_second,
+                "latency_ms": describe(r.latencies),
+            }
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    table = [
+        "| run | concurrency | texts/s | tokens/s | latency p50/p90/p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['label']} | {r['concurrency']} | {r['texts_per_second']:.1f} | "
+        f"{r['tokens_per_second']:.0f} | {r['latency_ms']['p50']:.0f} / "
+        f"{r['latency_ms']['p90']:.0f} / {r['latency_ms']['p99']:.0f} |"
+        for r in rows
+    ]
+    (args.out / "results.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
@@ -50,6 +50,7 @@ class EmbedResult:
     texts: int
     tokens: int
     seconds: float
+    latencies: list[float] = field(default_factory=list)  # per request, seconds
 
     @property
     def texts_per_second(self) -> float:
@@ -69,6 +70,7 @@ async def run_embed_load(
     for g in groups:
         queue.put_nowait(g)
     tokens = 0
+    latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
@@ -76,16 +78,18 @@ async def run_embed_load(
             nonlocal tokens
             while not queue.empty():
                 group = queue.get_nowait()
+                started = time.perf_counter()
                 r = await client.post(
                     f"{base_url}/v1/embeddings", json={"model": model, "input": group}
                 )
                 r.raise_for_status()
                 tokens += r.json()["usage"]["prompt_tokens"]
+                latencies.append(time.perf_counter() - started)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - t0
-    return EmbedResult(len(texts), tokens, seconds)
+    return EmbedResult(len(texts), tokens, seconds, latencies)
 
 
 def run_raw_embed_loop(

@@ -89,3 +89,33 @@ def test_models_sweep(tmp_path: Path) -> None:
     assert row["prefill_tok_s"] > row["decode_tok_s"] > 0
     assert row["server_tok_s_c8"] > 0 and 1 < row["perplexity"] < 1000
     assert (out / "models.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_embeddings_workload(server: RunningServer, tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "bench",
+            "--url",
+            server.url,
+            "--workload",
+            "embeddings",
+            "--requests",
+            "6",
+            "--concurrency",
+            "1,3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert [x["concurrency"] for x in rows] == [1, 3]
+    assert all(x["texts_per_second"] > 0 and x["latency_ms"]["p50"] > 0 for x in rows)
