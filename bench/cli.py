@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries += _peer_runs(args, model, convs, levels)
     paths = write(summaries, args.out)
     print(to_markdown(summaries))
+    for line in ratio_lines(summaries):
+        print(line)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0 if all(s.failures == 0 for s in summaries) else 1
 
@@ -218,3 +220,22 @@ def _embeddings(args: argparse.Namespace, levels: list[int]) -> int:
     (args.out / "results.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return 0
+
+
+def ratio_lines(summaries: list[Summary]) -> list[str]:
+    """'<first label> / <other label>' output-throughput ratios at each concurrency."""
+    labels = list(dict.fromkeys(s.label for s in summaries))
+    lines = []
+    for other in labels[1:]:
+        for mine in (s for s in summaries if s.label == labels[0]):
+            theirs = next(
+                (s for s in summaries if s.label == other and s.concurrency == mine.concurrency),
+                None,
+            )
+            if theirs is not None and theirs.output_throughput > 0:
+                ratio = mine.output_throughput / theirs.output_throughput
+                lines.append(
+                    f"{labels[0]} / {other} at concurrency {mine.concurrency}: "
+                    f"{ratio:.2f}x output tokens/s"
+                )
+    return lines

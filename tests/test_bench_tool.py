@@ -119,3 +119,24 @@ def test_embeddings_workload(server: RunningServer, tmp_path: Path) -> None:
     rows = json.loads((out / "results.json").read_text())
     assert [x["concurrency"] for x in rows] == [1, 3]
     assert all(x["texts_per_second"] > 0 and x["latency_ms"]["p50"] > 0 for x in rows)
+
+
+def test_peer_ratio_lines() -> None:
+    from bench.cli import ratio_lines
+
+    def run(label: str, c: int, tok_s: float):
+        timing = RequestTiming(0.1, 1.0, int(tok_s), [0.1, 1.0])
+        return summarize(label, LoadResult(c, 1, 1.0, [timing]))
+
+    lines = ratio_lines(
+        [
+            run("hearth", 1, 120),
+            run("hearth", 8, 240),
+            run("llama-server", 1, 100),
+            run("llama-server", 8, 200),
+        ]
+    )
+    assert lines == [
+        "hearth / llama-server at concurrency 1: 1.20x output tokens/s",
+        "hearth / llama-server at concurrency 8: 1.20x output tokens/s",
+    ]
