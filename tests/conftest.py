@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,18 @@ import pytest
 
 from bench.servers import ROOT, ServerProcess, start_hearth
 
-__all__ = ["ROOT", "RunningServer", "start_server", "stop_server"]
+__all__ = ["ROOT", "RunningServer", "hearth_cli", "start_server", "stop_server"]
+
+
+def hearth_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the `hearth` command (from this checkout) and capture what it prints."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass

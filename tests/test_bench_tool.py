@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.load import LoadResult, RequestTiming
 from bench.report import summarize
-from tests.conftest import ROOT, RunningServer
+from tests.conftest import RunningServer, hearth_cli
 
 
 def test_statistics_on_a_scripted_timeline() -> None:
@@ -31,28 +29,20 @@ def test_statistics_on_a_scripted_timeline() -> None:
 
 def test_a_short_real_run_writes_every_output(server: RunningServer, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "bench",
-            "--url",
-            server.url,
-            "--workload",
-            "shared-prefix",
-            "--requests",
-            "4",
-            "--concurrency",
-            "1,2",
-            "--output-tokens",
-            "8",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    r = hearth_cli(
+        "bench",
+        "--url",
+        server.url,
+        "--workload",
+        "shared-prefix",
+        "--requests",
+        "4",
+        "--concurrency",
+        "1,2",
+        "--output-tokens",
+        "8",
+        "--out",
+        str(out),
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
@@ -68,22 +58,7 @@ def test_models_sweep(tmp_path: Path) -> None:
     from server.model_files import resolve_chat_model
 
     out = tmp_path / "sweep"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "bench",
-            "--models",
-            str(resolve_chat_model("")),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = hearth_cli("bench", "--models", str(resolve_chat_model("")), "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stderr
     (row,) = json.loads((out / "models.json").read_text())
     assert row["prefill_tok_s"] > row["decode_tok_s"] > 0
@@ -93,26 +68,18 @@ def test_models_sweep(tmp_path: Path) -> None:
 
 def test_embeddings_workload(server: RunningServer, tmp_path: Path) -> None:
     out = tmp_path / "emb"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "bench",
-            "--url",
-            server.url,
-            "--workload",
-            "embeddings",
-            "--requests",
-            "6",
-            "--concurrency",
-            "1,3",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    r = hearth_cli(
+        "bench",
+        "--url",
+        server.url,
+        "--workload",
+        "embeddings",
+        "--requests",
+        "6",
+        "--concurrency",
+        "1,3",
+        "--out",
+        str(out),
         timeout=300,
     )
     assert r.returncode == 0, r.stderr

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from bench.retrieval_eval import write_corpus
 from retrieval.evaluation import first_rank, hit_matches
-from tests.conftest import ROOT, start_server, stop_server
+from tests.conftest import hearth_cli, start_server, stop_server
 
 
 def hit(filename: str, page: int | None, text: str) -> dict:
@@ -33,13 +32,7 @@ def test_eval_cli_reports_each_mode(tmp_path: Path) -> None:
     try:
 
         def hearth(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "server.cli", *args, "--url", server.url],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            return hearth_cli(*args, "--url", server.url, timeout=300)
 
         assert (
             hearth(
@@ -73,22 +66,7 @@ def test_eval_cli_reports_each_mode(tmp_path: Path) -> None:
 def test_eval_rejects_a_bad_question_file(tmp_path: Path) -> None:
     bad = tmp_path / "QA.json"
     bad.write_text('[{"question": "no target"}]')
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "eval",
-            "retrieval",
-            str(bad),
-            "--store",
-            "x",
-            "--url",
-            "http://127.0.0.1:9",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    r = hearth_cli(
+        "eval", "retrieval", str(bad), "--store", "x", "--url", "http://127.0.0.1:9", timeout=60
     )
     assert r.returncode == 1 and "needs 'question'" in r.stderr

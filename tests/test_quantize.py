@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from server.engine.model import LlamaModel
 from server.model_files import resolve_chat_model
 from server.perplexity import PerplexityError, perplexity
 from server.quantize import QuantizeError, quantize
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hearth_cli
 
 TEXT = (ROOT / "README.md").read_text() + (ROOT / "docs" / "architecture.md").read_text()
 
@@ -28,20 +26,12 @@ def q2k(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quantize_writes_a_loadable_model_of_the_type(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "quantize",
-            str(resolve_chat_model("")),
-            str(tmp_path / "q8.gguf"),
-            "--type",
-            "q8_0",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    r = hearth_cli(
+        "quantize",
+        str(resolve_chat_model("")),
+        str(tmp_path / "q8.gguf"),
+        "--type",
+        "q8_0",
         timeout=300,
     )
     assert r.returncode == 0, r.stderr

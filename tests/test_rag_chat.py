@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import RunningServer, start_server, stop_server
+from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 from tests.test_documents import write_pdf
 
 FACT = "The access code for the Hearth vault is ZEBRA-4471."
@@ -118,31 +118,19 @@ def test_bad_retrieval_options(rag, tmp_path: Path) -> None:
 
 
 def test_hearth_ask_cli(rag) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
 
     server, _, _ = rag
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "ask",
-            "What is the access code for the vault?",
-            "--store",
-            "vault",
-            "--url",
-            server.url,
-            "-k",
-            "2",
-            "--max-tokens",
-            "24",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    r = hearth_cli(
+        "ask",
+        "What is the access code for the vault?",
+        "--store",
+        "vault",
+        "--url",
+        server.url,
+        "-k",
+        "2",
+        "--max-tokens",
+        "24",
         timeout=120,
     )
     assert r.returncode == 0, r.stderr

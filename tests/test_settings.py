@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from server.settings import ConfigError, load_settings
-from tests.conftest import ROOT
+from tests.conftest import hearth_cli
 
 
 def test_defaults_load() -> None:
@@ -58,13 +57,7 @@ def test_bad_toml_file(tmp_path: Path) -> None:
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return hearth_cli("serve", *args, timeout=60)
 
 
 def test_cli_rejects_bad_config_without_crashing() -> None:

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningServer, start_server, stop_server
+from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 from tests.test_documents import write_pdf
 
 FACT = "The Hearth test reactor runs on 47 hamster wheels."
@@ -213,9 +213,6 @@ def test_kill_during_ingestion_then_restart(tmp_path: Path) -> None:
 
 def test_cli_ingest_and_search(rag_server: RunningServer, tmp_path: Path) -> None:
     import subprocess
-    import sys
-
-    from tests.conftest import ROOT
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -224,13 +221,7 @@ def test_cli_ingest_and_search(rag_server: RunningServer, tmp_path: Path) -> Non
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
 
     def hearth(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "server.cli", *args, "--url", rag_server.url],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return hearth_cli(*args, "--url", rag_server.url, timeout=120)
 
     ingest = hearth("ingest", str(docs), "--store", "drinks", "--quiet")
     assert ingest.returncode == 1  # one file failed, and the exit code says so
