@@ -15,6 +15,7 @@ from bench.load import TOPICS, Messages, run_load
 from bench.report import Summary, summarize, to_markdown, write
 
 WORKLOADS = ("unique", "shared-prefix", "rag", "embeddings")
+PEERS = ("llama-server", "llama-cpp-python")
 
 
 def _filler(words: int, seed: int) -> str:
@@ -93,8 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument(
         "--peers",
-        action="store_true",
-        help="also start llama.cpp's llama-server on the same model and compare",
+        nargs="*",
+        choices=PEERS,
+        help="also run the workload against these servers, started on the same model file "
+        "with the same threads and parallelism, and print ratios (no names: all of them)",
     )
     p.add_argument(
         "--models",
@@ -138,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         summaries.append(summarize(args.label or args.url, result, args.rate))
-    if args.peers:
+    if args.peers is not None:
         summaries += _peer_runs(args, model, convs, levels)
     paths = write(summaries, args.out)
     print(to_markdown(summaries))
+    for line in short_output_warnings(summaries, args.output_tokens):
+        print(line, file=sys.stderr)
     for line in ratio_lines(summaries):
         print(line)
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -151,33 +156,56 @@ def main(argv: list[str] | None = None) -> int:
 def _peer_runs(
     args: argparse.Namespace, model: str, convs: list[Messages], levels: list[int]
 ) -> list[Summary]:
-    """The same workload against llama-server on the model file the server reports."""
+    """The same workload against each peer, on the model file the Hearth server reports."""
     import os
     import tempfile
 
-    from bench.run import build_llama_server
-    from bench.servers import start_llama_server
+    from bench.peer_build import build_llama_server
+    from bench.servers import ServerProcess, start_llama_cpp_python, start_llama_server
 
     info = httpx.get(f"{args.url}/v1/models", timeout=30).json()["data"][0]
     path = info.get("meta", {}).get("path")
-    if not path or not build_llama_server():
+    if not path:
         print(
-            "hearth bench: --peers needs a Hearth server (it names its model file) and a "
-            "llama-server build (bench/build_llama_server.sh)",
+            "hearth bench: --peers needs a Hearth server at --url (it names its model file)",
             file=sys.stderr,
         )
         return []
+    threads = os.cpu_count() or 1
+    # Room for every concurrent request's prompt and output, whichever server shares less.
+    n_ctx = max(levels) * 2048
     out = []
-    with tempfile.TemporaryDirectory() as logs:
-        server = start_llama_server(Path(logs), Path(path), max(levels), 16384, os.cpu_count() or 1)
-        try:
-            for level in levels:
-                result = asyncio.run(
-                    run_load(server.url, model, convs, args.output_tokens, level, rate=args.rate)
-                )
-                out.append(summarize("llama-server", result, args.rate))
-        finally:
-            server.stop()
+    for peer in args.peers or PEERS:
+        with tempfile.TemporaryDirectory() as logs:
+            server: ServerProcess
+            if peer == "llama-server":
+                if build_llama_server() is None:
+                    print("hearth bench: skipping llama-server (no build)", file=sys.stderr)
+                    continue
+                server = start_llama_server(Path(logs), Path(path), max(levels), n_ctx, threads)
+            else:
+                # One request at a time by design, so its context only needs one.
+                server = start_llama_cpp_python(Path(logs), Path(path), 2048 * 2, threads)
+            try:
+                for level in levels:
+                    with tqdm(
+                        total=len(convs), desc=f"{peer} c={level}", unit="req", file=sys.stderr
+                    ) as bar:
+                        result = asyncio.run(
+                            run_load(
+                                server.url,
+                                model,
+                                convs,
+                                args.output_tokens,
+                                level,
+                                rate=args.rate,
+                                on_done=lambda b=bar: b.update(1),
+                                extra_body=server.extra_body,
+                            )
+                        )
+                    out.append(summarize(peer, result, args.rate))
+            finally:
+                server.stop()
     return out
 
 
@@ -220,6 +248,18 @@ def _embeddings(args: argparse.Namespace, levels: list[int]) -> int:
     (args.out / "results.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     return 0
+
+
+def short_output_warnings(summaries: list[Summary], output_tokens: int) -> list[str]:
+    """Runs whose server stopped before max_tokens (it ignored `ignore_eos`): their
+    throughput is not comparable with the others'."""
+    return [
+        f"warning: {s.label} at concurrency {s.concurrency} generated {s.output_tokens} of "
+        f"{s.requests * output_tokens} tokens (it does not honour ignore_eos?); its figures "
+        "are not comparable"
+        for s in summaries
+        if s.output_tokens < s.requests * output_tokens
+    ]
 
 
 def ratio_lines(summaries: list[Summary]) -> list[str]:

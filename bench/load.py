@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -77,6 +78,10 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
                     if ttft is None:
                         ttft = now
     latency = time.perf_counter() - t0
+    if tokens == 0:
+        # No usage chunk (llama-cpp-python's server ignores stream_options): these servers
+        # stream one chunk per token, so count the chunks.
+        tokens = len(chunk_times)
     return RequestTiming(ttft if ttft is not None else latency, latency, tokens, chunk_times)
 
 
@@ -110,6 +115,7 @@ async def run_load(
     concurrency: int,
     rate: float | None = None,
     on_done: Callable[[], None] | None = None,
+    extra_body: dict[str, Any] | None = None,
 ) -> LoadResult:
     """Send each conversation once, `concurrency` at a time, streaming; EOS is ignored so
     every server generates exactly max_tokens. With `rate`, requests start as a Poisson
@@ -136,10 +142,13 @@ async def run_load(
                 "ignore_eos": True,
                 "stream": True,
                 "stream_options": {"include_usage": True},
+                **(extra_body or {}),
             }
             try:
                 timings.append(await _one(client, url, body))
-            except httpx.HTTPStatusError:
+            except httpx.HTTPError:
+                # A refused or broken request is a failure of the server under test, not
+                # of the benchmark: count it and carry on.
                 failures += 1
             if on_done is not None:
                 on_done()

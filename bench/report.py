@@ -25,6 +25,7 @@ class Summary:
     failures: int
     seconds: float
     request_throughput: float
+    output_tokens: int
     output_throughput: float
     latency_ms: dict[str, dict[str, float]]  # metric → {"mean", "p50", "p90", "p99"}
 
@@ -52,6 +53,7 @@ def summarize(label: str, result: LoadResult, rate: float | None = None) -> Summ
         failures=result.failures,
         seconds=result.wall_seconds,
         request_throughput=len(timings) / result.wall_seconds,
+        output_tokens=result.output_tokens,
         output_throughput=result.tokens_per_second,
         latency_ms={
             "ttft": describe([t.ttft for t in timings]),

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,12 +27,13 @@ import httpx
 from bench import retrieval_bench, retrieval_eval
 from bench.embed_load import EmbedResult, chunks, run_embed_load, run_raw_embed_loop
 from bench.load import TOPICS, LoadResult, Messages, run_load
+from bench.peer_build import build_llama_server
 from bench.raw_loop import RawResult, run_raw_loop
 from bench.servers import (
-    LLAMA_SERVER,
     ROOT,
     ServerProcess,
     start_hearth,
+    start_llama_cpp_python,
     start_llama_server,
     start_llama_server_embeddings,
 )
@@ -118,7 +118,11 @@ def measure(server: ServerProcess, model_id: str, scenarios: list[Scenario]) -> 
     results = []
     for sc in scenarios:
         # One short warm-up request so first-call costs stay out of the figures.
-        asyncio.run(run_load(server.url, model_id, decode_prompts(1)[:1], 4, 1))
+        asyncio.run(
+            run_load(
+                server.url, model_id, decode_prompts(1)[:1], 4, 1, extra_body=server.extra_body
+            )
+        )
         results.append(
             asyncio.run(
                 run_load(
@@ -127,6 +131,7 @@ def measure(server: ServerProcess, model_id: str, scenarios: list[Scenario]) -> 
                     sc.conversations(sc.requests),
                     sc.max_tokens,
                     sc.concurrency,
+                    extra_body=server.extra_body,
                 )
             )
         )
@@ -152,14 +157,6 @@ def ttft(r: LoadResult) -> str:
     return text + (f" ({r.failures} failed)" if r.failures else "")
 
 
-def build_llama_server() -> bool:
-    """Build llama-server from the llama.cpp vendored in llama-cpp-python's sdist (cached)."""
-    if LLAMA_SERVER.exists():
-        return True
-    script = ROOT / "bench" / "build_llama_server.sh"
-    return subprocess.run(["bash", str(script)], cwd=ROOT).returncode == 0
-
-
 def run_hearth(logs: Path, scenarios: list[Scenario], *flags: str) -> list[LoadResult]:
     server = start_hearth(
         logs, "--parallel", str(PARALLEL), "--n-ctx", str(N_CTX), "--log-level", "warning", *flags
@@ -174,7 +171,7 @@ def run_hearth(logs: Path, scenarios: list[Scenario], *flags: str) -> list[LoadR
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--write", type=Path, help="write the Markdown report here")
-    parser.add_argument("--no-peers", action="store_true", help="skip llama-server")
+    parser.add_argument("--no-peers", action="store_true", help="skip the peer servers")
     args = parser.parse_args()
     route_llama_logs_to_python()
     t0 = time.monotonic()
@@ -206,7 +203,7 @@ def main() -> int:
         # change the next one's figures (every resident cell is attended over).
         # The decode workloads are short and this machine's speed drifts, so Hearth and
         # llama-server take turns, DECODE_ROUNDS times, and each keeps its best round.
-        peers_wanted = not args.no_peers and build_llama_server()
+        peers_wanted = not args.no_peers and build_llama_server() is not None
         hearth_rounds: list[list[LoadResult]] = []
         peer_rounds: list[list[LoadResult]] = []
         for i in range(DECODE_ROUNDS):
@@ -227,6 +224,14 @@ def main() -> int:
         embed_hearth = measure_embeddings(
             start_hearth(logs, "--log-level", "warning"), "all-MiniLM-L6-v2", texts
         )
+        llcpp: list[LoadResult] | None = None
+        if not args.no_peers:
+            print("llama-cpp-python server ...", flush=True)
+            srv = start_llama_cpp_python(logs, model_path, 4096, threads)
+            try:
+                llcpp = measure(srv, "default", [*DECODE, SHARED])
+            finally:
+                srv.stop()
         if args.no_peers:
             peer_note = "llama-server: skipped (--no-peers)."
         elif not peers_wanted:
@@ -248,7 +253,7 @@ def main() -> int:
             )
             peer_note = (
                 "llama-server: built from the llama.cpp vendored in llama-cpp-python "
-                f"{metadata.version('llama-cpp-python')} (`bench/build_llama_server.sh`), run "
+                f"{metadata.version('llama-cpp-python')} (`python -m bench.peer_build`), run "
                 f"as `llama-server -np {PARALLEL} -c {N_CTX} -t {threads} -tb {threads} "
                 "--kv-unified` (its own prompt cache on, as by default)."
             )
@@ -256,6 +261,8 @@ def main() -> int:
     report = render(
         hearth, no_cache, raw, peer, peer_note, model_path, threads, time.monotonic() - t0
     )
+    if llcpp:
+        report += render_llama_cpp_python(hearth, llcpp, threads)
     report += render_embeddings(embed_hearth, embed_raw, embed_peer, embed_path)
     report += retrieval_report
     report += quantization_sweep(model_path)
@@ -288,6 +295,28 @@ def quantization_sweep(model_path: Path) -> str:
         "concurrency 8, and perplexity over README + architecture text (256-token chunks).\n\n"
         f"{table}"
     )
+
+
+def render_llama_cpp_python(hearth: list[LoadResult], llcpp: list[LoadResult], threads: int) -> str:
+    lines = [
+        "## llama-cpp-python's own server",
+        "",
+        f"`python -m llama_cpp.server --n_ctx 4096 --n_threads {threads} --n_threads_batch "
+        f"{threads}` on the same model file: the same decode and shared-prefix workloads. It "
+        "serves one request at a time (no parallel slots) and has no `ignore_eos`, so EOS "
+        "is suppressed with a -100 logit bias on the end-of-generation tokens; it sends no "
+        "usage chunk, so its tokens are counted as streamed chunks.",
+        "",
+        "| workload | concurrency | llama-cpp-python tok/s | TTFT p50 / p90 (s) | Hearth tok/s "
+        "| Hearth / llama-cpp-python |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sc, h, p in zip([*DECODE, SHARED], hearth, llcpp, strict=True):
+        lines.append(
+            f"| {sc.name} | {sc.concurrency} | {fmt(p.tokens_per_second)} | {ttft(p)} | "
+            f"{fmt(h.tokens_per_second)} | {fmt(h.tokens_per_second / p.tokens_per_second, 2)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def best_rounds(rounds: list[list[LoadResult]]) -> list[LoadResult]:

@@ -7,13 +7,15 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from bench.peer_build import llama_server_path
+
 ROOT = Path(__file__).resolve().parent.parent
-LLAMA_SERVER = ROOT / ".cache/peers/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server"
 
 
 def free_port() -> int:
@@ -27,6 +29,9 @@ class ServerProcess:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
+    # Fields every request to this server carries on top of the workload's (how it is told
+    # to ignore EOS, for one).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -40,8 +45,10 @@ class ServerProcess:
             self.process.wait()
 
 
-def start_process(cmd: list[str], port: int, log: Path, timeout: float = 180) -> ServerProcess:
-    """Run cmd and wait until GET /health answers 200 on the port."""
+def start_process(
+    cmd: list[str], port: int, log: Path, timeout: float = 180, ready_path: str = "/health"
+) -> ServerProcess:
+    """Run cmd and wait until GET ready_path answers 200 on the port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTH_")}
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -51,7 +58,7 @@ def start_process(cmd: list[str], port: int, log: Path, timeout: float = 180) ->
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}:\n{server.log_text()}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{server.url}{ready_path}", timeout=1).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
@@ -72,7 +79,7 @@ def start_llama_server(
     """llama.cpp's llama-server on loopback with unified KV, like Hearth's context."""
     port = free_port()
     cmd = [
-        str(LLAMA_SERVER),
+        str(llama_server_path()),
         "-m",
         str(model),
         "--host",
@@ -111,3 +118,62 @@ def start_llama_server_embeddings(
         "-ub",
         str(n_batch),
     )
+
+
+def eog_tokens(model: Path) -> list[int]:
+    """The model's end-of-generation token ids, read from its vocabulary only."""
+    import llama_cpp
+
+    from server.engine.model import _ensure_backend
+
+    _ensure_backend()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    ptr = llama_cpp.llama_model_load_from_file(str(model).encode(), params)
+    if not ptr:
+        raise RuntimeError(f"llama.cpp could not read the vocabulary of {model}")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(ptr)
+        n = llama_cpp.llama_vocab_n_tokens(vocab)
+        return [t for t in range(n) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    finally:
+        llama_cpp.llama_model_free(ptr)
+
+
+def start_llama_cpp_python(
+    log_dir: Path, model: Path, n_ctx: int, threads: int, alias: str = "default"
+) -> ServerProcess:
+    """llama-cpp-python's own server (`python -m llama_cpp.server`) on the same model file.
+
+    It runs one request at a time (no parallel slots), has no /health and no `ignore_eos`,
+    so readiness is GET /v1/models answering and EOS is suppressed with a -100 logit bias
+    on every end-of-generation token, so it generates as many tokens as the others."""
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        # By default a new request interrupts the one being streamed; queue it instead,
+        # as every other server here does.
+        "--interrupt_requests",
+        "False",
+    ]
+    server = start_process(
+        cmd, port, log_dir / f"llama-cpp-python-{port}.log", ready_path="/v1/models"
+    )
+    server.extra_body = {"logit_bias": {str(t): -100.0 for t in eog_tokens(model)}}
+    return server

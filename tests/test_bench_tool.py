@@ -88,6 +88,55 @@ def test_embeddings_workload(server: RunningServer, tmp_path: Path) -> None:
     assert all(x["texts_per_second"] > 0 and x["latency_ms"]["p50"] > 0 for x in rows)
 
 
+@pytest.mark.timeout(2400)
+def test_peers_run_the_same_workload(server: RunningServer, tmp_path: Path) -> None:
+    """--peers starts llama-server (built once into the user's cache: ~6 min the first time)
+    and llama-cpp-python's server on Hearth's model file and runs the same requests."""
+    out = tmp_path / "peers"
+    r = hearth_cli(
+        "bench",
+        "--url",
+        server.url,
+        "--label",
+        "hearth",
+        "--workload",
+        "unique",
+        "--requests",
+        "2",
+        "--concurrency",
+        "1,2",
+        "--output-tokens",
+        "48",
+        "--peers",
+        "--out",
+        str(out),
+        timeout=2400,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert [(x["label"], x["concurrency"]) for x in rows] == [
+        (label, c) for label in ("hearth", "llama-server", "llama-cpp-python") for c in (1, 2)
+    ]
+    # EOS suppressed on every server (ignore_eos, or a logit bias for llama-cpp-python):
+    # each request generated exactly the tokens asked for.
+    assert all(x["failures"] == 0 and x["output_tokens"] == 2 * 48 for x in rows), rows
+    for peer in ("llama-server", "llama-cpp-python"):
+        for c in (1, 2):
+            assert f"hearth / {peer} at concurrency {c}:" in r.stdout
+
+
+def test_short_output_is_flagged() -> None:
+    from bench.cli import short_output_warnings
+
+    full = RequestTiming(0.1, 1.0, 8, [0.1, 1.0])
+    short = RequestTiming(0.1, 1.0, 3, [0.1, 1.0])
+    ok = summarize("a", LoadResult(1, 2, 1.0, [full, full]))
+    stopped = summarize("b", LoadResult(1, 2, 1.0, [full, short]))
+    assert short_output_warnings([ok], 8) == []
+    (line,) = short_output_warnings([ok, stopped], 8)
+    assert line.startswith("warning: b at concurrency 1 generated 11 of 16 tokens")
+
+
 def test_peer_ratio_lines() -> None:
     from bench.cli import ratio_lines
 
