@@ -26,6 +26,7 @@ from server.api.generation import (
 from server.api.logprobs import chat_logprobs
 from server.api.schemas import ChatCompletionRequest, ChatMessage
 from server.api.sse import DONE, dumps, sse_response
+from server.api.structured import request_grammar
 from server.api.vector_stores import check_filters, require_retrieval, store_or_404
 from server.async_engine import GenerationStream
 from server.chat_template import ChatTemplateError
@@ -88,10 +89,6 @@ def parse_request(body: dict[str, Any]) -> ChatCompletionRequest:
     req = validate_body(ChatCompletionRequest, body)
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs requires logprobs to be true.", param="top_logprobs")
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise bad_request(
-            "response_format other than 'text' is not supported yet.", param="response_format"
-        )
     return req
 
 
@@ -99,6 +96,7 @@ async def chat_completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = parse_request(await parse_json_body(request))
     model_id = check_model(runtime, req.model)
+    grammar = request_grammar(runtime.model, req.response_format, req.grammar, req.json_schema)
     messages = template_messages(req.messages)
     sources = await retrieve_sources(request, req, messages)
     messages = augment(messages, sources)
@@ -109,7 +107,7 @@ async def chat_completions(request: Request) -> Response:
     prompt = runtime.chat_prompt_tokens(text)
     limit = max_tokens_for(runtime, req.token_limit, len(prompt))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    streams = start_streams(runtime, req, [prompt], [limit], logprobs)
+    streams = start_streams(runtime, req, [prompt], [limit], logprobs, grammar)
     envelope = Envelope.new("chatcmpl", "chat.completion", model_id)
     cited = citations(sources) if req.retrieval is not None else None
     if req.stream:

@@ -23,6 +23,7 @@ from server.api.generation import (
 from server.api.logprobs import completion_logprobs
 from server.api.schemas import CompletionRequest
 from server.api.sse import DONE, dumps, sse_response
+from server.api.structured import request_grammar
 from server.async_engine import GenerationStream
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason
@@ -73,6 +74,8 @@ async def completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = parse_request(await parse_json_body(request))
     model_id = check_model(runtime, req.model)
+    # llama-server takes response_format on /v1/completions too.
+    grammar = request_grammar(runtime.model, req.response_format, req.grammar, req.json_schema)
     tokens, texts = prompt_tokens(runtime, req)
     envelope = Envelope.new("cmpl", "text_completion", model_id)
     if req.max_tokens == 0:  # only the prompt (with echo) and its usage, as OpenAI does
@@ -87,7 +90,7 @@ async def completions(request: Request) -> Response:
         ]
         return JSONResponse(response_body(results, req.n, envelope))
     limits = [max_tokens_for(runtime, req.max_tokens, len(ids)) for ids in tokens]
-    streams = start_streams(runtime, req, tokens, limits, req.logprobs)
+    streams = start_streams(runtime, req, tokens, limits, req.logprobs, grammar)
     echoes = [t for t in texts for _ in range(req.n)] if req.echo else None
     if req.stream:
         events = stream_chunks(runtime, streams, req, echoes, envelope)

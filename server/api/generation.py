@@ -62,7 +62,9 @@ def check_model(runtime: Runtime, model: str | None) -> str:
     )
 
 
-def sampling_params(body: SamplingFields, runtime: Runtime, choice: int) -> SamplingParams:
+def sampling_params(
+    body: SamplingFields, runtime: Runtime, choice: int, grammar: str | None = None
+) -> SamplingParams:
     bias: dict[int, float] = {}
     for key, value in (body.logit_bias or {}).items():
         token = int(key)
@@ -85,6 +87,7 @@ def sampling_params(body: SamplingFields, runtime: Runtime, choice: int) -> Samp
         frequency_penalty=body.frequency_penalty,
         repeat_penalty=body.repeat_penalty,
         logit_bias=bias,
+        grammar=grammar,
     )
 
 
@@ -102,6 +105,7 @@ def start_streams(
     prompts: list[list[int]],
     max_tokens: list[int],
     logprobs: int | None = None,
+    grammar: str | None = None,
 ) -> list[GenerationStream]:
     """n streams per prompt, choice index = prompt index * n + j; all or none are queued."""
     streams: list[GenerationStream] = []
@@ -113,7 +117,7 @@ def start_streams(
                         runtime.engine,
                         tokens,
                         limit,
-                        sampling_params(body, runtime, p * body.n + j),
+                        sampling_params(body, runtime, p * body.n + j, grammar),
                         body.stop_list(),
                         ignore_eos=body.ignore_eos,
                         logprobs=logprobs,

@@ -21,7 +21,7 @@ from server.engine.detokenizer import IncrementalDetokenizer
 from server.engine.logprobs import TokenLogprob, token_logprob
 from server.engine.model import LlamaModel
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
-from server.engine.sampling import TokenSampler
+from server.engine.sampling import GrammarError, TokenSampler
 from server.engine.scheduler import Scheduler, StepPlan
 from server.engine.sequence import Sequence
 from server.engine.stats import EngineStats
@@ -212,7 +212,19 @@ class Engine:
             self._settle(request, GenerationOutput("", []), FinishReason.CANCELLED)
             return
         banned = self.model.eog_tokens if request.ignore_eos else frozenset()
-        sampler = TokenSampler(request.sampling, self.model.n_vocab, self.context_length, banned)
+        try:
+            sampler = TokenSampler(
+                request.sampling,
+                self.model.n_vocab,
+                self.context_length,
+                banned,
+                vocab=self.model.vocab,
+                end_token=self.model.eos_token,
+            )
+        except GrammarError as e:
+            # Callers check grammars before submitting; this is the last line of defence.
+            self._settle(request, GenerationOutput("", []), FinishReason.ERROR, error=str(e))
+            return
         detok = IncrementalDetokenizer(self.model.token_bytes, request.stop)
         seq = Sequence(request, sampler, detok)
         self._sequences[request.id] = seq

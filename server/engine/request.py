@@ -57,3 +57,9 @@ class GenerationRequest:
     id: int = field(default_factory=lambda: next(_ids))
     # Set from any thread; the engine notices it at its next step.
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.sampling.grammar is not None:
+            # A grammar decides where the output ends: it allows only end-of-generation
+            # tokens once complete, so those cannot be banned.
+            self.ignore_eos = False
