@@ -27,6 +27,7 @@ from server.api.logprobs import chat_logprobs
 from server.api.schemas import ChatCompletionRequest, ChatMessage
 from server.api.sse import DONE, dumps, sse_response
 from server.api.structured import request_grammar
+from server.api.tools import AnswerStream, history_messages, parse_answer, plan_tools
 from server.api.vector_stores import check_filters, require_retrieval, store_or_404
 from server.async_engine import GenerationStream
 from server.chat_template import ChatTemplateError
@@ -97,11 +98,23 @@ async def chat_completions(request: Request) -> Response:
     req = parse_request(await parse_json_body(request))
     model_id = check_model(runtime, req.model)
     grammar = request_grammar(runtime.model, req.response_format, req.grammar, req.json_schema)
-    messages = template_messages(req.messages)
+    tools = plan_tools(req)
+    if tools is not None:
+        if grammar is not None:
+            raise bad_request(
+                "Use tools or a response_format / grammar, not both: each constrains the "
+                "whole output.",
+                param="response_format",
+            )
+        grammar = tools.grammar
+    messages = history_messages(template_messages(req.messages), runtime.template.source)
     sources = await retrieve_sources(request, req, messages)
     messages = augment(messages, sources)
+    if tools is not None:
+        messages = tools.apply(messages)
     try:
-        text = runtime.template.render(messages, tools=req.tools)
+        # Tools are described in the system message (tools.py), not through the template.
+        text = runtime.template.render(messages)
     except ChatTemplateError as e:
         raise bad_request(str(e), param="messages", code="chat_template_error") from None
     prompt = runtime.chat_prompt_tokens(text)
@@ -111,10 +124,10 @@ async def chat_completions(request: Request) -> Response:
     envelope = Envelope.new("chatcmpl", "chat.completion", model_id)
     cited = citations(sources) if req.retrieval is not None else None
     if req.stream:
-        events = stream_chunks(runtime, streams, req, envelope, cited)
+        events = stream_chunks(runtime, streams, req, envelope, cited, tools is not None)
         return sse_response(events, on_close=lambda: cancel_all(streams))
     results = await collect(request, streams)
-    body = response_body(results, req.n, envelope)
+    body = response_body(results, req.n, envelope, tools is not None)
     if cited is not None:
         body["citations"] = cited  # Hearth extension: the sources the prompt carried
     if req.logprobs:
@@ -123,16 +136,20 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse(body)
 
 
-def response_body(results: list[ChoiceResult], n: int, envelope: Envelope) -> dict[str, Any]:
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": r.text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": str(r.finish_reason),
-        }
-        for i, r in enumerate(results)
-    ]
+def response_body(
+    results: list[ChoiceResult], n: int, envelope: Envelope, with_tools: bool = False
+) -> dict[str, Any]:
+    choices = []
+    for i, r in enumerate(results):
+        message: dict[str, Any] = {"role": "assistant", "content": r.text, "refusal": None}
+        finish = str(r.finish_reason)
+        if with_tools:
+            content, calls = parse_answer(r.text)
+            message["content"] = content
+            if calls is not None:
+                message["tool_calls"] = calls
+                finish = "tool_calls"
+        choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": finish})
     return envelope.body(choices, usage=total_usage(results, n))
 
 
@@ -142,6 +159,7 @@ async def stream_chunks(
     req: ChatCompletionRequest,
     envelope: Envelope,
     cited: list[dict[str, Any]] | None = None,
+    with_tools: bool = False,
 ) -> AsyncIterator[str]:
     chunks = replace(envelope, object="chat.completion.chunk")
     # With include_usage, OpenAI sends "usage": null on every chunk but the last.
@@ -158,6 +176,9 @@ async def stream_chunks(
     for i in range(len(streams)):
         yield chunk([choice(i, {"role": "assistant", "content": ""})])
     results = [ChoiceResult() for _ in streams]  # for the usage chunk
+    # With tools, the model writes JSON: answers are decoded from it as they stream, tool
+    # calls go out whole when the choice ends.
+    answers = [AnswerStream() for _ in streams] if with_tools else None
     # Logprobs of tokens whose text is still held back go out with the text, later.
     pending: list[list[TokenLogprob]] = [[] for _ in streams]
     async for index, output in merged(streams):
@@ -166,6 +187,22 @@ async def stream_chunks(
             return
         if output.logprobs:
             pending[index].extend(output.logprobs)
+        if answers is not None:
+            content = answers[index].feed(output.text)
+            if content:
+                yield chunk([choice(index, {"content": content})])
+            if output.finished:
+                results[index].add(output)
+                rest, calls = answers[index].finish()
+                if rest:
+                    yield chunk([choice(index, {"content": rest})])
+                finish = str(output.finish_reason)
+                if calls is not None:
+                    deltas = [{"index": k, **call} for k, call in enumerate(calls)]
+                    yield chunk([choice(index, {"tool_calls": deltas})])
+                    finish = "tool_calls"
+                yield chunk([choice(index, {}, finish)])
+            continue
         if output.text:
             logprobs = None
             if req.logprobs:

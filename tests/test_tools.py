@@ -1,0 +1,209 @@
+"""Tool calling: tools / tool_choice / parallel_tool_calls through the official client and
+LangChain, streamed and not, with tool results fed back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from server.api.tools import AnswerStream, parse_answer
+from tests.conftest import RunningServer
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
+                "b": {"type": "integer", "minimum": -1000, "maximum": 1000},
+            },
+            "required": ["a", "b"],
+        },
+    },
+}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+
+
+def chat(client: openai.OpenAI, model_id: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("messages", QUESTION)
+    kwargs.setdefault("max_tokens", 200)
+    kwargs.setdefault("temperature", 0)
+    return client.chat.completions.create(model=model_id, **kwargs)
+
+
+def assert_weather_call(call: Any) -> None:
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit")
+
+
+def test_required_tool_call(client: openai.OpenAI, model_id: str) -> None:
+    r = chat(client, model_id, tools=[WEATHER], tool_choice="required")
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert_weather_call(call)
+    assert len({c.id for c in choice.message.tool_calls}) == len(choice.message.tool_calls)
+
+
+def test_named_tool_choice_and_no_parallel_calls(client: openai.OpenAI, model_id: str) -> None:
+    r = chat(
+        client,
+        model_id,
+        messages=[{"role": "user", "content": "Add 2 and 3, and also 4 and 5."}],
+        tools=[WEATHER, ADD],
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        parallel_tool_calls=False,
+        temperature=1.0,
+        seed=5,
+    )
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "add"
+    args = json.loads(call.function.arguments)
+    assert isinstance(args["a"], int) and isinstance(args["b"], int)
+    assert -1000 <= args["a"] <= 1000 and -1000 <= args["b"] <= 1000
+
+
+def test_auto_gives_a_call_or_an_answer(client: openai.OpenAI, model_id: str) -> None:
+    for messages in (QUESTION, [{"role": "user", "content": "Say hello to me."}]):
+        choice = chat(client, model_id, messages=messages, tools=[WEATHER, ADD]).choices[0]
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        else:
+            # A plain answer (possibly cut by max_tokens), not the JSON the grammar made
+            # the model write.
+            assert choice.finish_reason in ("stop", "length")
+            assert choice.message.content and not choice.message.content.startswith("{")
+
+
+def test_tool_choice_none_is_a_plain_answer(client: openai.OpenAI, model_id: str) -> None:
+    choice = chat(client, model_id, tools=[WEATHER], tool_choice="none", max_tokens=30).choices[0]
+    assert choice.message.tool_calls is None
+    assert choice.message.content and not choice.message.content.lstrip().startswith('{"')
+
+
+def test_streamed_tool_call(client: openai.OpenAI, model_id: str) -> None:
+    stream = chat(client, model_id, tools=[WEATHER], tool_choice="required", stream=True)
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                entry = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                entry["id"] += delta.id or ""
+                entry["name"] += delta.function.name or ""
+                entry["arguments"] += delta.function.arguments or ""
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and calls
+    for entry in calls.values():
+        assert entry["name"] == "get_weather" and entry["id"].startswith("call_")
+        assert set(json.loads(entry["arguments"])) == {"city", "unit"}
+
+
+def test_tool_results_go_back_in(client: openai.OpenAI, model_id: str) -> None:
+    first = chat(client, model_id, tools=[WEATHER], tool_choice="required").choices[0].message
+    messages: list[dict[str, Any]] = [*QUESTION, first.model_dump(exclude_none=True)]
+    for call in first.tool_calls or []:
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": "18 C, sunny"})
+    for stream in (False, True):
+        r = chat(client, model_id, messages=messages, tools=[WEATHER], stream=stream)
+        if stream:
+            finishes = [c.choices[0].finish_reason for c in r if c.choices]
+            assert finishes[-1] in ("stop", "tool_calls", "length")
+        else:
+            assert r.choices[0].finish_reason in ("stop", "tool_calls", "length")
+
+
+def test_langchain_bind_tools(server: RunningServer, model_id: str) -> None:
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers."""
+        return a * b
+
+    llm = ChatOpenAI(
+        base_url=server.base_url, api_key="unused", model=model_id, temperature=0, max_tokens=100
+    )
+    message = llm.bind_tools([multiply], tool_choice="multiply").invoke("What is 6 times 7?")
+    assert message.tool_calls
+    call = message.tool_calls[0]
+    assert call["name"] == "multiply" and set(call["args"]) == {"a", "b"}
+    assert all(isinstance(v, int) for v in call["args"].values())
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "retrieval"}]}, "tools.[0].type"),
+        ({"tools": [{"type": "function"}]}, "tools.[0].function"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, None),
+        ({"tools": [WEATHER, WEATHER]}, "tools"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice.function.name",
+        ),
+        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+def test_bad_tool_requests(
+    server: RunningServer, model_id: str, extra: dict[str, Any], param: str | None
+) -> None:
+    body = {"model": model_id, "messages": QUESTION, **extra}
+    r = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == (param or "tools.[0].function.name")
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7])
+def test_answer_stream_decodes_the_response_string_as_it_arrives(piece: int) -> None:
+    answer = 'Hi "there"\\ — naïve 😀 \t end'
+    raw = '{ "response": ' + json.dumps(answer) + " }"
+    stream = AnswerStream()
+    sent = "".join(stream.feed(raw[i : i + piece]) for i in range(0, len(raw), piece))
+    rest, calls = stream.finish()
+    assert calls is None and sent + rest == answer
+    assert sent == answer  # all of it streamed before the end
+
+
+def test_an_answer_cut_by_max_tokens_is_still_just_the_answer() -> None:
+    content, calls = parse_answer('{"response": "Hello, I am a long answer th')
+    assert content == "Hello, I am a long answer th" and calls is None
+
+
+def test_answer_stream_holds_tool_calls_to_the_end() -> None:
+    raw = '{"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}]}'
+    stream = AnswerStream()
+    assert all(stream.feed(raw[i : i + 4]) == "" for i in range(0, len(raw), 4))
+    rest, calls = stream.finish()
+    assert rest == "" and calls is not None
+    assert calls[0]["function"] == {"name": "add", "arguments": '{"a": 1, "b": 2}'}
