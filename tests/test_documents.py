@@ -48,6 +48,26 @@ def test_pdf_pages_are_kept(tmp_path: Path) -> None:
     assert sections[1].char_start > sections[0].char_start
 
 
+@pytest.mark.parametrize("method", ["RC4", "AES_128", "AES_256"])
+def test_pdfs_locked_only_against_editing_are_read(tmp_path: Path, method: str) -> None:
+    # Many published PDFs carry an owner password and an empty user password: anyone may
+    # read them. AES ones need pypdf's crypto extra (cryptography).
+    from fpdf.enums import EncryptionMethod
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    pdf.add_page()
+    pdf.multi_cell(0, 6, "The kettle's warranty lasts three years from purchase.")
+    pdf.set_encryption(
+        owner_password="owner-only",
+        user_password="",
+        encryption_method=getattr(EncryptionMethod, method),
+    )
+    pdf.output(str(tmp_path / "restricted.pdf"))
+    (section,) = parse(tmp_path / "restricted.pdf", "restricted.pdf")
+    assert "warranty lasts three years" in section.text
+
+
 def test_encrypted_malformed_and_empty_pdfs_fail_clearly(tmp_path: Path) -> None:
     locked = write_pdf(tmp_path / "locked.pdf", ["secret text"], password="hunter2")
     with pytest.raises(ParseError, match="encrypted"):
