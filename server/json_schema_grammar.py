@@ -14,6 +14,7 @@ from typing import Any
 
 from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
+SPACE_RULE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
 # The converter's own limit: integers of at most 16 digits.
 MAX_DIGITS = 16
 
@@ -37,6 +38,12 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
 
 
 class _Converter(SchemaConverter):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # llama.cpp's own converter (C++) lets JSON be pretty-printed; the Python one allows
+        # a single space only, which pushes models that write indented JSON off course.
+        self._rules["space"] = SPACE_RULE
+
     def visit(self, schema: Any, name: str) -> str:
         if isinstance(schema, dict) and schema.get("type") == "integer":
             lo, hi = integer_bounds(schema)
