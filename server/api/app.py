@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from retrieval.ingestion import ChunkingOptions
 from retrieval.service import Retrieval
 from retrieval.watcher import FolderWatcher
+from server.api import responses
 from server.api import vector_stores as vs
 from server.api.chat import chat_completions
 from server.api.completions import completions
@@ -149,6 +150,9 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/responses", responses.create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
         Route("/v1/files", create_file, methods=["POST"]),
         Route("/v1/files", list_files, methods=["GET"]),
         Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),

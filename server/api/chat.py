@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
@@ -27,7 +27,7 @@ from server.api.logprobs import chat_logprobs
 from server.api.schemas import ChatCompletionRequest, ChatMessage
 from server.api.sse import DONE, dumps, sse_response
 from server.api.structured import request_grammar
-from server.api.tools import AnswerStream, history_messages, parse_answer, plan_tools
+from server.api.tools import AnswerStream, ToolPlan, history_messages, parse_answer, plan_tools
 from server.api.vector_stores import check_filters, require_retrieval, store_or_404
 from server.async_engine import GenerationStream
 from server.chat_template import ChatTemplateError
@@ -93,10 +93,22 @@ def parse_request(body: dict[str, Any]) -> ChatCompletionRequest:
     return req
 
 
-async def chat_completions(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    req = parse_request(await parse_json_body(request))
-    model_id = check_model(runtime, req.model)
+@dataclass(frozen=True)
+class PreparedChat:
+    """A chat request turned into what the engine runs."""
+
+    prompt: list[int]
+    max_tokens: int
+    grammar: str | None
+    tools: ToolPlan | None
+    sources: list[Hit]
+
+
+async def prepare_chat(
+    request: Request, runtime: Runtime, req: ChatCompletionRequest
+) -> PreparedChat:
+    """Messages (+ retrieved sources, + tool instructions) → prompt tokens, token limit and
+    the grammar constraining the output; every check that can fail happens here."""
     grammar = request_grammar(runtime.model, req.response_format, req.grammar, req.json_schema)
     tools = plan_tools(req)
     if tools is not None:
@@ -119,8 +131,19 @@ async def chat_completions(request: Request) -> Response:
         raise bad_request(str(e), param="messages", code="chat_template_error") from None
     prompt = runtime.chat_prompt_tokens(text)
     limit = max_tokens_for(runtime, req.token_limit, len(prompt))
+    return PreparedChat(prompt, limit, grammar, tools, sources)
+
+
+async def chat_completions(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    req = parse_request(await parse_json_body(request))
+    model_id = check_model(runtime, req.model)
+    prepared = await prepare_chat(request, runtime, req)
+    tools, sources = prepared.tools, prepared.sources
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    streams = start_streams(runtime, req, [prompt], [limit], logprobs, grammar)
+    streams = start_streams(
+        runtime, req, [prepared.prompt], [prepared.max_tokens], logprobs, prepared.grammar
+    )
     envelope = Envelope.new("chatcmpl", "chat.completion", model_id)
     cited = citations(sources) if req.retrieval is not None else None
     if req.stream:

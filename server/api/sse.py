@@ -16,7 +16,7 @@ def dumps(body: Any) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-async def _closing(events: AsyncIterator[str], on_close: Callable[[], None]) -> AsyncIterator[str]:
+async def _closing(events: AsyncIterator[Any], on_close: Callable[[], None]) -> AsyncIterator[Any]:
     # sse-starlette cancels this generator when the client disconnects; `finally` then
     # tells the engine, which frees the request's sequence at its next step.
     try:
@@ -26,7 +26,7 @@ async def _closing(events: AsyncIterator[str], on_close: Callable[[], None]) -> 
         on_close()
 
 
-def sse_response(events: AsyncIterator[str], on_close: Callable[[], None]) -> EventSourceResponse:
+def sse_response(events: AsyncIterator[Any], on_close: Callable[[], None]) -> EventSourceResponse:
     return EventSourceResponse(
         _closing(events, on_close),
         sep="\n",

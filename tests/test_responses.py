@@ -1,0 +1,243 @@
+"""/v1/responses through the official client: text, instructions, streaming events,
+function tools and their outputs, JSON schema output, previous_response_id, file_search."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RunningServer
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}
+
+
+def test_text_response(client: openai.OpenAI, model_id: str) -> None:
+    r = client.responses.create(
+        model=model_id,
+        instructions="You are a terse assistant.",
+        input="Name a colour of the sky.",
+        max_output_tokens=20,
+        temperature=0,
+    )
+    assert r.object == "response" and r.id.startswith("resp_")
+    assert r.status in ("completed", "incomplete")
+    (item,) = r.output
+    assert item.type == "message" and item.role == "assistant"
+    assert r.output_text and r.output_text == item.content[0].text
+    assert r.usage is not None and r.usage.output_tokens <= 20
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+
+
+def test_max_output_tokens_makes_it_incomplete(client: openai.OpenAI, model_id: str) -> None:
+    r = client.responses.create(
+        model=model_id,
+        input="Write a long story about a lighthouse.",
+        max_output_tokens=5,
+        temperature=0,
+    )
+    assert r.status == "incomplete"
+    assert r.incomplete_details is not None
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage is not None and r.usage.output_tokens == 5
+
+
+def test_streaming_events_build_the_same_text(client: openai.OpenAI, model_id: str) -> None:
+    events = list(
+        client.responses.create(
+            model=model_id, input="Say hello.", max_output_tokens=30, temperature=0, stream=True
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    for expected in (
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ):
+        assert expected in kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    (done,) = [e for e in events if e.type == "response.output_text.done"]
+    assert deltas == done.text
+    assert events[-1].response.output_text == deltas
+
+
+def test_stream_helper_accumulates(client: openai.OpenAI, model_id: str) -> None:
+    # The helper wants response.completed, so ask for something short.
+    with client.responses.stream(
+        model=model_id, input="Reply with just the word yes.", max_output_tokens=100, temperature=0
+    ) as stream:
+        deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.output_text == deltas
+
+
+def test_function_call_and_its_output(client: openai.OpenAI, model_id: str) -> None:
+    first = client.responses.create(
+        model=model_id,
+        input="What is the weather in Oslo?",
+        tools=[WEATHER],
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=200,
+    )
+    calls = [o for o in first.output if o.type == "function_call"]
+    assert calls and first.status == "completed"
+    call = calls[0]
+    assert call.name == "get_weather" and call.call_id
+    args = json.loads(call.arguments)
+    assert args["unit"] in ("celsius", "fahrenheit")
+
+    # Stateless: send the call and its output back as input items.
+    second = client.responses.create(
+        model=model_id,
+        input=[
+            {"role": "user", "content": "What is the weather in Oslo?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "3 C, snow"},
+        ],
+        tools=[WEATHER],
+        temperature=0,
+        max_output_tokens=60,
+    )
+    assert second.output
+
+    # Stateful: the same through previous_response_id.
+    third = client.responses.create(
+        model=model_id,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "3 C, snow"}],
+        tools=[WEATHER],
+        temperature=0,
+        max_output_tokens=60,
+    )
+    assert third.previous_response_id == first.id
+    assert third.usage is not None and third.usage.input_tokens > first.usage.input_tokens
+
+
+def test_streamed_function_call(client: openai.OpenAI, model_id: str) -> None:
+    events = list(
+        client.responses.create(
+            model=model_id,
+            input="What is the weather in Rome?",
+            tools=[WEATHER],
+            tool_choice={"type": "function", "name": "get_weather"},
+            temperature=0,
+            max_output_tokens=200,
+            stream=True,
+        )
+    )
+    (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert set(json.loads(done.arguments)) == {"city", "unit"}
+    final = events[-1].response
+    assert final.output[-1].type == "function_call"
+    assert final.output[-1].arguments == done.arguments
+
+
+def test_json_schema_text_format(client: openai.OpenAI, model_id: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]}},
+        "required": ["colour"],
+        "additionalProperties": False,
+    }
+    r = client.responses.create(
+        model=model_id,
+        input="Pick a colour.",
+        text={"format": {"type": "json_schema", "name": "pick", "schema": schema}},
+        temperature=0,
+        max_output_tokens=40,
+    )
+    assert json.loads(r.output_text)["colour"] in ("red", "green", "blue")
+
+
+def test_previous_response_id_continues_and_get_delete(
+    server: RunningServer, client: openai.OpenAI, model_id: str
+) -> None:
+    first = client.responses.create(
+        model=model_id, input="My name is Astrid.", max_output_tokens=10, temperature=0
+    )
+    second = client.responses.create(
+        model=model_id,
+        previous_response_id=first.id,
+        input="What is my name?",
+        max_output_tokens=10,
+        temperature=0,
+    )
+    # The first turn (and its answer) is part of the second prompt, and came from the cache.
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
+    assert client.responses.retrieve(first.id).id == first.id
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=model_id, previous_response_id=first.id, input="Hi")
+
+
+def test_file_search_over_a_vector_store(
+    server: RunningServer, client: openai.OpenAI, model_id: str, tmp_path: Any
+) -> None:
+    doc = tmp_path / "kettle.md"
+    doc.write_text("# Kettle\n\nThe Hearth kettle's warranty lasts three years from purchase.\n")
+    store = client.vector_stores.create(name="responses-test")
+    with doc.open("rb") as f:
+        client.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=f)
+    r = client.responses.create(
+        model=model_id,
+        input="How long is the kettle's warranty?",
+        tools=[{"type": "file_search", "vector_store_ids": [store.id]}],
+        temperature=0,
+        max_output_tokens=40,
+    )
+    search, message = r.output
+    assert search.type == "file_search_call" and search.queries
+    annotations = message.content[0].annotations
+    assert annotations and annotations[0].type == "file_citation"
+    assert annotations[0].filename == "kettle.md"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": []}, "input"),
+        ({"input": [{"role": "wizard", "content": "hi"}]}, "input.[0].role"),
+        ({"input": [{"type": "input_image_x"}]}, "input.[0]"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input.[0].[0].type",
+        ),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.[0].type"),
+        ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+    ],
+)
+def test_bad_requests(server: RunningServer, model_id: str, body: dict, param: str) -> None:
+    r = httpx.post(f"{server.base_url}/responses", json={"model": model_id, **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
