@@ -54,7 +54,7 @@ class ModelSettings(_Section):
 
 class EngineSettings(_Section):
     max_running: int = Field(8, ge=1, le=LLAMA_MAX_SEQ)
-    max_waiting: int = Field(64, ge=0)
+    max_waiting: int = Field(1024, ge=0)
     step_token_budget: int = Field(512, ge=1)
     default_max_tokens: int = Field(0, ge=0)
 
