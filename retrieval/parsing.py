@@ -1,13 +1,16 @@
 """Documents → text sections that remember where they came from (page, heading, offset).
 
-PDF through pypdf (one section per page), Markdown split on its headings, plain text as
-one section. A file that cannot give text (encrypted, malformed, scanned images only,
-binary) raises ParseError with a reason a person can act on.
+PDF through pypdf (one section per page, cleaned: see clean_pdf_pages), Markdown split
+on its headings, plain text as one section. A file that cannot give text (encrypted,
+malformed, scanned images only, binary) raises ParseError with a reason a person can act
+on.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +90,10 @@ def _parse_pdf(path: Path) -> list[Section]:
         reader = PdfReader(str(path))
         if reader.is_encrypted and not reader.decrypt(""):
             raise ParseError("the PDF is encrypted with a password")
+        pages = clean_pdf_pages([page.extract_text() or "" for page in reader.pages])
         sections = []
         offset = 0
-        for number, page in enumerate(reader.pages, start=1):
-            text = (page.extract_text() or "").strip()
+        for number, text in enumerate(pages, start=1):
             if text:
                 sections.append(Section(text, offset, page=number))
                 offset += len(text) + 2
@@ -119,3 +122,62 @@ def _parse_markdown(text: str) -> list[Section]:
         if stripped:
             sections.append(Section(stripped, begin + body.index(stripped[0]), heading=heading))
     return sections
+
+
+# Lines this near the top or bottom of a page are candidates for running headers/footers.
+_EDGE_LINES = 2
+_MAX_BOILERPLATE_CHARS = 100
+_PAGE_NUMBER_WORDS = 3
+_HYPHEN_BREAK = re.compile(r"(?<=[^\W\d_])-\n(?=[a-z])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_pdf_pages(pages: list[str]) -> list[str]:
+    """Text of real PDFs, made fit for search and for a prompt:
+    - ligatures and other compatibility characters folded (NFKC: "\ufb01le" → "file");
+    - words hyphenated across a line break joined ("infor-\nmation" → "information");
+    - running headers and footers dropped: a line near the top or bottom of a page that
+      recurs on at least half of the pages, and on three or more (page numbers ignored, so
+      "Page 3 of 9" matches "Page 4 of 9"); they would otherwise repeat in every chunk."""
+    texts = [_CONTROL.sub("", unicodedata.normalize("NFKC", t)) for t in pages]
+    texts = [_HYPHEN_BREAK.sub("", t) for t in texts]
+    lines = [[line.rstrip() for line in t.strip().splitlines()] for t in texts]
+    counts: Counter[str] = Counter()
+    for page in lines:
+        counts.update({_boilerplate_key(line) for line in _edges(page)} - {""})
+    threshold = max(3, (len([p for p in lines if p]) + 1) // 2)
+    repeated = {key for key, n in counts.items() if n >= threshold}
+    out = []
+    for page in lines:
+        if repeated:
+            edge = _edge_indexes(len(page))
+            page = [
+                line
+                for i, line in enumerate(page)
+                if i not in edge or _boilerplate_key(line) not in repeated
+            ]
+        out.append("\n".join(page).strip())
+    return out
+
+
+def _edge_indexes(n: int) -> set[int]:
+    """The first and last lines of an n-line page (one each on a short page)."""
+    k = _EDGE_LINES if n >= 3 * _EDGE_LINES else 1
+    return set(range(min(k, n))) | set(range(max(n - k, 0), n))
+
+
+def _edges(page: list[str]) -> list[str]:
+    return [page[i] for i in sorted(_edge_indexes(len(page)))]
+
+
+def _boilerplate_key(line: str) -> str:
+    """How a line is compared across pages. Long lines are text, never a running header.
+    Digits are ignored only in page-number lines ("Page 3 of 9", "- 3 -", "p. 3"), whose
+    words are few: lines that differ only in a number, like "Error E1042: valve stuck",
+    are content."""
+    if len(line) > _MAX_BOILERPLATE_CHARS:
+        return ""
+    key = re.sub(r"\s+", " ", line).strip().lower()
+    if len(re.findall(r"[^\W\d_]+", key)) <= _PAGE_NUMBER_WORDS:
+        key = re.sub(r"\d+", "#", key)
+    return key

@@ -68,6 +68,55 @@ def test_pdfs_locked_only_against_editing_are_read(tmp_path: Path, method: str) 
     assert "warranty lasts three years" in section.text
 
 
+def test_running_headers_footers_hyphens_and_ligatures_are_cleaned(tmp_path: Path) -> None:
+    bodies = [
+        "The pump must be primed before use. It draws water from the tank.",
+        "Error E1042 means the valve is stuck. The infor-\nmation is in the log.",
+        "Replace the filter yearly.\nCheck the seal.\nTighten the bolts.",
+        "Store the device in a dry place.",
+        "Dispose of batteries at a collection point.",
+    ]
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    pdf.set_auto_page_break(auto=True, margin=10)  # room for the footer
+    for i, body in enumerate(bodies, 1):
+        pdf.add_page()
+        pdf.multi_cell(
+            0, 6, "ACME Pumps - Service Manual - Confidential", new_x="LMARGIN", new_y="NEXT"
+        )
+        pdf.multi_cell(0, 6, body, new_x="LMARGIN", new_y="NEXT")
+        pdf.set_y(-20)
+        pdf.multi_cell(0, 6, f"Page {i} of {len(bodies)}", new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(tmp_path / "manual.pdf"))
+    sections = parse(tmp_path / "manual.pdf", "manual.pdf")
+    assert [s.page for s in sections] == [1, 2, 3, 4, 5]
+    for section in sections:
+        assert "Confidential" not in section.text and "of 5" not in section.text
+    assert "The information is in the log." in sections[1].text
+    assert sections[0].text.startswith("The pump must be primed")
+
+
+def test_pdf_text_cleaning_keeps_what_is_not_boilerplate() -> None:
+    from retrieval.parsing import clean_pdf_pages
+
+    # Ligatures fold; a one- or two-page document loses nothing; real hyphens stay.
+    assert clean_pdf_pages(["The \ufb01lter is well-known.\nPage 1 of 1"]) == [
+        "The filter is well-known.\nPage 1 of 1"
+    ]
+    # A line shared by only some pages, or a long one, is text.
+    pages = [
+        f"Intro {i}\nShared note\nBody {i}" if i < 2 else f"Intro {i}\nBody {i}" for i in range(6)
+    ]
+    assert all("Shared note" in p for p in clean_pdf_pages(pages)[:2])
+    # Lines that differ only in a number are content, not page numbers.
+    codes = [f"Intro {i}\nBody text {i}\nError E{1000 + i}: the valve is stuck" for i in range(6)]
+    assert all(f"E{1000 + i}" in p for i, p in enumerate(clean_pdf_pages(codes)))
+    long_line = "This sentence is long enough to be text and not a header, " * 3
+    assert all(
+        long_line.strip() in p for p in clean_pdf_pages([long_line + f"\n{i}" for i in range(4)])
+    )
+
+
 def test_encrypted_malformed_and_empty_pdfs_fail_clearly(tmp_path: Path) -> None:
     locked = write_pdf(tmp_path / "locked.pdf", ["secret text"], password="hunter2")
     with pytest.raises(ParseError, match="encrypted"):
