@@ -23,6 +23,7 @@ from retrieval.watcher import FolderWatcher
 from server.api import responses
 from server.api import vector_stores as vs
 from server.api.chat import chat_completions
+from server.api.chat_page import chat_page
 from server.api.completions import completions
 from server.api.embeddings import embeddings
 from server.api.errors import (
@@ -147,6 +148,7 @@ def create_app(runtime: Runtime) -> Starlette:
             runtime.close()
 
     routes = [
+        Route("/", chat_page, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
