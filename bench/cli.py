@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tqdm import tqdm
@@ -124,23 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload == "embeddings":
         return _embeddings(args, levels)
     convs = conversations(args.workload, args.requests, args.prompt_words)
-    summaries: list[Summary] = []
-    for level in levels:
-        with tqdm(
-            total=len(convs), desc=f"{args.workload} c={level}", unit="req", file=sys.stderr
-        ) as bar:
-            result = asyncio.run(
-                run_load(
-                    args.url,
-                    model,
-                    convs,
-                    args.output_tokens,
-                    level,
-                    rate=args.rate,
-                    on_done=lambda b=bar: b.update(1),
-                )
-            )
-        summaries.append(summarize(args.label or args.url, result, args.rate))
+    label = args.label or args.url
+    summaries = [_run_level(args, args.url, model, convs, level, label) for level in levels]
     if args.peers is not None:
         summaries += _peer_runs(args, model, convs, levels)
     paths = write(summaries, args.out)
@@ -151,6 +137,32 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0 if all(s.failures == 0 for s in summaries) else 1
+
+
+def _run_level(
+    args: argparse.Namespace,
+    url: str,
+    model: str,
+    convs: list[Messages],
+    level: int,
+    label: str,
+    extra_body: dict[str, Any] | None = None,
+) -> Summary:
+    """One workload at one concurrency against one server, with a progress bar."""
+    with tqdm(total=len(convs), desc=f"{label} c={level}", unit="req", file=sys.stderr) as bar:
+        result = asyncio.run(
+            run_load(
+                url,
+                model,
+                convs,
+                args.output_tokens,
+                level,
+                rate=args.rate,
+                on_done=lambda: bar.update(1),
+                extra_body=extra_body,
+            )
+        )
+    return summarize(label, result, args.rate)
 
 
 def _peer_runs(
@@ -187,23 +199,10 @@ def _peer_runs(
                 # One request at a time by design, so its context only needs one.
                 server = start_llama_cpp_python(Path(logs), Path(path), 2048 * 2, threads)
             try:
-                for level in levels:
-                    with tqdm(
-                        total=len(convs), desc=f"{peer} c={level}", unit="req", file=sys.stderr
-                    ) as bar:
-                        result = asyncio.run(
-                            run_load(
-                                server.url,
-                                model,
-                                convs,
-                                args.output_tokens,
-                                level,
-                                rate=args.rate,
-                                on_done=lambda b=bar: b.update(1),
-                                extra_body=server.extra_body,
-                            )
-                        )
-                    out.append(summarize(peer, result, args.rate))
+                out += [
+                    _run_level(args, server.url, model, convs, level, peer, server.extra_body)
+                    for level in levels
+                ]
             finally:
                 server.stop()
     return out

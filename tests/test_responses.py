@@ -11,21 +11,10 @@ import openai
 import pytest
 
 from tests.conftest import RunningServer
+from tests.test_tools import WEATHER as CHAT_WEATHER
 
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 30},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-}
+# The chat test's tool, in the Responses API's flat shape.
+WEATHER = {"type": "function", **CHAT_WEATHER["function"]}
 
 
 def test_text_response(client: openai.OpenAI, model_id: str) -> None:
