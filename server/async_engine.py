@@ -67,6 +67,7 @@ class GenerationStream:
         stop: list[str],
         ignore_eos: bool = False,
         logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> None:
         self._engine = engine
         self._queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
@@ -80,6 +81,7 @@ class GenerationStream:
             stop=stop,
             ignore_eos=ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
         engine.submit(self.request)  # raises before anything is queued
 

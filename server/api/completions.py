@@ -20,7 +20,7 @@ from server.api.generation import (
     start_streams,
     total_usage,
 )
-from server.api.logprobs import completion_logprobs
+from server.api.logprobs import completion_logprobs, echo_logprobs
 from server.api.schemas import CompletionRequest
 from server.api.sse import DONE, dumps, sse_response
 from server.api.structured import request_grammar
@@ -34,9 +34,10 @@ def parse_request(body: dict[str, Any]) -> CompletionRequest:
     req = validate_body(CompletionRequest, body)
     if req.suffix:
         raise bad_request("suffix is not supported by this model.", param="suffix")
-    if req.logprobs is not None and req.echo:
+    if req.logprobs is not None and req.echo and req.stream:
         raise bad_request(
-            "logprobs of the prompt (echo with logprobs) are not supported.", param="logprobs"
+            "logprobs of the prompt (echo with logprobs) are not supported when streaming.",
+            param="logprobs",
         )
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("best_of other than n is not supported.", param="best_of")
@@ -78,6 +79,8 @@ async def completions(request: Request) -> Response:
     grammar = request_grammar(runtime.model, req.response_format, req.grammar, req.json_schema)
     tokens, texts = prompt_tokens(runtime, req)
     envelope = Envelope.new("cmpl", "text_completion", model_id)
+    if req.echo and req.logprobs is not None:
+        return JSONResponse(await scored_prompts(request, runtime, req, tokens, texts, envelope))
     if req.max_tokens == 0:  # only the prompt (with echo) and its usage, as OpenAI does
         results = [
             ChoiceResult(
@@ -104,6 +107,37 @@ async def completions(request: Request) -> Response:
         for choice, r in zip(body["choices"], results, strict=True):
             choice["logprobs"] = completion_logprobs(runtime.model, r.logprobs)
     return JSONResponse(body)
+
+
+async def scored_prompts(
+    request: Request,
+    runtime: Runtime,
+    req: CompletionRequest,
+    tokens: list[list[int]],
+    texts: list[str],
+    envelope: Envelope,
+) -> dict[str, Any]:
+    """echo + logprobs: every prompt token's log-probability, then the completion's (how
+    lm-evaluation-harness scores a continuation). max_tokens 0 scores the prompt alone: the
+    engine still samples one token, which is dropped."""
+    assert req.logprobs is not None
+    limits = [max(1, max_tokens_for(runtime, req.max_tokens, len(ids))) for ids in tokens]
+    streams = start_streams(
+        runtime, req, tokens, limits, req.logprobs, prompt_logprobs=req.logprobs
+    )
+    results = await collect(request, streams)
+    prompts = [(ids, text) for ids, text in zip(tokens, texts, strict=True) for _ in range(req.n)]
+    for r, (_, text) in zip(results, prompts, strict=True):
+        if req.max_tokens == 0:
+            r.text, r.logprobs, r.completion_tokens = "", [], 0
+            r.finish_reason = FinishReason.LENGTH
+        r.text = text + r.text
+    body = response_body(results, req.n, envelope)
+    for choice, r, (ids, _) in zip(body["choices"], results, prompts, strict=True):
+        choice["logprobs"] = echo_logprobs(
+            runtime.model, ids[0], r.prompt_logprobs or [], r.logprobs
+        )
+    return body
 
 
 def response_body(results: list[ChoiceResult], n: int, envelope: Envelope) -> dict[str, Any]:

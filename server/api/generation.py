@@ -106,6 +106,7 @@ def start_streams(
     max_tokens: list[int],
     logprobs: int | None = None,
     grammar: str | None = None,
+    prompt_logprobs: int | None = None,
 ) -> list[GenerationStream]:
     """n streams per prompt, choice index = prompt index * n + j; all or none are queued."""
     streams: list[GenerationStream] = []
@@ -121,6 +122,7 @@ def start_streams(
                         body.stop_list(),
                         ignore_eos=body.ignore_eos,
                         logprobs=logprobs,
+                        prompt_logprobs=prompt_logprobs,
                     )
                 )
     except ContextLengthExceeded as e:
@@ -177,12 +179,15 @@ class ChoiceResult:
     cached_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     def add(self, output: GenerationOutput) -> None:
         self.text += output.text
         self.token_ids.extend(output.token_ids)
         if output.logprobs:
             self.logprobs.extend(output.logprobs)
+        if output.prompt_logprobs is not None:
+            self.prompt_logprobs = output.prompt_logprobs
         if output.finished:
             self.finish_reason = output.finish_reason
             self.prompt_tokens = output.prompt_tokens

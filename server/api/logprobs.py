@@ -26,6 +26,24 @@ def chat_logprobs(model: LlamaModel, items: list[TokenLogprob]) -> dict[str, Any
     return {"content": content, "refusal": None}
 
 
+def echo_logprobs(
+    model: LlamaModel,
+    first_token: int,
+    prompt: list[TokenLogprob],
+    completion: list[TokenLogprob],
+) -> dict[str, Any]:
+    """completion_logprobs over prompt + completion; the first prompt token has nothing
+    before it to be scored against, so its entries are null (as OpenAI and vLLM send)."""
+    first_text, _ = _piece(model, first_token)
+    rest = completion_logprobs(model, [*prompt, *completion], text_offset=len(first_text))
+    return {
+        "tokens": [first_text, *rest["tokens"]],
+        "token_logprobs": [None, *rest["token_logprobs"]],
+        "top_logprobs": [None, *rest["top_logprobs"]],
+        "text_offset": [0, *rest["text_offset"]],
+    }
+
+
 def completion_logprobs(
     model: LlamaModel, items: list[TokenLogprob], text_offset: int = 0
 ) -> dict[str, Any]:

@@ -237,6 +237,8 @@ class Engine:
         batch = self._batch
         batch.clear()
         sample_at: list[tuple[Sequence, int]] = []
+        # (sequence, first position, its batch index, count) of prompt tokens to score.
+        score_at: list[tuple[Sequence, int, int, int]] = []
         n_prompt_tokens = 0
         for chunk in plan.chunks:
             seq = chunk.seq
@@ -244,8 +246,17 @@ class Engine:
             end = start + chunk.n_tokens
             tokens = seq.tokens
             last = len(tokens) - 1
-            for pos in range(start, end):
-                index = batch.add(tokens[pos], pos, seq.seq_id, pos == last)
+            if seq.wants_prompt_logprobs:
+                # Logits at position p score prompt token p + 1.
+                scored_end = min(end, seq.n_prompt - 1)
+                first = batch.n_tokens
+                for pos in range(start, end):
+                    index = batch.add(tokens[pos], pos, seq.seq_id, pos == last or pos < scored_end)
+                if scored_end > start:
+                    score_at.append((seq, start, first, scored_end - start))
+            else:
+                for pos in range(start, end):
+                    index = batch.add(tokens[pos], pos, seq.seq_id, pos == last)
             if end - 1 == last:
                 sample_at.append((seq, index))
             if seq.is_prefilling:
@@ -267,6 +278,8 @@ class Engine:
             n_prompt_tokens=n_prompt_tokens,
             seconds=elapsed,
         )
+        for seq, pos, index, count in score_at:
+            self._score_prompt(seq, pos, index, count)
         for seq, index in sample_at:
             if seq.request.cancelled.is_set():
                 continue  # its cancel message is in the inbox; finished next drain
@@ -274,6 +287,15 @@ class Engine:
             n_top = seq.request.logprobs
             logprob = None if n_top is None else token_logprob(self.ctx.logits(index), token, n_top)
             self._accept(seq, token, logprob)
+
+    def _score_prompt(self, seq: Sequence, pos: int, index: int, count: int) -> None:
+        scores = seq.prompt_logprobs
+        assert scores is not None and seq.request.prompt_logprobs is not None
+        for k in range(count):
+            if len(scores) == pos + k:  # not yet scored (a recomputed prompt is not rescored)
+                logits = self.ctx.logits(index + k)
+                target = seq.tokens[pos + k + 1]
+                scores.append(token_logprob(logits, target, seq.request.prompt_logprobs))
 
     def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
         if status == DecodeStatus.NO_KV_SLOT and self.scheduler.make_room():
@@ -289,6 +311,8 @@ class Engine:
         request = seq.request
         seq.tokens.append(token)
         out = GenerationOutput("", [token], logprobs=None if logprob is None else [logprob])
+        if seq.prompt_logprobs is not None and seq.n_generated == 1:
+            out.prompt_logprobs = seq.prompt_logprobs
         if token in self.model.eog_tokens and not request.ignore_eos:
             out.text = seq.detokenizer.finish()
             out.logprobs = None  # not part of the content

@@ -35,6 +35,8 @@ class GenerationOutput:
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked
+    # With the first generated token, when asked: one per prompt token after the first.
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
     def finished(self) -> bool:
@@ -54,6 +56,9 @@ class GenerationRequest:
     ignore_eos: bool = False
     # Report each sampled token's log-probability and this many alternatives (None: off).
     logprobs: int | None = None
+    # The same for every prompt token after the first (what lm-eval's loglikelihood asks
+    # with echo + logprobs). Such a prompt is computed in full, never served from the cache.
+    prompt_logprobs: int | None = None
     id: int = field(default_factory=lambda: next(_ids))
     # Set from any thread; the engine notices it at its next step.
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -162,7 +162,11 @@ class Scheduler:
             if not self._free_seq_ids and not self._evict_one():
                 break
             seq_id = self._free_seq_ids.pop()
-            cached = self.cache.match(seq.tokens, len(seq.tokens) - 1)
+            cached = (
+                0
+                if seq.wants_prompt_logprobs
+                else self.cache.match(seq.tokens, len(seq.tokens) - 1)
+            )
             self.cache.acquire(seq_id, seq.tokens, cached)
             seq.seq_id = seq_id
             seq.n_computed = seq.n_in_tree = cached
@@ -185,7 +189,7 @@ class Scheduler:
         return self.n_cells - self.cells_used - pending
 
     def _should_defer(self, seq: Sequence, cached: int) -> bool:
-        if not self.cache.enabled:
+        if not self.cache.enabled or seq.wants_prompt_logprobs:
             return False
         for other in self.running:
             if other.n_in_tree < other.n_prompt:  # still prefilling its prompt

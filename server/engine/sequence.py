@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.logprobs import TokenLogprob
 from server.engine.request import GenerationRequest
 from server.engine.sampling import TokenSampler
 
@@ -14,6 +15,7 @@ class Sequence:
         "n_computed",
         "n_in_tree",
         "n_prompt",
+        "prompt_logprobs",
         "request",
         "sampler",
         "seq_id",
@@ -39,6 +41,10 @@ class Sequence:
         # Prompt tokens served from the cache when first admitted (usage.cached_tokens).
         self.n_cached: int | None = None
         self.seq_id: int | None = None
+        # Log-probabilities of prompt tokens 1.., filled as the prompt is computed (if asked).
+        self.prompt_logprobs: list[TokenLogprob] | None = (
+            None if request.prompt_logprobs is None else []
+        )
 
     @property
     def n_generated(self) -> int:
@@ -52,6 +58,11 @@ class Sequence:
     def is_prefilling(self) -> bool:
         """More than the one freshly sampled token still needs to go through the model."""
         return self.n_uncomputed > 1
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Prompt log-probabilities still to compute: the prompt must not come from cache."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.n_prompt - 1
 
     def generated_tokens(self) -> list[int]:
         return self.tokens[self.n_prompt :]
