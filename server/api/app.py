@@ -34,6 +34,7 @@ from server.api.errors import (
 )
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
 from server.api.metrics import make_registry, metrics
+from server.api.responses.store import ResponseStore
 from server.api.tokenize import detokenize, tokenize
 from server.runtime import Runtime
 
@@ -196,6 +197,7 @@ def create_app(runtime: Runtime) -> Starlette:
         },
     )
     app.state.runtime = runtime
+    app.state.responses = ResponseStore()  # for previous_response_id
     app.state.metrics = make_registry(runtime)
     settings = runtime.settings
     app.state.retrieval = Retrieval(

@@ -1,0 +1,96 @@
+"""The endpoints: create (JSON or streamed), retrieve and delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from retrieval.augmentation import latest_user_text
+from server.api.chat import prepare_chat
+from server.api.errors import APIError, parse_json_body, validate_body
+from server.api.generation import cancel_all, check_model, collect, start_streams
+from server.api.responses.output import ResponseBuilder, output_items, status_of
+from server.api.responses.store import ResponseStore, StoredResponse
+from server.api.responses.stream import stream_events
+from server.api.responses.wire import ResponsesRequest, chat_request, input_items
+from server.api.schemas import ChatCompletionRequest
+from server.api.sse import sse_response
+from server.runtime import Runtime
+
+
+def _store(request: Request) -> ResponseStore:
+    return request.app.state.responses
+
+
+async def create_response(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    req = validate_body(ResponsesRequest, await parse_json_body(request))
+    model_id = check_model(runtime, req.model)
+    store = _store(request)
+    history: list[dict[str, Any]] = []
+    if req.previous_response_id is not None:
+        previous = store.get(req.previous_response_id)
+        if previous is None:
+            raise APIError(
+                404,
+                f"Previous response with id '{req.previous_response_id}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        history = previous.items
+    chat = chat_request(req, history)
+    prepared = await prepare_chat(request, runtime, chat)
+    streams = start_streams(
+        runtime, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
+    )
+    builder = ResponseBuilder(req, model_id)
+    with_tools = prepared.tools is not None
+    query = _search_query(chat) if chat.retrieval is not None else None
+    history_items = [*history, *input_items(req)]
+
+    def remember(body: dict[str, Any]) -> None:
+        if req.store:
+            items = [
+                *history_items,
+                *(o for o in body["output"] if o["type"] != "file_search_call"),
+            ]
+            store.put(builder.id, StoredResponse(body, items))
+
+    if req.stream:
+        events = stream_events(builder, streams[0], with_tools, prepared.sources, query, remember)
+        return sse_response(events, on_close=lambda: cancel_all(streams))
+    (result,) = await collect(request, streams)
+    output = output_items(result, with_tools, prepared.sources, query)
+    called = any(o["type"] == "function_call" for o in output)
+    status = "completed" if called else status_of(result.finish_reason)
+    body = builder.body(status, output, result)
+    remember(body)
+    return JSONResponse(body)
+
+
+def _search_query(chat: ChatCompletionRequest) -> str:
+    assert chat.retrieval is not None
+    messages = [{"role": m.role, "content": m.content} for m in chat.messages]
+    return chat.retrieval.query or latest_user_text(messages)
+
+
+async def get_response(request: Request) -> Response:
+    stored = _store(request).get(request.path_params["response_id"])
+    if stored is None:
+        raise _not_found(request.path_params["response_id"])
+    return JSONResponse(stored.body)
+
+
+async def delete_response(request: Request) -> Response:
+    response_id = request.path_params["response_id"]
+    if not _store(request).delete(response_id):
+        raise _not_found(response_id)
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+def _not_found(response_id: str) -> APIError:
+    return APIError(
+        404, f"Response with id '{response_id}' not found.", param="response_id", code="not_found"
+    )

@@ -1,0 +1,139 @@
+"""Output items and the response object, shaped as OpenAI's."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from retrieval.store import Hit
+from server.api.generation import ChoiceResult
+from server.api.tools import parse_answer
+from server.engine.request import FinishReason
+
+if TYPE_CHECKING:
+    from server.api.responses.wire import ResponsesRequest
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+@dataclass
+class ResponseBuilder:
+    """The response object, as OpenAI shapes it, for one request."""
+
+    req: ResponsesRequest
+    model: str
+    id: str = field(default_factory=lambda: new_id("resp"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def body(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        result: ChoiceResult | None = None,
+    ) -> dict[str, Any]:
+        req = self.req
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": req.parallel_tool_calls is True,
+            "previous_response_id": req.previous_response_id,
+            "reasoning": {"effort": None, "summary": None},
+            "store": req.store,
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "text": req.text or {"format": {"type": "text"}},
+            "tool_choice": req.tool_choice or "auto",
+            "tools": req.tools or [],
+            "top_p": 1.0 if req.top_p is None else req.top_p,
+            "truncation": "disabled",
+            "usage": None,
+            "user": req.user,
+            "metadata": req.metadata or {},
+        }
+        if status == "incomplete":
+            body["incomplete_details"] = {"reason": "max_output_tokens"}
+        if result is not None:
+            body["usage"] = {
+                "input_tokens": result.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": result.cached_tokens},
+                "output_tokens": result.completion_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": result.prompt_tokens + result.completion_tokens,
+            }
+        return body
+
+
+def message_item(item_id: str, text: str, status: str, annotations: list[Any]) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": annotations}],
+    }
+
+
+def function_call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": new_id("fc"),
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"],
+        "status": status,
+    }
+
+
+def file_search_item(query: str) -> dict[str, Any]:
+    return {
+        "type": "file_search_call",
+        "id": new_id("fs"),
+        "status": "completed",
+        "queries": [query],
+        "results": None,
+    }
+
+
+def file_citations(sources: list[Hit], at: int) -> list[dict[str, Any]]:
+    """One file_citation per source the prompt carried (they are numbered [1], [2], ...)."""
+    seen: set[str] = set()
+    out = []
+    for hit in sources:
+        if hit.file_id in seen:
+            continue
+        seen.add(hit.file_id)
+        out.append(
+            {"type": "file_citation", "index": at, "file_id": hit.file_id, "filename": hit.filename}
+        )
+    return out
+
+
+def status_of(reason: FinishReason | None) -> str:
+    return "incomplete" if reason is FinishReason.LENGTH else "completed"
+
+
+def output_items(
+    result: ChoiceResult, with_tools: bool, sources: list[Hit], query: str | None
+) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    if query is not None:
+        items.append(file_search_item(query))
+    content, calls = parse_answer(result.text) if with_tools else (result.text, None)
+    if calls:
+        items += [function_call_item(c) for c in calls]
+        return items
+    text = content or ""
+    status = status_of(result.finish_reason)
+    items.append(message_item(new_id("msg"), text, status, file_citations(sources, len(text))))
+    return items

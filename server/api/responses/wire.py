@@ -1,0 +1,174 @@
+"""The Responses request, and its translation into a chat completion request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.api.errors import bad_request
+from server.api.responses.output import new_id
+from server.api.schemas import ChatCompletionRequest
+
+
+class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    stream: bool = False
+    previous_response_id: str | None = None
+    store: bool = True
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+
+
+def _text_of(content: Any, param: str) -> str:
+    """A message's content: a string, or text parts (input_text / output_text)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request("Content must be a string or a list of parts.", param=param)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal", "")))
+        else:
+            raise bad_request(
+                f"Content parts of type {kind!r} are not supported by this model; only text "
+                "parts are.",
+                param=f"{param}.[{j}].type",
+            )
+    return "\n".join(texts)
+
+
+def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Responses input items → chat messages (consecutive function calls: one turn)."""
+    messages: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        param = f"input.[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request("Each input item must be an object.", param=param)
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise bad_request(
+                    "role must be 'user', 'assistant', 'system' or 'developer'.",
+                    param=f"{param}.role",
+                )
+            messages.append({"role": role, "content": _text_of(item.get("content"), param)})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id") or item.get("id") or new_id("call"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")},
+            }
+            if not isinstance(call["function"]["name"], str):
+                raise bad_request("A function_call item needs a name.", param=f"{param}.name")
+            last = messages[-1] if messages else None
+            if last and last["role"] == "assistant" and last.get("tool_calls"):
+                last["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output", "")
+            text = output if isinstance(output, str) else _text_of(output, f"{param}.output")
+            messages.append(
+                {"role": "tool", "tool_call_id": item.get("call_id", ""), "content": text}
+            )
+        elif kind in ("reasoning", "file_search_call"):
+            continue  # nothing the model needs to read again
+        else:
+            raise bad_request(f"Input items of type {kind!r} are not supported.", param=param)
+    return messages
+
+
+def _chat_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Function tools in chat form, and the retrieval options of a file_search tool."""
+    functions, retrieval = [], None
+    for i, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "function":
+            fn = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
+            functions.append({"type": "function", "function": fn})
+        elif kind == "file_search":
+            retrieval = {
+                "vector_store_ids": tool.get("vector_store_ids") or [],
+                "max_num_results": tool.get("max_num_results", 4),
+            }
+            if tool.get("filters") is not None:
+                retrieval["filters"] = tool["filters"]
+        else:
+            raise bad_request(
+                f"Tools of type {kind!r} are not supported; 'function' and 'file_search' are.",
+                param=f"tools.[{i}].type",
+            )
+    return functions, retrieval
+
+
+def _chat_tool_choice(choice: Any) -> Any:
+    if isinstance(choice, dict):
+        if choice.get("type") == "function":
+            return {"type": "function", "function": {"name": choice.get("name")}}
+        return "auto"  # {"type": "file_search"}: retrieval runs whenever the tool is given
+    return choice
+
+
+def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    fmt = (text or {}).get("format")
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt.get("type") == "json_schema":
+        spec = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
+        return {"type": "json_schema", "json_schema": spec}
+    return fmt
+
+
+def chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCompletionRequest:
+    items = [*history, *input_items(req)]
+    messages = input_messages(items)
+    if req.instructions:
+        messages.insert(0, {"role": "system", "content": req.instructions})
+    if not messages:
+        raise bad_request("input must not be empty.", param="input")
+    body: dict[str, Any] = {
+        "messages": messages,
+        "max_completion_tokens": req.max_output_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "response_format": _response_format(req.text),
+        "parallel_tool_calls": req.parallel_tool_calls,
+    }
+    if req.tools:
+        functions, retrieval = _chat_tools(req.tools)
+        if functions:
+            body["tools"] = functions
+            body["tool_choice"] = _chat_tool_choice(req.tool_choice)
+        if retrieval is not None:
+            body["retrieval"] = retrieval
+    for key in ("top_k", "min_p", "seed", "repeat_penalty", "stop"):
+        if key in (req.model_extra or {}):
+            body[key] = req.model_extra[key]  # extensions, as on /v1/chat/completions
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise bad_request(first["msg"], param=".".join(str(x) for x in first["loc"])) from None
+
+
+def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
+    if isinstance(req.input, str):
+        return [{"type": "message", "role": "user", "content": req.input}]
+    return req.input
