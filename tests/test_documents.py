@@ -171,19 +171,32 @@ def test_chunks_respect_paragraphs_token_limit_and_offsets(tmp_path: Path, count
     assert [c.index for c in chunks] == list(range(len(chunks)))
 
 
-def test_real_pdf_from_the_machine_if_any(count_tokens) -> None:
-    """A real PDF, not one written by the tests, when the machine has one."""
-    candidates = (
-        sorted(Path("/usr/share/doc").rglob("*.pdf"))[:3] if Path("/usr/share/doc").exists() else []
-    )
-    if not candidates:
-        pytest.skip("no PDF under /usr/share/doc on this machine")
-    for path in candidates:
-        try:
-            sections = parse(path, path.name)
-        except ParseError:
-            continue
-        chunks = chunk_sections(sections, count_tokens)
-        assert chunks and all(c.page for c in chunks)
-        return
-    pytest.skip("the PDFs found have no extractable text")
+@pytest.mark.parametrize("fonttype", [3, 42])
+def test_pdfs_from_another_producer(tmp_path: Path, count_tokens, fonttype: int) -> None:
+    """PDFs not written by fpdf2: matplotlib's PDF backend, with Type 3 and with TrueType
+    (Type 42) fonts, which encode text differently."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context({"pdf.fonttype": fonttype}):
+        fig = plt.figure()
+        fig.text(0.1, 0.6, "The warranty on the kettle lasts three years.")
+        fig.text(0.1, 0.3, "Error E1042 means the valve is stuck.")
+        fig.savefig(tmp_path / "figure.pdf")
+        plt.close(fig)
+    (section,) = parse(tmp_path / "figure.pdf", "figure.pdf")
+    assert "warranty on the kettle lasts three years" in section.text
+    assert "E1042" in section.text
+    chunks = chunk_sections([section], count_tokens)
+    assert chunks and all(c.page == 1 for c in chunks)
+
+
+def test_a_real_pdf_without_text_fails_clearly() -> None:
+    """matplotlib ships its toolbar icons as PDFs: vector drawings, no text."""
+    import matplotlib
+
+    icon = Path(matplotlib.get_data_path()) / "images" / "home.pdf"
+    with pytest.raises(ParseError, match="no extractable text"):
+        parse(icon, "home.pdf")
