@@ -88,6 +88,15 @@ def sampling_params(
         repeat_penalty=body.repeat_penalty,
         logit_bias=bias,
         grammar=grammar,
+        dry_multiplier=body.dry_multiplier,
+        dry_base=body.dry_base,
+        dry_allowed_length=body.dry_allowed_length,
+        dry_penalty_last_n=body.dry_penalty_last_n,
+        **(
+            {"dry_sequence_breakers": tuple(body.dry_sequence_breakers)}
+            if body.dry_sequence_breakers is not None
+            else {}
+        ),
     )
 
 

@@ -39,6 +39,12 @@ class SamplingFields(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
     ignore_eos: bool = False
+    # DRY repetition penalty (llama-server's names; 0: off).
+    dry_multiplier: float = Field(0.0, ge=0.0)
+    dry_base: float = Field(1.75, ge=1.0)
+    dry_allowed_length: int = Field(2, ge=1)
+    dry_penalty_last_n: int = Field(-1, ge=-1)
+    dry_sequence_breakers: list[str] | None = Field(None, max_length=32)
     # llama-server's structured-output extensions: a GBNF grammar, or a JSON schema.
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
@@ -48,6 +54,13 @@ class SamplingFields(BaseModel):
     def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
         if isinstance(v, list) and len(v) > 16:
             raise ValueError("at most 16 stop sequences are allowed")
+        return v
+
+    @field_validator("dry_sequence_breakers")
+    @classmethod
+    def _breakers(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not b for b in v):
+            raise ValueError("dry_sequence_breakers must not contain empty strings")
         return v
 
     @field_validator("logit_bias")

@@ -41,6 +41,13 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # GBNF the output must match (root rule "root"); None: unconstrained.
     grammar: str | None = None
+    # DRY ("don't repeat yourself", llama-server's names): penalises extending a sequence
+    # that already occurred; 0 is off. Breakers end a sequence; last_n -1: whole context.
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
 
     @property
     def greedy(self) -> bool:
@@ -129,7 +136,7 @@ class TokenSampler:
             self._one = _Candidates(1)
             # What to return when the grammar allows nothing more: the sequence ends.
             self._end_token = end_token
-        if params.greedy and not params.has_penalties:
+        if params.greedy and not params.has_penalties and params.dry_multiplier <= 0:
             return  # numpy fast path
 
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
@@ -150,6 +157,24 @@ class TokenSampler:
                     params.repeat_penalty,
                     params.frequency_penalty,
                     params.presence_penalty,
+                ),
+            )
+        if params.dry_multiplier > 0:
+            if vocab is None:
+                raise ValueError("DRY needs the model's vocabulary")
+            last_n = context_length if params.dry_penalty_last_n < 0 else params.dry_penalty_last_n
+            breakers = [b.encode() for b in params.dry_sequence_breakers]
+            array = (ctypes.c_char_p * len(breakers))(*breakers)
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_dry(
+                    vocab,
+                    params.dry_multiplier,
+                    params.dry_base,
+                    params.dry_allowed_length,
+                    last_n,
+                    array,
+                    len(breakers),
                 ),
             )
         if params.greedy:
