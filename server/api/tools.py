@@ -123,10 +123,10 @@ def _function(tool: Any, i: int) -> dict[str, Any]:
             "Function parameters must be a JSON schema object.",
             param=f"{param}.function.parameters",
         )
-    out = {"name": name, "parameters": parameters}
-    if isinstance(fn.get("description"), str):
-        out = {"name": name, "description": fn["description"], "parameters": parameters}
-    return out
+    description = fn.get("description")
+    if isinstance(description, str):
+        return {"name": name, "description": description, "parameters": parameters}
+    return {"name": name, "parameters": parameters}
 
 
 def _answer_schema(

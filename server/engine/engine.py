@@ -246,17 +246,13 @@ class Engine:
             end = start + chunk.n_tokens
             tokens = seq.tokens
             last = len(tokens) - 1
-            if seq.wants_prompt_logprobs:
-                # Logits at position p score prompt token p + 1.
-                scored_end = min(end, seq.n_prompt - 1)
-                first = batch.n_tokens
-                for pos in range(start, end):
-                    index = batch.add(tokens[pos], pos, seq.seq_id, pos == last or pos < scored_end)
-                if scored_end > start:
-                    score_at.append((seq, start, first, scored_end - start))
-            else:
-                for pos in range(start, end):
-                    index = batch.add(tokens[pos], pos, seq.seq_id, pos == last)
+            # Logits at position p score prompt token p + 1, for requests that ask.
+            scored_end = min(end, seq.n_prompt - 1) if seq.wants_prompt_logprobs else start
+            first = batch.n_tokens
+            for pos in range(start, end):
+                index = batch.add(tokens[pos], pos, seq.seq_id, pos == last or pos < scored_end)
+            if scored_end > start:
+                score_at.append((seq, start, first, scored_end - start))
             if end - 1 == last:
                 sample_at.append((seq, index))
             if seq.is_prefilling:

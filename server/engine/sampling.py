@@ -197,11 +197,14 @@ class TokenSampler:
         if self._chain is not None:
             # Samples from the row and accepts the token (the penalties remember it).
             return llama_cpp.llama_sampler_sample(self._chain, ctx.ptr, batch_index)
-        logits = ctx.logits(batch_index)
+        return self._argmax(ctx.logits(batch_index))
+
+    def _argmax(self, scores: np.ndarray) -> int:
+        """The best token after the logit bias (scores itself is left as it is)."""
         if self._bias_ids.size:
-            logits = logits.copy()
-            logits[self._bias_ids] += self._bias_values
-        return int(np.argmax(logits))
+            scores = scores.copy()
+            scores[self._bias_ids] += self._bias_values
+        return int(np.argmax(scores))
 
     def _sample_with_grammar(self, logits: np.ndarray) -> int:
         token = self._pick(logits, masked=False)
@@ -218,10 +221,7 @@ class TokenSampler:
         """The token the chain (or argmax) chooses, without accepting it; with masked, among
         the tokens the grammar allows (-1: none)."""
         if not masked and self._chain is None:
-            if self._bias_ids.size:
-                logits = logits.copy()
-                logits[self._bias_ids] += self._bias_values
-            return int(np.argmax(logits))
+            return self._argmax(logits)
         cand = self._candidates
         cand.fill(logits)
         if masked:
@@ -232,10 +232,7 @@ class TokenSampler:
             if not allowed.any():
                 return -1
         if self._chain is None:
-            scores = cand.data["logit"].copy()
-            if self._bias_ids.size:
-                scores[self._bias_ids] += self._bias_values
-            return int(np.argmax(scores))
+            return self._argmax(cand.data["logit"])
         llama_cpp.llama_sampler_apply(self._chain, cand.ref)
         return int(cand.data["id"][cand.array.selected])
 
