@@ -17,6 +17,23 @@ from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 SPACE_RULE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
 # The converter's own limit: integers of at most 16 digits.
 MAX_DIGITS = 16
+# The converter unrolls a repetition {m,n} into m copies and n - m nested optional groups,
+# in Python, before llama.cpp parses them (one C stack frame pair per group): bounds above
+# this are refused, and so is a pattern whose nested repetitions multiply past the next.
+MAX_REPETITION = 1000
+MAX_PATTERN_SIZE = 10_000
+_REPETITION_KEYWORDS = (
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+)
+# Keywords whose value is a schema, a list of schemas, or a map of names to schemas.
+_SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 
 
 class SchemaError(ValueError):
@@ -24,6 +41,7 @@ class SchemaError(ValueError):
 
 
 def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
+    check_limits(schema)
     converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     try:
         resolved = converter.resolve_refs(schema, "input")
@@ -35,6 +53,80 @@ def json_schema_to_gbnf(schema: dict[str, Any]) -> str:
     except Exception as e:  # any converter failure is the schema's fault
         raise SchemaError(f"{type(e).__name__}: {e}") from None
     return converter.format_grammar()
+
+
+def check_limits(schema: dict[str, Any]) -> None:
+    """SchemaError when a schema would unroll into a grammar too big or too deep to build:
+    repetition bounds over MAX_REPETITION, patterns that expand past MAX_PATTERN_SIZE."""
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        for keyword in _REPETITION_KEYWORDS:
+            if keyword in node:
+                value = node[keyword]
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise SchemaError(f"{keyword} must be a non-negative integer")
+                if value > MAX_REPETITION:
+                    raise SchemaError(f"{keyword} is {value}; the limit is {MAX_REPETITION}")
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            check_pattern(pattern)
+        stack.extend(node[k] for k in _SUBSCHEMA if isinstance(node.get(k), dict))
+        for k in _SUBSCHEMA_LISTS:
+            if isinstance(node.get(k), list):
+                stack.extend(node[k])
+        for k in _SUBSCHEMA_MAPS:
+            if isinstance(node.get(k), dict):
+                stack.extend(node[k].values())
+
+
+def check_pattern(pattern: str) -> None:
+    """Estimate the grammar a regex unrolls into (sequences add, {m,n} multiplies what it
+    repeats) and refuse it when too big or when a bound is over MAX_REPETITION."""
+    frames = [[0, 0]]  # per open group: [size so far, size of the last item]
+    i, n = 0, len(pattern)
+
+    def item(size: int) -> None:
+        frames[-1][0] += size
+        frames[-1][1] = size
+
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 1
+            item(1)
+        elif c == "[":
+            i += 1
+            while i < n and pattern[i] != "]":
+                i += 2 if pattern[i] == "\\" else 1
+            item(1)
+        elif c == "(":
+            frames.append([0, 0])
+        elif c == ")" and len(frames) > 1:
+            item(max(1, frames.pop()[0]))
+        elif c == "{":
+            end = pattern.find("}", i)
+            bounds = pattern[i + 1 : end if end >= 0 else n].split(",")
+            numbers = [int(b) for b in bounds if b.strip().isdigit()]
+            if any(b > MAX_REPETITION for b in numbers):
+                raise SchemaError(
+                    f"the pattern repeats an item {max(numbers)} times; the limit is "
+                    f"{MAX_REPETITION}"
+                )
+            times = max(numbers, default=1)
+            frame = frames[-1]
+            frame[0] += frame[1] * (times - 1)
+            frame[1] *= times
+            i = n if end < 0 else end
+        elif c not in "*+?|^$":
+            item(1)
+        if sum(f[0] for f in frames) > MAX_PATTERN_SIZE:
+            raise SchemaError(
+                f"the pattern expands into more than {MAX_PATTERN_SIZE} grammar elements"
+            )
+        i += 1
 
 
 class _Converter(SchemaConverter):
@@ -68,6 +160,15 @@ def integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
             hi = min(hi if hi is not None else math.inf, math.ceil(schema["exclusiveMaximum"]) - 1)
     except (TypeError, ValueError, OverflowError):
         raise SchemaError(f"integer bounds must be numbers: {json.dumps(schema)}") from None
+    # The grammar writes at most MAX_DIGITS digits: a bound beyond that on the open side
+    # constrains nothing, one on the closed side admits no integer it can write.
+    limit = 10**MAX_DIGITS
+    if lo is not None and lo <= -limit:
+        lo = None
+    if hi is not None and hi >= limit:
+        hi = None
+    if (lo is not None and lo >= limit) or (hi is not None and hi <= -limit):
+        raise SchemaError(f"integer bounds beyond {MAX_DIGITS} digits: {json.dumps(schema)}")
     if lo is not None and hi is not None and lo > hi:
         raise SchemaError(f"no integer satisfies {json.dumps(schema)}")
     return (None if lo is None else int(lo)), (None if hi is None else int(hi))

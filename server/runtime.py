@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from server.chat_template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.embedder import Embedder
@@ -18,6 +19,7 @@ from server.model_files import (
     resolve_embedding_model,
 )
 from server.settings import Settings
+from server.special_tokens import SpecialTokenGuard, new_marker, tokenize_pieces
 
 logger = logging.getLogger("hearth")
 
@@ -32,6 +34,9 @@ class Runtime:
     created: int
     embedder: Embedder | None = None
     embedding_model_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.special_tokens = SpecialTokenGuard(self.model.special_texts)
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -91,15 +96,31 @@ class Runtime:
             "loaded embedding model %s (%d dimensions)", self.embedding_model_id, self.embedder.dim
         )
 
-    def chat_prompt_tokens(self, text: str) -> list[int]:
-        """Tokenize a rendered chat prompt: special tokens in it are real special tokens,
-        and BOS is added only when the template did not write it already."""
+    def chat_prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Render messages with the chat template and tokenize the prompt: the template's
+        markup becomes special tokens, client text never does (special_tokens.py); BOS is
+        added only when the template did not write it already. Raises ChatTemplateError."""
+        marker = new_marker()
+        text = self.template.render(self.special_tokens.defang(messages, marker))
         bos_text = self.template.bos_token
         add_bos = self.model.add_bos and not (bos_text and text.startswith(bos_text))
-        return self.model.tokenize(text, add_special=add_bos, parse_special=True)
+
+        def tokenize(piece: str, first: bool) -> list[int]:
+            return self.model.tokenize(piece, add_special=add_bos and first, parse_special=True)
+
+        return tokenize_pieces(text, marker, tokenize)
 
     def text_prompt_tokens(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
+
+    def problems(self) -> list[str]:
+        """Why the server cannot serve everything it should (empty: it can)."""
+        out = []
+        if not self.engine.alive:
+            out.append(self.engine.failure or "the engine is not running")
+        if self.embedder is not None and not self.embedder.alive:
+            out.append(self.embedder.failure or "the embedding engine is not running")
+        return out
 
     def start(self) -> None:
         self.engine.start()

@@ -2,7 +2,9 @@
 `json_schema` extensions) → the GBNF grammar the engine's sampler enforces.
 
 Every grammar is compiled against the model's vocabulary here, before anything is queued,
-so a bad schema or grammar is a 400 naming the field, never an engine error.
+so a bad schema or grammar (or one over a limit) is a 400 naming the field, never an
+engine error. Converting and compiling take time on big schemas: callers run these
+functions in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import llama_cpp
 from llama_cpp.llama_grammar import JSON_GBNF
 
 from server.api.errors import bad_request
+from server.engine.grammar import GrammarError, grammar_sampler
 from server.engine.model import LlamaModel
-from server.engine.sampling import GrammarError, grammar_sampler
 from server.json_schema_grammar import SchemaError, json_schema_to_gbnf
 
 
@@ -80,8 +82,13 @@ def request_grammar(
     if not asked:
         return None
     ((param, gbnf),) = asked.items()
+    check_compiles(model, gbnf, param)
+    return gbnf
+
+
+def check_compiles(model: LlamaModel, gbnf: str, param: str) -> None:
+    """400 naming `param` unless llama.cpp accepts the grammar."""
     try:
         llama_cpp.llama_sampler_free(grammar_sampler(model.vocab, gbnf))
     except GrammarError as e:
         raise bad_request(f"Invalid grammar: {e}.", param=param) from None
-    return gbnf

@@ -30,7 +30,16 @@ class EmbedderError(RuntimeError):
     pass
 
 
-@dataclass
+class EmbedderBusy(EmbedderError):
+    """Too many inputs are waiting already; try again later."""
+
+
+# Inputs waiting or being embedded, across requests: beyond it, submit refuses more (a
+# full queue holds ~2 minutes of work on 2 CPU cores).
+MAX_PENDING_INPUTS = 16384
+
+
+@dataclass(eq=False)
 class _Job:
     inputs: list[list[int]]
     future: concurrent.futures.Future[np.ndarray]
@@ -49,6 +58,12 @@ class EmbedderStats:
 
 
 _STOP = object()
+
+
+def _fail(jobs: set[_Job], error: Exception) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(error)
 
 
 class Embedder:
@@ -84,6 +99,9 @@ class Embedder:
         self._batch = TokenBatch(n_ctx)
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._pending_inputs = 0  # submitted and not yet answered; guarded by _lock
+        self._lock = threading.Lock()
+        self.failure: str | None = None  # why the thread ended, if by an error
         self.stats = EmbedderStats()
 
     # --- any thread -----------------------------------------------------------------------
@@ -101,39 +119,69 @@ class Embedder:
         self._threadpool.close()
         llama_cpp.llama_free(self.ctx)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, inputs: list[list[int]]) -> concurrent.futures.Future[np.ndarray]:
         """Queue token-id inputs (each 1..max_tokens long); the future gets an
-        (n_inputs, dim) float32 array of unit vectors."""
+        (n_inputs, dim) float32 array of unit vectors. Raises EmbedderBusy when
+        MAX_PENDING_INPUTS are waiting already, EmbedderError when the thread is gone."""
         for tokens in inputs:
             if not tokens or len(tokens) > self.max_tokens:
                 raise ValueError(f"inputs must hold 1 to {self.max_tokens} tokens")
+            if not all(0 <= t < self.model.n_vocab for t in tokens):
+                raise ValueError("inputs must hold token ids of the vocabulary")
+        if not self.alive:
+            raise EmbedderError(self.failure or "the embedding engine is not running")
+        with self._lock:
+            if self._pending_inputs + len(inputs) > MAX_PENDING_INPUTS:
+                raise EmbedderBusy(f"{self._pending_inputs} inputs are waiting to be embedded")
+            self._pending_inputs += len(inputs)
         future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        future.add_done_callback(lambda _: self._release(len(inputs)))
         self._inbox.put(_Job(inputs, future))
         return future
+
+    def _release(self, n_inputs: int) -> None:
+        with self._lock:
+            self._pending_inputs -= n_inputs
 
     # --- embedder thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         pending: deque[tuple[_Job, int]] = deque()
-        while True:
-            item = self._inbox.get() if not pending else self._next_nowait()
-            if item is _STOP:
-                break
-            if isinstance(item, _Job):
-                self._accept(item, pending)
-                continue  # take everything queued before computing
-            if pending:
-                try:
-                    self._compute(pending)
-                except Exception as e:  # never leave a caller waiting forever
-                    logger.exception("embedding batch failed")
-                    for job, _ in pending:
-                        if not job.future.done():
-                            job.future.set_exception(EmbedderError(str(e)))
-                    pending.clear()
-        for job, _ in pending:
-            if not job.future.done():
-                job.future.set_exception(EmbedderError("the server is shutting down"))
+        taken: list[tuple[_Job, int]] = []
+        try:
+            while True:
+                item = self._inbox.get() if not pending else self._next_nowait()
+                if item is _STOP:
+                    break
+                if isinstance(item, _Job):
+                    self._accept(item, pending)
+                    continue  # take everything queued before computing
+                if pending:
+                    taken = self._take(pending)
+                    try:
+                        self._compute(taken)
+                    except Exception as e:  # every job in the batch fails, none hangs
+                        logger.exception("embedding batch failed")
+                        failed = {job for job, _ in taken}
+                        _fail(failed, EmbedderError(str(e)))
+                        rest = [item for item in pending if item[0] not in failed]
+                        pending.clear()
+                        pending.extend(rest)
+        except BaseException as e:
+            self.failure = f"the embedding thread stopped: {type(e).__name__}: {e}"
+            logger.critical("%s", self.failure, exc_info=True)
+            raise
+        finally:
+            # Whatever is still queued is answered, so no caller waits forever.
+            while (item := self._next_nowait()) is not None:
+                if isinstance(item, _Job):
+                    pending.append((item, 0))
+            reason = self.failure or "the server is shutting down"
+            _fail({job for job, _ in [*taken, *pending]}, EmbedderError(reason))
 
     def _next_nowait(self) -> object | None:
         try:
@@ -149,20 +197,25 @@ class Embedder:
         self.stats.requests += 1
         pending.extend((job, i) for i in range(len(job.inputs)))
 
-    def _compute(self, pending: deque[tuple[_Job, int]]) -> None:
-        """One llama.cpp call over as many pending inputs as fit."""
-        batch = self._batch
-        batch.clear()
+    def _take(self, pending: deque[tuple[_Job, int]]) -> list[tuple[_Job, int]]:
+        """As many pending inputs as fit in one llama.cpp call."""
         taken: list[tuple[_Job, int]] = []
+        n_tokens = 0
         while pending and len(taken) < self.n_seq_max:
             job, i = pending[0]
-            tokens = job.inputs[i]
-            if batch.n_tokens + len(tokens) > self.n_ctx:
+            if taken and n_tokens + len(job.inputs[i]) > self.n_ctx:
                 break
-            seq_id = len(taken)
-            for pos, token in enumerate(tokens):
-                batch.add(token, pos, seq_id, True)
+            n_tokens += len(job.inputs[i])
             taken.append(pending.popleft())
+        return taken
+
+    def _compute(self, taken: list[tuple[_Job, int]]) -> None:
+        """One llama.cpp call over the taken inputs."""
+        batch = self._batch
+        batch.clear()
+        for seq_id, (job, i) in enumerate(taken):
+            for pos, token in enumerate(job.inputs[i]):
+                batch.add(token, pos, seq_id, True)
         if self._memory:
             llama_cpp.llama_memory_clear(self._memory, True)
         batch.raw.n_tokens = batch.n_tokens
@@ -182,7 +235,7 @@ class Embedder:
             assert job.vectors is not None
             job.vectors[i] = vec / norm if norm > 0 else vec
             job.remaining -= 1
-            if job.remaining == 0:
+            if job.remaining == 0 and not job.future.done():
                 job.future.set_result(job.vectors)
         self.stats.batches += 1
         self.stats.inputs += len(taken)

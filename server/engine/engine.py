@@ -18,10 +18,11 @@ from pathlib import Path
 from server.engine import cache_store
 from server.engine.context import ContextParams, DecodeStatus, LlamaContext, TokenBatch
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.grammar import GrammarError
 from server.engine.logprobs import TokenLogprob, token_logprob
 from server.engine.model import LlamaModel
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
-from server.engine.sampling import GrammarError, TokenSampler
+from server.engine.sampling import TokenSampler
 from server.engine.scheduler import Scheduler, StepPlan
 from server.engine.sequence import Sequence
 from server.engine.stats import EngineStats
@@ -35,6 +36,10 @@ class EngineBusy(RuntimeError):
 
 class ContextLengthExceeded(ValueError):
     pass
+
+
+class EngineDead(RuntimeError):
+    """The engine thread has stopped; nothing more can be generated."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ class Engine:
         self._n_active = 0  # submitted and not yet finished; guarded by _lock
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Why the engine thread ended, when it ended by an error (for /health).
+        self.failure: str | None = None
 
     # --- any thread -----------------------------------------------------------------------
 
@@ -126,8 +133,15 @@ class Engine:
         self._batch.close()
         self.ctx.close()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, request: GenerationRequest) -> None:
-        """Queue a request; raises ContextLengthExceeded or EngineBusy without queueing."""
+        """Queue a request; raises ContextLengthExceeded, EngineBusy or EngineDead without
+        queueing."""
+        if not self.alive:
+            raise EngineDead(self.failure or "the engine is not running")
         n_prompt = len(request.prompt_tokens)
         if n_prompt == 0:
             raise ValueError("the prompt is empty")
@@ -159,19 +173,36 @@ class Engine:
     # --- engine thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        while self._drain_inbox(block=not self.scheduler.has_work):
-            if self.scheduler.has_work:
+        try:
+            while self._drain_inbox(block=not self.scheduler.has_work):
                 try:
-                    self._step()
+                    if self.scheduler.has_work:
+                        self._step()
+                    self._publish_stats()
                 except Exception:
+                    # A bug in the step itself (not one request's: those are caught per
+                    # sequence). Failing what runs keeps the thread, and everyone after.
                     logger.exception("engine step failed; failing the running requests")
-                    for seq in list(self.scheduler.running):
-                        self._finish(seq, FinishReason.ERROR, error="internal engine error")
-            self._publish_stats()
-            if not self.scheduler.has_work:
-                self._flush_outbox()
+                    for seq in list(self._sequences.values()):
+                        self._fail(seq, "internal engine error")
+                if not self.scheduler.has_work:
+                    self._flush_outbox()
+        except BaseException as e:
+            self.failure = f"the engine thread stopped: {type(e).__name__}: {e}"
+            logger.critical("%s", self.failure, exc_info=True)
+            raise
+        finally:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        """Answer every request the engine still knows of, so no client waits forever."""
+        reason = FinishReason.CANCELLED if self.failure is None else FinishReason.ERROR
         for seq in list(self._sequences.values()):
-            self._finish(seq, FinishReason.CANCELLED)
+            self._fail(seq, self.failure, reason)
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, _Submit):
+                self._settle(item.request, GenerationOutput("", []), reason, self.failure)
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
@@ -184,6 +215,9 @@ class Engine:
         self.stats.waiting = len(self.scheduler.waiting)
         self.stats.cells_used = self.scheduler.cells_used
         self.stats.preemptions = self.scheduler.preemptions
+        self.stats.sequence_ids = self.scheduler.n_sequence_ids
+        self.stats.free_sequence_ids = self.scheduler.free_sequence_ids
+        self.stats.active = self._n_active
         cache = self.scheduler.cache
         self.stats.cache_cells = cache.cells
         self.stats.cache_entries = len(cache.entries)
@@ -202,7 +236,7 @@ class Engine:
             elif isinstance(item, _Cancel):
                 seq = self._sequences.get(item.request.id)
                 if seq is not None:  # else it finished already, or _add settled it
-                    self._finish(seq, FinishReason.CANCELLED)
+                    self._fail(seq, None, FinishReason.CANCELLED)
             if self._inbox.empty():
                 return True
             item = self._inbox.get()
@@ -219,13 +253,19 @@ class Engine:
                 self.context_length,
                 banned,
                 vocab=self.model.vocab,
-                end_token=self.model.eos_token,
             )
+            detok = IncrementalDetokenizer(self.model.token_bytes, request.stop)
         except GrammarError as e:
             # Callers check grammars before submitting; this is the last line of defence.
             self._settle(request, GenerationOutput("", []), FinishReason.ERROR, error=str(e))
             return
-        detok = IncrementalDetokenizer(self.model.token_bytes, request.stop)
+        except Exception:
+            # Whatever one request carries fails that request, never the engine thread.
+            logger.exception("could not admit request %d", request.id)
+            self._settle(
+                request, GenerationOutput("", []), FinishReason.ERROR, "could not start it"
+            )
+            return
         seq = Sequence(request, sampler, detok)
         self._sequences[request.id] = seq
         self.scheduler.add(seq)
@@ -275,14 +315,28 @@ class Engine:
             seconds=elapsed,
         )
         for seq, pos, index, count in score_at:
-            self._score_prompt(seq, pos, index, count)
+            try:
+                self._score_prompt(seq, pos, index, count)
+            except Exception:
+                logger.exception("scoring the prompt of request %d failed", seq.request.id)
+                self._fail(seq, "internal error while scoring the prompt")
         for seq, index in sample_at:
-            if seq.request.cancelled.is_set():
-                continue  # its cancel message is in the inbox; finished next drain
-            token = seq.sampler.sample(self.ctx, index)
-            n_top = seq.request.logprobs
-            logprob = None if n_top is None else token_logprob(self.ctx.logits(index), token, n_top)
-            self._accept(seq, token, logprob)
+            if seq.request.cancelled.is_set() or seq.request.id not in self._sequences:
+                continue  # cancelled (finished at the next drain) or already failed
+            try:
+                self._sample(seq, index)
+            except Exception:
+                logger.exception("sampling request %d failed", seq.request.id)
+                self._fail(seq, "internal error while sampling")
+
+    def _sample(self, seq: Sequence, index: int) -> None:
+        token = seq.sampler.sample(self.ctx, index)
+        if token is None:  # the grammar is complete: the output ends here
+            self._finish(seq, FinishReason.STOP, GenerationOutput(seq.detokenizer.finish(), []))
+            return
+        n_top = seq.request.logprobs
+        logprob = None if n_top is None else token_logprob(self.ctx.logits(index), token, n_top)
+        self._accept(seq, token, logprob)
 
     def _score_prompt(self, seq: Sequence, pos: int, index: int, count: int) -> None:
         scores = seq.prompt_logprobs
@@ -301,7 +355,7 @@ class Engine:
             return
         logger.error("llama_decode failed with status %d", status)
         for chunk in plan.chunks:
-            self._finish(chunk.seq, FinishReason.ERROR, error=f"llama_decode failed ({status})")
+            self._fail(chunk.seq, f"llama_decode failed ({status})")
 
     def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
         request = seq.request
@@ -322,6 +376,20 @@ class Engine:
             self._finish(seq, FinishReason.LENGTH, out)
         else:
             self._outbox.append((request, out))
+
+    def _fail(
+        self, seq: Sequence, error: str | None, reason: FinishReason = FinishReason.ERROR
+    ) -> None:
+        """Finish a sequence whatever state it is in; it is answered exactly once."""
+        if self._sequences.get(seq.request.id) is not seq:
+            return  # already finished
+        try:
+            self._finish(seq, reason, error=error)
+        except Exception:
+            logger.exception("finishing request %d failed; dropping it", seq.request.id)
+            del self._sequences[seq.request.id]
+            self.scheduler.forget(seq)
+            self._settle(seq.request, GenerationOutput("", []), reason, error)
 
     def _finish(
         self,

@@ -13,6 +13,11 @@ from pathlib import Path
 import llama_cpp
 
 _backend_ready = False
+_PARSED_AS_SPECIAL = (
+    llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+    | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+    | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -50,10 +55,21 @@ class LlamaModel:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (see the log above)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
-        self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.add_bos: bool = (
+            bool(llama_cpp.llama_vocab_get_add_bos(self.vocab)) and self.bos_token is not None
+        )
+        self._special_ok = self._can_add_special()
         self._pieces: dict[int, bytes] = {}
         self.eog_tokens: frozenset[int] = frozenset(
             t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)
+        )
+        # What llama_tokenize(parse_special=True) turns into a control token when the text
+        # spells it (llama.cpp's own cache_special_tokens: control, user-defined, unknown).
+        self.special_texts: frozenset[str] = frozenset(
+            text
+            for t in range(self.n_vocab)
+            if llama_cpp.llama_vocab_get_attr(self.vocab, t) & _PARSED_AS_SPECIAL
+            and (text := self.token_text(t))
         )
         desc = ctypes.create_string_buffer(256)
         llama_cpp.llama_model_desc(self.ptr, desc, len(desc))
@@ -84,18 +100,41 @@ class LlamaModel:
                 return buf.value.decode("utf-8", errors="replace")
             size = n + 1
 
-    def token_text(self, token: int) -> str:
-        """The vocabulary entry itself (e.g. "<|im_end|>"), special tokens included."""
+    def token_text(self, token: int | None) -> str:
+        """The vocabulary entry itself (e.g. "<|im_end|>"), special tokens included; ""
+        for None or an id outside the vocabulary (llama.cpp aborts on those)."""
+        if token is None or not self.is_valid_token(token):
+            return ""
         raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
+    # llama.cpp answers -1 (LLAMA_TOKEN_NULL) for a token the model does not have; every
+    # call that takes a token id aborts on it, so it never leaves this class.
     @property
-    def bos_token(self) -> int:
-        return llama_cpp.llama_vocab_bos(self.vocab)
+    def bos_token(self) -> int | None:
+        return self._present(llama_cpp.llama_vocab_bos(self.vocab))
 
     @property
-    def eos_token(self) -> int:
-        return llama_cpp.llama_vocab_eos(self.vocab)
+    def eos_token(self) -> int | None:
+        return self._present(llama_cpp.llama_vocab_eos(self.vocab))
+
+    def _present(self, token: int) -> int | None:
+        return token if self.is_valid_token(token) else None
+
+    def _can_add_special(self) -> bool:
+        """Whether llama_tokenize(add_special=True) is safe: it asserts (and aborts the
+        process) when the vocabulary asks for a BOS, EOS or SEP token it does not have."""
+        vocab = self.vocab
+        needed = []
+        if llama_cpp.llama_vocab_get_add_bos(vocab):
+            needed.append(llama_cpp.llama_vocab_bos(vocab))
+        if llama_cpp.llama_vocab_get_add_eos(vocab):
+            needed.append(llama_cpp.llama_vocab_eos(vocab))
+        if llama_cpp.llama_vocab_get_add_sep(vocab):
+            needed.append(llama_cpp.llama_vocab_sep(vocab))
+        if llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_WPM:
+            needed += [llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_sep(vocab)]
+        return all(self.is_valid_token(t) for t in needed)
 
     # --- tokenizer ------------------------------------------------------------------------
 
@@ -103,6 +142,7 @@ class LlamaModel:
         self, text: str, add_special: bool = True, parse_special: bool = False
     ) -> list[int]:
         data = text.encode("utf-8")
+        add_special = add_special and self._special_ok
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
         n = llama_cpp.llama_tokenize(
@@ -120,6 +160,8 @@ class LlamaModel:
         """The bytes a generated token stands for; special tokens render as nothing."""
         piece = self._pieces.get(token)
         if piece is None:
+            if not self.is_valid_token(token):
+                raise ValueError(f"token {token} is outside the vocabulary")
             buf = ctypes.create_string_buffer(64)
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
             if n < 0:

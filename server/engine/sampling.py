@@ -21,6 +21,7 @@ import llama_cpp
 import numpy as np
 
 from server.engine.context import LlamaContext
+from server.engine.grammar import grammar_sampler
 
 # OpenAI documents a bias of -100 as a ban; make it exact instead of merely very unlikely.
 BAN_BIAS = -100.0
@@ -66,21 +67,6 @@ def _effective_bias(bias: float) -> float:
     return -np.inf if bias <= BAN_BIAS else bias
 
 
-class GrammarError(ValueError):
-    """llama.cpp could not parse the grammar."""
-
-
-def grammar_sampler(vocab: llama_cpp.llama_vocab_p, grammar: str) -> llama_cpp.llama_sampler_p:
-    """A llama.cpp grammar sampler; GrammarError when the GBNF does not parse."""
-    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    if not sampler:
-        raise GrammarError(
-            "llama.cpp could not parse it as GBNF with a 'root' rule (its parser prints the "
-            "position to the server's stderr)"
-        )
-    return sampler
-
-
 # llama_token_data as numpy sees it, so candidate arrays are filled without a Python loop.
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
@@ -119,27 +105,41 @@ class TokenSampler:
         context_length: int,
         banned: frozenset[int],
         vocab: llama_cpp.llama_vocab_p | None = None,
-        end_token: int = 0,
     ) -> None:
         bias = {t: _effective_bias(b) for t, b in params.logit_bias.items()}
+        if any(not 0 <= t < n_vocab for t in bias):
+            raise ValueError("logit_bias names a token outside the vocabulary")
         for t in banned:
             bias[t] = -np.inf
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
         self._bias_values = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
         self._chain = None
         self._grammar = None
+        try:
+            self._build(params, bias, n_vocab, context_length, vocab)
+        except BaseException:
+            self.close()  # llama.cpp objects made before the failure
+            raise
+
+    def _build(
+        self,
+        params: SamplingParams,
+        bias: dict[int, float],
+        n_vocab: int,
+        context_length: int,
+        vocab: llama_cpp.llama_vocab_p | None,
+    ) -> None:
         if params.grammar is not None:
             if vocab is None:
                 raise ValueError("a grammar needs the model's vocabulary")
             self._grammar = grammar_sampler(vocab, params.grammar)
             self._candidates = _Candidates(n_vocab)
             self._one = _Candidates(1)
-            # What to return when the grammar allows nothing more: the sequence ends.
-            self._end_token = end_token
         if params.greedy and not params.has_penalties and params.dry_multiplier <= 0:
             return  # numpy fast path
 
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._chain = chain  # owned (and freed) from here on, even if a step below fails
         add = llama_cpp.llama_sampler_chain_add
         if bias:
             arr = (llama_cpp.llama_logit_bias * len(bias))()
@@ -162,7 +162,9 @@ class TokenSampler:
         if params.dry_multiplier > 0:
             if vocab is None:
                 raise ValueError("DRY needs the model's vocabulary")
-            last_n = context_length if params.dry_penalty_last_n < 0 else params.dry_penalty_last_n
+            # llama.cpp sizes DRY's buffers by last_n: never beyond the context.
+            last_n = params.dry_penalty_last_n
+            last_n = context_length if last_n < 0 else min(last_n, context_length)
             breakers = [b.encode() for b in params.dry_sequence_breakers]
             array = (ctypes.c_char_p * len(breakers))(*breakers)
             add(
@@ -171,7 +173,7 @@ class TokenSampler:
                     vocab,
                     params.dry_multiplier,
                     params.dry_base,
-                    params.dry_allowed_length,
+                    min(params.dry_allowed_length, context_length),
                     last_n,
                     array,
                     len(breakers),
@@ -181,7 +183,7 @@ class TokenSampler:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
             if params.top_k > 0:
-                add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+                add(chain, llama_cpp.llama_sampler_init_top_k(min(params.top_k, n_vocab)))
             if params.top_p < 1.0:
                 add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
             if params.min_p > 0.0:
@@ -189,9 +191,9 @@ class TokenSampler:
             add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed is not None else random.getrandbits(32)
             add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        self._chain = chain
 
-    def sample(self, ctx: LlamaContext, batch_index: int) -> int:
+    def sample(self, ctx: LlamaContext, batch_index: int) -> int | None:
+        """The next token; None when a grammar allows nothing more (the output is complete)."""
         if self._grammar is not None:
             return self._sample_with_grammar(ctx.logits(batch_index))
         if self._chain is not None:
@@ -206,12 +208,12 @@ class TokenSampler:
             scores[self._bias_ids] += self._bias_values
         return int(np.argmax(scores))
 
-    def _sample_with_grammar(self, logits: np.ndarray) -> int:
+    def _sample_with_grammar(self, logits: np.ndarray) -> int | None:
         token = self._pick(logits, masked=False)
         if not self._allows(token):
             token = self._pick(logits, masked=True)
             if token < 0:
-                return self._end_token  # the grammar is complete, or allows nothing left
+                return None  # the grammar is complete, or allows nothing left
         llama_cpp.llama_sampler_accept(self._grammar, token)
         if self._chain is not None:
             llama_cpp.llama_sampler_accept(self._chain, token)

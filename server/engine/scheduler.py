@@ -67,6 +67,7 @@ class Scheduler:
         self.running: list[Sequence] = []  # admission order
         self.preemptions = 0
         n_ids = max_running + cache_entries
+        self.n_sequence_ids = n_ids
         self._free_seq_ids: list[int] = list(range(n_ids - 1, -1, -1))
 
     @property
@@ -74,6 +75,10 @@ class Scheduler:
         """Distinct KV cells in use: the tree's, plus what running sequences computed and
         the tree does not have yet (their private tails)."""
         return self.cache.cells + sum(s.n_computed - s.n_in_tree for s in self.running)
+
+    @property
+    def free_sequence_ids(self) -> int:
+        return len(self._free_seq_ids)
 
     @property
     def has_work(self) -> bool:
@@ -91,6 +96,14 @@ class Scheduler:
         self._free_seq_ids.extend(self.cache.finish(seq.seq_id, seq.tokens, seq.n_computed))
         seq.seq_id = None
         self._trim_cache()
+
+    def forget(self, seq: Sequence) -> None:
+        """Last resort when `remove` failed: stop scheduling the sequence. Its sequence id
+        is not reused, since the cache's record of its cells can no longer be trusted."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq in self.running:
+            self.running.remove(seq)
 
     def on_computed(self, seq: Sequence) -> None:
         """After a step: prompt tokens just computed go into the tree for others to share."""

@@ -25,6 +25,9 @@ class EngineStats:
     cells_used: int = 0
     cache_cells: int = 0  # cells in the prefix tree (shared prefixes counted once)
     cache_entries: int = 0  # finished requests whose KV the cache keeps
+    sequence_ids: int = 0  # llama.cpp sequence ids the engine has (running + cache)
+    free_sequence_ids: int = 0
+    active: int = 0  # requests submitted and not yet answered (running, waiting, in flight)
     cache: CacheStats = field(default_factory=CacheStats)
 
     def record_step(
