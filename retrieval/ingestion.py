@@ -19,13 +19,14 @@ from retrieval.chunking import chunk_sections
 from retrieval.files import FileStore
 from retrieval.parsing import ParseError, parse
 from retrieval.store import ChunkStore
-from server.engine.embedder import Embedder
+from server.engine.embedder import Embedder, EmbedderBusy
 
 logger = logging.getLogger("hearth.ingestion")
 
 # Inputs per embedding request: enough to fill the embedder's batches, few enough that
 # chat-side embedding requests are not stuck behind one huge document.
 EMBED_GROUP = 64
+BUSY_RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ class IngestionWorker:
     def count_tokens(self, text: str) -> int:
         return len(self.embedder.model.tokenize(text, add_special=False))
 
+    async def _embed(self, inputs: list[list[int]]) -> np.ndarray:
+        """Vectors for the inputs; while API requests fill the embedder's queue, wait."""
+        while True:
+            try:
+                return await asyncio.wrap_future(self.embedder.submit(inputs))
+            except EmbedderBusy:
+                await asyncio.sleep(BUSY_RETRY_SECONDS)
+
     async def _process(self, job: VectorStoreFile) -> None:
         stored = self.files.get(job.file_id)
         if stored is None:
@@ -90,7 +99,7 @@ class IngestionWorker:
                 model.tokenize(c.text, add_special=True)[: self.embedder.max_tokens] for c in chunks
             ]
             parts = [
-                await asyncio.wrap_future(self.embedder.submit(inputs[i : i + EMBED_GROUP]))
+                await self._embed(inputs[i : i + EMBED_GROUP])
                 for i in range(0, len(inputs), EMBED_GROUP)
             ]
             vectors = np.concatenate(parts) if parts else np.empty((0, self.embedder.dim))

@@ -47,20 +47,31 @@ class Retrieval:
         given, the watched-folder scanner."""
         loop = asyncio.get_running_loop()
         if self.worker is not None:
-            self._tasks.append(loop.create_task(self.worker.run()))
+            self._tasks.append(loop.create_task(self.worker.run(), name="the ingestion worker"))
             if watcher is not None:
                 self._watcher = watcher
-                self._tasks.append(loop.create_task(watcher.run()))
+                self._tasks.append(loop.create_task(watcher.run(), name="the folder watcher"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A task that failed already said so (/health); shutdown goes on regardless.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._watcher is not None:
             self._watcher.close()
         self.files.close()
         self.catalog.close()
+
+    def problems(self) -> list[str]:
+        """Background tasks that ended (they are meant to run until shutdown)."""
+        out = []
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                why = f": {type(error).__name__}: {error}" if error is not None else ""
+                out.append(f"{task.get_name()} stopped{why}")
+        return out
 
     def attach(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
         vsf = self.catalog.add_file(store_id, file_id, attributes)

@@ -29,6 +29,9 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "host": ("server", "host"),
     "port": ("server", "port"),
     "api_key": ("server", "api_key"),
+    "api_key_file": ("server", "api_key_file"),
+    "allow_insecure_remote": ("server", "allow_insecure_remote"),
+    "cors_origins": ("server", "cors_origins"),
     "log_level": ("server", "log_level"),
 }
 
@@ -57,7 +60,22 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--data-dir", help="converted models, uploaded files, documents")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    p.add_argument("--api-key", help="require this bearer token on /v1/*")
+    p.add_argument(
+        "--api-key",
+        help="require this bearer token on every route but /health (visible in the process "
+        "list: prefer --api-key-file or HEARTH_SERVER__API_KEY)",
+    )
+    p.add_argument("--api-key-file", help="read the API key from this file's first line")
+    p.add_argument(
+        "--allow-insecure-remote",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback without an API key",
+    )
+    p.add_argument(
+        "--cors-origins",
+        help="comma-separated web origins allowed to call the API (besides loopback pages)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
 
 

@@ -6,13 +6,21 @@ at start-up and never a crash inside the C library.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from config import DEFAULT_CONFIG_PATH
 
@@ -106,11 +114,72 @@ class StorageSettings(_Section):
         return Path(base) / "hearth"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address (or Host header name) is reachable only from this machine."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # Every route but a minimal /health needs "Authorization: Bearer <key>" when a key is
+    # set: here, in HEARTH_SERVER__API_KEY, or (kept out of the process list and shell
+    # history) as the first line of api_key_file.
     api_key: str = ""
+    api_key_file: str = ""
+    # Listening beyond loopback without a key is refused unless this says it is meant.
+    allow_insecure_remote: bool = False
+    # Web pages whose origin is listed (besides http(s)://localhost, 127.0.0.1 and [::1]
+    # on any port) may call the API from a browser; "*" allows every page.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Host headers accepted while listening on loopback, besides loopback names: a page
+    # that rebinds its own DNS name to 127.0.0.1 is refused. "*" accepts any.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Largest JSON request body (uploads have retrieval.max_upload_mb).
+    max_body_mb: int = Field(8, ge=1)
+    # Completions one request may start (prompts x n): the rest of the queue stays free.
+    max_choices_per_request: int = Field(64, ge=1)
     log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")
+
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        # From the environment or a flag a list arrives as "a,b".
+        if isinstance(v, str):
+            return [item.strip() for item in v.split(",") if item.strip()]
+        return v
+
+    def read_api_key_file(self) -> None:
+        """Take the key from api_key_file, when it is set and api_key is not."""
+        if self.api_key or not self.api_key_file:
+            return
+        path = Path(self.api_key_file).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(f"server.api_key_file: cannot read {path}: {e}") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ConfigError(f"server.api_key_file: {path} is empty")
+        self.api_key = key
+
+    @model_validator(mode="after")
+    def _remote_needs_key(self) -> ServerSettings:
+        if is_loopback(self.host) or self.api_key or self.api_key_file:
+            return self
+        if not self.allow_insecure_remote:
+            raise ValueError(
+                f"listening on {self.host} lets other machines use this server, and no API "
+                "key is set: set server.api_key (or api_key_file), or pass "
+                "--allow-insecure-remote if everyone who can reach it may use it"
+            )
+        return self
 
 
 class Settings(_Section):
@@ -198,6 +267,8 @@ def load_settings(
     if overrides:
         data = _deep_merge(data, overrides)
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from None
+    settings.server.read_api_key_file()
+    return settings

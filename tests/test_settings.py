@@ -20,7 +20,9 @@ def test_defaults_load() -> None:
 
 def test_layers_file_env_cli(tmp_path: Path) -> None:
     f = tmp_path / "my.toml"
-    f.write_text("[server]\nport = 9000\nhost = '0.0.0.0'\n[engine]\nmax_running = 4\n")
+    f.write_text(
+        "[server]\nport = 9000\nhost = '0.0.0.0'\napi_key = 'k'\n[engine]\nmax_running = 4\n"
+    )
     env = {"HEARTH_SERVER__PORT": "9100", "HEARTH_MODEL__N_CTX": "4096"}
     s = load_settings(f, {"engine": {"max_running": 2}}, environ=env)
     assert s.server.host == "0.0.0.0"  # file
@@ -39,6 +41,8 @@ def test_layers_file_env_cli(tmp_path: Path) -> None:
         ({"server": {"port": -1}}, "port"),
         ({"model": {"n_ctx": "lots"}}, "n_ctx"),
         ({"model": {"no_such_key": 1}}, "no_such_key"),
+        ({"server": {"host": "0.0.0.0"}}, "no API key is set"),
+        ({"server": {"host": "192.168.1.5", "api_key_file": "/nonexistent"}}, "api_key_file"),
     ],
 )
 def test_invalid_values_are_clear_errors(overrides: dict, fragment: str) -> None:
@@ -71,3 +75,21 @@ def test_cli_missing_model_file() -> None:
     r = _serve("--model", "/nonexistent/model.gguf")
     assert r.returncode == 1
     assert "model file not found" in r.stderr
+
+
+def test_remote_listening_needs_a_key_or_an_explicit_flag(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("from-a-file\n")
+    s = load_settings(None, {"server": {"api_key_file": str(key_file)}}, environ={})
+    assert s.server.api_key == "from-a-file"
+    s = load_settings(None, {"server": {"host": "0.0.0.0", "api_key": "k"}}, environ={})
+    assert s.server.host == "0.0.0.0"
+    s = load_settings(None, {"server": {"host": "::", "allow_insecure_remote": True}}, environ={})
+    assert s.server.allow_insecure_remote
+    for loopback in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert load_settings(None, {"server": {"host": loopback}}, environ={})
+    env = {"HEARTH_SERVER__CORS_ORIGINS": "https://a.example, https://b.example"}
+    assert load_settings(None, None, environ=env).server.cors_origins == [
+        "https://a.example",
+        "https://b.example",
+    ]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -15,13 +15,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from retrieval.ingestion import ChunkingOptions
 from retrieval.service import Retrieval
 from retrieval.watcher import FolderWatcher
 from server.api import responses
 from server.api import vector_stores as vs
+from server.api.auth import APIKeyAuth
+from server.api.body import BodyLimit
+from server.api.browser import BrowserGuard, HostPolicy, OriginPolicy
 from server.api.chat import chat_completions
 from server.api.chat_page import chat_page
 from server.api.completions import completions
@@ -29,14 +31,19 @@ from server.api.embeddings import embeddings
 from server.api.errors import (
     APIError,
     handle_api_error,
+    handle_busy,
     handle_http_exception,
+    handle_unavailable,
     handle_unexpected,
 )
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
 from server.api.metrics import make_registry, metrics
+from server.api.openapi import documented, openapi, openapi_document
 from server.api.responses.store import ResponseStore
 from server.api.tokenize import detokenize, tokenize
+from server.engine.embedder import EmbedderBusy, EmbedderError
 from server.runtime import Runtime
+from server.settings import Settings
 
 
 def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
@@ -78,10 +85,12 @@ def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
     return cards
 
 
+@documented("List models")
 async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": _model_cards(request.app.state.runtime)})
 
 
+@documented("Retrieve a model")
 async def retrieve_model(request: Request) -> Response:
     wanted = request.path_params["model"]
     for card in _model_cards(request.app.state.runtime):
@@ -92,36 +101,28 @@ async def retrieve_model(request: Request) -> Response:
     )
 
 
+@documented("Liveness: 200 while everything runs, 503 with the reasons otherwise")
 async def health(request: Request) -> Response:
+    """200 while every engine thread and background task runs, else 503 with the reasons.
+    Without the API key (when one is set) only the status is shown."""
     runtime: Runtime = request.app.state.runtime
-    return JSONResponse(
-        {"status": "ok", "model": runtime.model_id, "engine": runtime.engine.stats.snapshot()}
-    )
+    problems = runtime.problems() + request.app.state.retrieval.problems()
+    body: dict[str, object] = {"status": "unavailable" if problems else "ok"}
+    if problems:
+        body["reasons"] = problems
+    if getattr(request.state, "authenticated", True):
+        body["model"] = runtime.model_id
+        body["engine"] = runtime.engine.stats.snapshot()
+    return JSONResponse(body, status_code=503 if problems else 200)
 
 
+@documented("Engine and cache counters")
 async def stats(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     body: dict[str, object] = runtime.engine.stats.snapshot()
     if runtime.embedder is not None:
         body["embeddings"] = asdict(runtime.embedder.stats)
     return JSONResponse(body)
-
-
-class BearerAuth:
-    """When an API key is configured, /v1/* needs `Authorization: Bearer <key>`."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            got = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(got, self.expected):
-                error = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-                await error.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _watcher(runtime: Runtime, retrieval: Retrieval) -> FolderWatcher | None:
@@ -137,18 +138,9 @@ def _watcher(runtime: Runtime, retrieval: Retrieval) -> FolderWatcher | None:
     )
 
 
-def create_app(runtime: Runtime) -> Starlette:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime.start()
-        app.state.retrieval.start(_watcher(runtime, app.state.retrieval))
-        try:
-            yield
-        finally:
-            await app.state.retrieval.stop()
-            runtime.close()
-
-    routes = [
+def api_routes() -> list[Route]:
+    """Every route the server answers (also what /openapi.json describes)."""
+    return [
         Route("/", chat_page, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
@@ -180,23 +172,58 @@ def create_app(runtime: Runtime) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    middleware = [
-        Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]),
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    """Outermost first: who may ask (host, origin, CORS), how much they may send, and
+    whether they hold the key."""
+    server = settings.server
+    origins = OriginPolicy(server.cors_origins)
+    stack = [
+        Middleware(
+            BrowserGuard, origins=origins, hosts=HostPolicy(server.host, server.allowed_hosts)
+        ),
+        Middleware(CORSMiddleware, **origins.cors_options()),
+        Middleware(
+            BodyLimit,
+            json_limit=server.max_body_mb << 20,
+            upload_limit=settings.retrieval.max_upload_mb << 20,
+            upload_paths=frozenset({"/v1/files"}),
+        ),
     ]
-    if runtime.settings.server.api_key:
-        middleware.append(Middleware(BearerAuth, api_key=runtime.settings.server.api_key))
+    if server.api_key:
+        stack.append(Middleware(APIKeyAuth, api_key=server.api_key))
+    return stack
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime.start()
+        app.state.retrieval.start(_watcher(runtime, app.state.retrieval))
+        try:
+            yield
+        finally:
+            await app.state.retrieval.stop()
+            runtime.close()
+
+    routes = api_routes()
     app = Starlette(
         routes=routes,
-        middleware=middleware,
+        middleware=_middleware(runtime.settings),
         lifespan=lifespan,
         exception_handlers={
             APIError: handle_api_error,
             HTTPException: handle_http_exception,
+            EmbedderBusy: handle_busy,
+            EmbedderError: handle_unavailable,
             Exception: handle_unexpected,
         },
     )
     app.state.runtime = runtime
+    app.state.openapi = openapi_document(routes, "Hearth", version("hearth"))
     app.state.responses = ResponseStore()  # for previous_response_id
     app.state.metrics = make_registry(runtime)
     settings = runtime.settings

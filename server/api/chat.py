@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -11,7 +12,8 @@ from starlette.responses import JSONResponse, Response
 
 from retrieval.augmentation import augment, citations, latest_user_text, order_sources
 from retrieval.store import Hit
-from server.api.errors import APIError, bad_request, parse_json_body, validate_body
+from server.api.body import read_json, validate_body
+from server.api.errors import bad_request
 from server.api.generation import (
     ChoiceResult,
     Envelope,
@@ -24,9 +26,10 @@ from server.api.generation import (
     total_usage,
 )
 from server.api.logprobs import chat_logprobs
+from server.api.openapi import documented
 from server.api.schemas import ChatCompletionRequest, ChatMessage
-from server.api.sse import DONE, dumps, sse_response
-from server.api.structured import request_grammar
+from server.api.sse import DONE, dumps, error_events, sse_response
+from server.api.structured import check_compiles, request_grammar
 from server.api.tools import AnswerStream, ToolPlan, history_messages, parse_answer, plan_tools
 from server.api.vector_stores import check_filters, require_retrieval, store_or_404
 from server.async_engine import GenerationStream
@@ -104,11 +107,12 @@ class PreparedChat:
     sources: list[Hit]
 
 
-async def prepare_chat(
-    request: Request, runtime: Runtime, req: ChatCompletionRequest
-) -> PreparedChat:
-    """Messages (+ retrieved sources, + tool instructions) → prompt tokens, token limit and
-    the grammar constraining the output; every check that can fail happens here."""
+def _constraints(
+    runtime: Runtime, req: ChatCompletionRequest
+) -> tuple[str | None, ToolPlan | None]:
+    """The grammar the output must follow (from response_format, grammar, json_schema or
+    tools) and the tool plan, checked to compile. Runs in a worker thread: big schemas
+    take a while to convert."""
     grammar = request_grammar(runtime.model, req.response_format, req.grammar, req.json_schema)
     tools = plan_tools(req)
     if tools is not None:
@@ -118,25 +122,40 @@ async def prepare_chat(
                 "whole output.",
                 param="response_format",
             )
+        check_compiles(runtime.model, tools.grammar, "tools")
         grammar = tools.grammar
+    return grammar, tools
+
+
+def _prompt(runtime: Runtime, messages: list[dict[str, Any]]) -> list[int]:
+    try:
+        # Tools are described in the system message (tools.py), not through the template.
+        return runtime.chat_prompt_tokens(messages)
+    except ChatTemplateError as e:
+        raise bad_request(str(e), param="messages", code="chat_template_error") from None
+
+
+async def prepare_chat(
+    request: Request, runtime: Runtime, req: ChatCompletionRequest
+) -> PreparedChat:
+    """Messages (+ retrieved sources, + tool instructions) → prompt tokens, token limit and
+    the grammar constraining the output; every check that can fail happens here. The
+    CPU-heavy parts (grammars, template, tokenizer) run off the event loop."""
+    grammar, tools = await asyncio.to_thread(_constraints, runtime, req)
     messages = history_messages(template_messages(req.messages), runtime.template.source)
     sources = await retrieve_sources(request, req, messages)
     messages = augment(messages, sources)
     if tools is not None:
         messages = tools.apply(messages)
-    try:
-        # Tools are described in the system message (tools.py), not through the template.
-        text = runtime.template.render(messages)
-    except ChatTemplateError as e:
-        raise bad_request(str(e), param="messages", code="chat_template_error") from None
-    prompt = runtime.chat_prompt_tokens(text)
+    prompt = await asyncio.to_thread(_prompt, runtime, messages)
     limit = max_tokens_for(runtime, req.token_limit, len(prompt))
     return PreparedChat(prompt, limit, grammar, tools, sources)
 
 
+@documented("Create a chat completion", body=ChatCompletionRequest)
 async def chat_completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    req = parse_request(await parse_json_body(request))
+    req = parse_request(await read_json(request))
     model_id = check_model(runtime, req.model)
     prepared = await prepare_chat(request, runtime, req)
     tools, sources = prepared.tools, prepared.sources
@@ -206,7 +225,8 @@ async def stream_chunks(
     pending: list[list[TokenLogprob]] = [[] for _ in streams]
     async for index, output in merged(streams):
         if output.finish_reason is FinishReason.ERROR:
-            yield dumps(APIError(500, output.error or "engine error", type="server_error").body())
+            for event in error_events(output.error):
+                yield event
             return
         if output.logprobs:
             pending[index].extend(output.logprobs)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.errors import APIError, bad_request, parse_json_body, validate_body
+from server.api.body import read_json, validate_body
+from server.api.errors import bad_request
 from server.api.generation import (
     ChoiceResult,
     Envelope,
@@ -21,8 +23,9 @@ from server.api.generation import (
     total_usage,
 )
 from server.api.logprobs import completion_logprobs, echo_logprobs
+from server.api.openapi import documented
 from server.api.schemas import CompletionRequest
-from server.api.sse import DONE, dumps, sse_response
+from server.api.sse import DONE, dumps, error_events, sse_response
 from server.api.structured import request_grammar
 from server.async_engine import GenerationStream
 from server.engine.logprobs import TokenLogprob
@@ -71,13 +74,16 @@ def prompt_tokens(runtime: Runtime, req: CompletionRequest) -> tuple[list[list[i
     return tokens, texts
 
 
+@documented("Create a text completion", body=CompletionRequest)
 async def completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    req = parse_request(await parse_json_body(request))
+    req = parse_request(await read_json(request))
     model_id = check_model(runtime, req.model)
     # llama-server takes response_format on /v1/completions too.
-    grammar = request_grammar(runtime.model, req.response_format, req.grammar, req.json_schema)
-    tokens, texts = prompt_tokens(runtime, req)
+    grammar = await asyncio.to_thread(
+        request_grammar, runtime.model, req.response_format, req.grammar, req.json_schema
+    )
+    tokens, texts = await asyncio.to_thread(prompt_tokens, runtime, req)
     envelope = Envelope.new("cmpl", "text_completion", model_id)
     if req.echo and req.logprobs is not None:
         return JSONResponse(await scored_prompts(request, runtime, req, tokens, texts, envelope))
@@ -181,7 +187,8 @@ async def stream_chunks(
     offsets = [len(e) for e in echoes] if echoes else [0] * len(streams)
     async for index, output in merged(streams):
         if output.finish_reason is FinishReason.ERROR:
-            yield dumps(APIError(500, output.error or "engine error", type="server_error").body())
+            for event in error_events(output.error):
+                yield event
             return
         if output.logprobs:
             pending[index].extend(output.logprobs)

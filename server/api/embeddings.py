@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.errors import APIError, bad_request, parse_json_body, validate_body
+from server.api.body import read_json, validate_body
+from server.api.errors import APIError, bad_request
+from server.api.openapi import documented
 from server.engine.embedder import Embedder
 from server.runtime import Runtime
 
@@ -19,7 +21,9 @@ MAX_INPUTS = 2048
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"examples": [{"input": ["a sentence to embed"]}]}
+    )
 
     input: str | list[str] | list[int] | list[list[int]]
     model: str | None = None
@@ -99,9 +103,10 @@ def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
     return vector.tolist()
 
 
+@documented("Create embeddings", body=EmbeddingRequest)
 async def embeddings(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    req = validate_body(EmbeddingRequest, await parse_json_body(request))
+    req = validate_body(EmbeddingRequest, await read_json(request))
     embedder = _embedder(runtime, req.model)
     if req.dimensions is not None and req.dimensions != embedder.dim:
         raise bad_request(
@@ -109,7 +114,8 @@ async def embeddings(request: Request) -> Response:
             f"always have {embedder.dim} dimensions.",
             param="dimensions",
         )
-    inputs = _token_inputs(runtime, embedder, req)
+    # Off the event loop: 2048 long inputs take the tokenizer a while.
+    inputs = await asyncio.to_thread(_token_inputs, runtime, embedder, req)
     vectors = await asyncio.wrap_future(embedder.submit(inputs))
     n_tokens = sum(len(t) for t in inputs)
     return JSONResponse(

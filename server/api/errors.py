@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -50,6 +48,22 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+def server_busy(reason: str) -> APIError:
+    return APIError(
+        429,
+        f"The server is busy: {reason}. Please retry shortly.",
+        type="rate_limit_error",
+        code="server_busy",
+        headers={"Retry-After": "1"},
+    )
+
+
+def unavailable(reason: str) -> APIError:
+    return APIError(
+        503, f"The server cannot serve this now: {reason}.", type="server_error", code="unavailable"
+    )
+
+
 # pydantic puts the member of a union that failed into `loc` ("stop", "str"); a client
 # only needs the field's own path.
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "literal"}
@@ -80,31 +94,6 @@ def from_validation_error(error: ValidationError) -> APIError:
     return APIError(400, message, param=param, code=code)
 
 
-async def parse_json_body(request: Request) -> dict[str, object]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(
-            400,
-            f"We could not parse the JSON body of your request. ({e})",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    return body
-
-
-Body = TypeVar("Body", bound=BaseModel)
-
-
-def validate_body(model: type[Body], body: dict[str, object]) -> Body:
-    try:
-        return model.model_validate(body)
-    except ValidationError as e:
-        raise from_validation_error(e) from None
-
-
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
     return exc.response()
@@ -122,3 +111,13 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return APIError(
         500, "The server had an error while processing your request.", type="server_error"
     ).response()
+
+
+async def handle_busy(request: Request, exc: Exception) -> Response:
+    """A queue in front of an engine is full (429 with Retry-After)."""
+    return server_busy(str(exc)).response()
+
+
+async def handle_unavailable(request: Request, exc: Exception) -> Response:
+    """An engine is gone (its thread stopped; /health says why)."""
+    return unavailable(str(exc)).response()

@@ -3,16 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from retrieval.files import FileStore, FileTooLarge, StoredFile
+from server.api.body import BodyTooLarge, validate_body
 from server.api.errors import APIError, bad_request
+from server.api.openapi import documented
 
 PURPOSES = {"assistants", "user_data", "batch", "fine-tune", "vision", "evals"}
+UPLOAD_FORM = {
+    "type": "object",
+    "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"type": "string", "enum": sorted(PURPOSES)},
+    },
+}
+MAX_FILENAME_CHARS = 1024
+Query = TypeVar("Query", bound="ListQuery")
+
+
+class ListQuery(BaseModel):
+    """OpenAI's cursor pagination, as query parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    limit: int | None = Field(None, ge=1, le=10000)
+    after: str | None = None
+    order: Literal["asc", "desc"] = "desc"
+
+
+class FileListQuery(ListQuery):
+    purpose: str | None = None
 
 
 def file_object(f: StoredFile) -> dict[str, Any]:
@@ -43,24 +69,15 @@ def _not_found(file_id: str) -> APIError:
     )
 
 
-def _too_large(store: FileStore) -> APIError:
-    return APIError(
-        413,
-        f"File too large: the limit is {store.max_bytes >> 20} MiB.",
-        param="file",
-        code="file_too_large",
-    )
+def list_query(request: Request, model: type[Query]) -> Query:
+    """The query string validated as `model` (400 naming the parameter otherwise)."""
+    return validate_body(model, dict(request.query_params))
 
 
-def page(items: list[dict[str, Any]], request: Request, default_limit: int = 10000) -> dict:
+def page(items: list[dict[str, Any]], query: ListQuery, default_limit: int = 10000) -> dict:
     """OpenAI's cursor pagination: limit, after (an id), has_more, first_id, last_id."""
-    try:
-        limit = int(request.query_params.get("limit", default_limit))
-    except ValueError:
-        raise bad_request("limit must be an integer.", param="limit") from None
-    if not 1 <= limit <= 10000:
-        raise bad_request("limit must be between 1 and 10000.", param="limit")
-    after = request.query_params.get("after")
+    limit = query.limit or default_limit
+    after = query.after
     if after:
         ids = [item["id"] for item in items]
         if after not in ids:
@@ -76,11 +93,11 @@ def page(items: list[dict[str, Any]], request: Request, default_limit: int = 100
     }
 
 
+@documented("Upload a file", form=UPLOAD_FORM, creates="file_id")
 async def create_file(request: Request) -> Response:
     store = _store(request)
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > store.max_bytes + (1 << 16):
-        raise _too_large(store)
+    # BodyLimit (body.py) stops the upload at the limit as it arrives; the file itself is
+    # measured again as it is written.
     form = await request.form(max_files=1, max_fields=16)
     try:
         upload = form.get("file")
@@ -101,23 +118,27 @@ async def create_file(request: Request) -> Response:
             raise bad_request(
                 f"Invalid purpose {purpose!r}; expected one of {sorted(PURPOSES)}.", param="purpose"
             )
+        if len(upload.filename or "") > MAX_FILENAME_CHARS:
+            raise bad_request(
+                f"The file name is longer than {MAX_FILENAME_CHARS} characters.", param="file"
+            )
         try:
             stored = await asyncio.to_thread(store.add, upload.file, upload.filename or "", purpose)
         except FileTooLarge:
-            raise _too_large(store) from None
+            raise BodyTooLarge(store.max_bytes, upload=True) from None
     finally:
         await form.close()
     return JSONResponse(file_object(stored))
 
 
+@documented("List files", query=FileListQuery)
 async def list_files(request: Request) -> Response:
-    order = request.query_params.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise bad_request("order must be 'asc' or 'desc'.", param="order")
-    files = _store(request).list(request.query_params.get("purpose"), order)
-    return JSONResponse(page([file_object(f) for f in files], request))
+    query = list_query(request, FileListQuery)
+    files = _store(request).list(query.purpose, query.order)
+    return JSONResponse(page([file_object(f) for f in files], query))
 
 
+@documented("Retrieve a file's details")
 async def retrieve_file(request: Request) -> Response:
     file_id = request.path_params["file_id"]
     stored = _store(request).get(file_id)
@@ -126,6 +147,7 @@ async def retrieve_file(request: Request) -> Response:
     return JSONResponse(file_object(stored))
 
 
+@documented("Download a file", returns="application/octet-stream")
 async def file_content(request: Request) -> Response:
     store = _store(request)
     file_id = request.path_params["file_id"]
@@ -137,6 +159,7 @@ async def file_content(request: Request) -> Response:
     )
 
 
+@documented("Delete a file (and take it out of every vector store)")
 async def delete_file(request: Request) -> Response:
     file_id = request.path_params["file_id"]
     # Also takes the file out of every vector store that holds it.

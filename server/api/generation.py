@@ -11,10 +11,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from server.api.errors import APIError, bad_request
+from server.api.errors import APIError, bad_request, server_busy, unavailable
 from server.api.schemas import SamplingFields
 from server.async_engine import GenerationStream
-from server.engine.engine import ContextLengthExceeded, EngineBusy
+from server.engine.engine import ContextLengthExceeded, EngineBusy, EngineDead
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason, GenerationOutput
 from server.engine.sampling import SamplingParams
@@ -118,6 +118,13 @@ def start_streams(
     prompt_logprobs: int | None = None,
 ) -> list[GenerationStream]:
     """n streams per prompt, choice index = prompt index * n + j; all or none are queued."""
+    max_choices = runtime.settings.server.max_choices_per_request
+    if len(prompts) * body.n > max_choices:
+        raise bad_request(
+            f"This request asks for {len(prompts) * body.n} completions ({len(prompts)} "
+            f"prompts x n={body.n}); the limit is {max_choices} per request.",
+            param="n" if len(prompts) == 1 else "prompt",
+        )
     streams: list[GenerationStream] = []
     try:
         for p, (tokens, limit) in enumerate(zip(prompts, max_tokens, strict=True)):
@@ -139,13 +146,10 @@ def start_streams(
         raise bad_request(str(e), param="messages", code="context_length_exceeded") from None
     except EngineBusy as e:
         cancel_all(streams)
-        raise APIError(
-            429,
-            f"The server is busy: {e}. Please retry shortly.",
-            type="rate_limit_error",
-            code="server_busy",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise server_busy(str(e)) from None
+    except EngineDead as e:
+        cancel_all(streams)
+        raise unavailable(str(e)) from None
     return streams
 
 

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api.openapi import documented
 from server.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -35,6 +36,8 @@ _GAUGES = {
     "n_cells": ("hearth_kv_cells", "KV cells in the context"),
     "cache_cells": ("hearth_prefix_cache_cells", "KV cells held by the prefix cache tree"),
     "cache_entries": ("hearth_prefix_cache_entries", "finished requests kept in the cache"),
+    "free_sequence_ids": ("hearth_free_sequence_ids", "llama.cpp sequence ids not in use"),
+    "active": ("hearth_requests_active", "requests submitted and not yet answered"),
 }
 _CACHE_COUNTERS = {
     "lookups": "prefix cache lookups",
@@ -72,5 +75,6 @@ def make_registry(runtime: Runtime) -> CollectorRegistry:
     return registry
 
 
+@documented("Prometheus metrics", returns=CONTENT_TYPE.split(";")[0])
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE)

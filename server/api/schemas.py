@@ -9,7 +9,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+# Bounds on what one request may ask for (OpenAI's own where it has one): each sizes work
+# or memory on the server.
+MAX_STOP = 16
+MAX_STOP_CHARS = 1000
+MAX_LOGIT_BIAS = 1024
+MAX_DRY_BREAKERS = 32
+MAX_DRY_BREAKER_CHARS = 100
+MAX_VECTOR_STORES = 16
+
+# OpenAI's limits on metadata and file attributes: 16 pairs, 64-character keys,
+# 512-character string values.
+_Key = Annotated[str, StringConstraints(max_length=64)]
+_Value = Annotated[str, StringConstraints(max_length=512)]
+Metadata = Annotated[dict[_Key, _Value], Field(max_length=16)]
+Attributes = Annotated[dict[_Key, _Value | bool | float], Field(max_length=16)]
 
 
 class StreamOptions(BaseModel):
@@ -44,7 +60,7 @@ class SamplingFields(BaseModel):
     dry_base: float = Field(1.75, ge=1.0)
     dry_allowed_length: int = Field(2, ge=1)
     dry_penalty_last_n: int = Field(-1, ge=-1)
-    dry_sequence_breakers: list[str] | None = Field(None, max_length=32)
+    dry_sequence_breakers: list[str] | None = Field(None, max_length=MAX_DRY_BREAKERS)
     # llama-server's structured-output extensions: a GBNF grammar, or a JSON schema.
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
@@ -52,20 +68,30 @@ class SamplingFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 16:
-            raise ValueError("at most 16 stop sequences are allowed")
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters")
         return v
 
     @field_validator("dry_sequence_breakers")
     @classmethod
     def _breakers(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and any(not b for b in v):
-            raise ValueError("dry_sequence_breakers must not contain empty strings")
+        for b in v or []:
+            if not b or "\0" in b:
+                raise ValueError("dry_sequence_breakers must be non-empty strings without NUL")
+            if len(b) > MAX_DRY_BREAKER_CHARS:
+                raise ValueError(
+                    f"a DRY sequence breaker may be at most {MAX_DRY_BREAKER_CHARS} characters"
+                )
         return v
 
     @field_validator("logit_bias")
     @classmethod
     def _bias_range(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias may name at most {MAX_LOGIT_BIAS} tokens")
         for key, value in (v or {}).items():
             if not key.lstrip("-").isdigit():
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
@@ -97,7 +123,7 @@ class RetrievalOptions(BaseModel):
     """Hearth extension: answer from these vector stores and cite them."""
 
     model_config = ConfigDict(extra="forbid")
-    vector_store_ids: list[str] = Field(min_length=1)
+    vector_store_ids: list[str] = Field(min_length=1, max_length=MAX_VECTOR_STORES)
     max_num_results: int = Field(4, ge=1, le=20)
     mode: Literal["hybrid", "vector", "text"] = "hybrid"
     query: str | None = None
@@ -105,6 +131,11 @@ class RetrievalOptions(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}]
+        }
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -125,6 +156,9 @@ TokenIds = list[Annotated[int, Field(ge=0)]]
 
 
 class CompletionRequest(SamplingFields):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"prompt": "Once upon a time", "max_tokens": 16}]}
+    )
     prompt: str | list[str] | TokenIds | list[TokenIds]
     # OpenAI's legacy default: 16 tokens.
     max_tokens: int | None = Field(16, ge=0)

@@ -1,14 +1,25 @@
-"""Server-sent events the way OpenAI sends them: `data: <json>\n\n`, ending in `data: [DONE]`."""
+"""Server-sent events the way OpenAI sends them: `data: <json>\n\n`, ending in `data: [DONE]`.
+
+A stream always ends properly: when generating fails midway (the engine reports an error,
+or formatting a chunk raises), the client gets an error event and then the stream's normal
+end, never a connection cut without one.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 
+from server.api.errors import APIError
+
+logger = logging.getLogger("hearth.api")
+
 DONE = "[DONE]"
+INTERNAL_ERROR = "The server had an error while processing your request."
 
 
 def dumps(body: Any) -> str:
@@ -16,19 +27,38 @@ def dumps(body: Any) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-async def _closing(events: AsyncIterator[Any], on_close: Callable[[], None]) -> AsyncIterator[Any]:
+def error_events(message: str | None) -> list[Any]:
+    """How a chat or text completion stream ends on an error: the error object, then
+    [DONE] (what OpenAI's clients raise on and what llama-server sends)."""
+    error = APIError(500, message or INTERNAL_ERROR, type="server_error", code="server_error")
+    return [dumps(error.body()), DONE]
+
+
+async def _closing(
+    events: AsyncIterator[Any],
+    on_close: Callable[[], None],
+    on_error: Callable[[str | None], list[Any]],
+) -> AsyncIterator[Any]:
     # sse-starlette cancels this generator when the client disconnects; `finally` then
     # tells the engine, which frees the request's sequence at its next step.
     try:
         async for event in events:
             yield event
+    except Exception:
+        logger.exception("a stream failed while being generated")
+        for event in on_error(None):
+            yield event
     finally:
         on_close()
 
 
-def sse_response(events: AsyncIterator[Any], on_close: Callable[[], None]) -> EventSourceResponse:
+def sse_response(
+    events: AsyncIterator[Any],
+    on_close: Callable[[], None],
+    on_error: Callable[[str | None], list[Any]] = error_events,
+) -> EventSourceResponse:
     return EventSourceResponse(
-        _closing(events, on_close),
+        _closing(events, on_close, on_error),
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -12,8 +12,11 @@ from retrieval.catalog import IN_PROGRESS, VectorStore, VectorStoreFile
 from retrieval.filters import FilterError, validate
 from retrieval.service import Retrieval
 from retrieval.store import Hit
-from server.api.errors import APIError, bad_request, parse_json_body, validate_body
-from server.api.files import page
+from server.api.body import read_json, validate_body
+from server.api.errors import APIError, bad_request
+from server.api.files import ListQuery, list_query, page
+from server.api.openapi import documented
+from server.api.schemas import Attributes, Metadata
 
 # The openai client polls a file's status; tell it to look again soon.
 POLL_HEADERS = {"openai-poll-after-ms": "200"}
@@ -24,31 +27,41 @@ STATIC_CHUNKING = {
 
 
 class CreateStore(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str | None = None
-    file_ids: list[str] = Field(default_factory=list)
-    metadata: dict[str, str] | None = None
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"name": "notes", "metadata": {"team": "docs"}}]},
+    )
+    name: str | None = Field(None, max_length=256)
+    file_ids: list[str] = Field(default_factory=list, max_length=500)
+    metadata: Metadata | None = None
 
 
 class ModifyStore(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str | None = None
-    metadata: dict[str, str] | None = None
+    name: str | None = Field(None, max_length=256)
+    metadata: Metadata | None = None
 
 
 class AttachFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     file_id: str
-    attributes: dict[str, str | float | bool] | None = None
+    attributes: Attributes | None = None
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"query": "how to install", "max_num_results": 3}]},
+    )
     query: str | list[str]
     max_num_results: int = Field(10, ge=1, le=50)
     filters: dict[str, Any] | None = None
     # Hearth extension: how to search (hybrid = vector + full text, fused).
     mode: Literal["hybrid", "vector", "text"] = "hybrid"
+
+
+class StoreFileListQuery(ListQuery):
+    filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None
 
 
 def require_retrieval(request: Request) -> Retrieval:
@@ -143,9 +156,10 @@ def _attach(
     return retrieval.attach(store_id, file_id, attributes)
 
 
+@documented("Create a vector store", body=CreateStore, creates="store_id")
 async def create_store(request: Request) -> Response:
     retrieval = require_retrieval(request)
-    body = validate_body(CreateStore, await parse_json_body(request))
+    body = validate_body(CreateStore, await read_json(request))
     missing = [f for f in body.file_ids if retrieval.files.get(f) is None]
     if missing:
         raise APIError(
@@ -157,28 +171,32 @@ async def create_store(request: Request) -> Response:
     return JSONResponse(store_object(store_or_404(retrieval, store.id)))
 
 
+@documented("List vector stores", query=ListQuery)
 async def list_stores(request: Request) -> Response:
     retrieval = require_retrieval(request)
-    order = request.query_params.get("order", "desc")
-    stores = retrieval.catalog.list_stores(order)
-    return JSONResponse(page([store_object(s) for s in stores], request, default_limit=20))
+    query = list_query(request, ListQuery)
+    stores = retrieval.catalog.list_stores(query.order)
+    return JSONResponse(page([store_object(s) for s in stores], query, default_limit=20))
 
 
+@documented("Retrieve a vector store")
 async def retrieve_store(request: Request) -> Response:
     retrieval = require_retrieval(request)
     return JSONResponse(store_object(store_or_404(retrieval, request.path_params["store_id"])))
 
 
+@documented("Modify a vector store", body=ModifyStore)
 async def modify_store(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
     store_or_404(retrieval, store_id)
-    body = validate_body(ModifyStore, await parse_json_body(request))
+    body = validate_body(ModifyStore, await read_json(request))
     store = retrieval.catalog.update_store(store_id, body.name, body.metadata)
     assert store is not None
     return JSONResponse(store_object(store))
 
 
+@documented("Delete a vector store")
 async def delete_store(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
@@ -187,23 +205,24 @@ async def delete_store(request: Request) -> Response:
     return JSONResponse({"id": store_id, "object": "vector_store.deleted", "deleted": True})
 
 
+@documented("Add a file to a vector store (it is ingested)", body=AttachFile)
 async def attach_file(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
     store_or_404(retrieval, store_id)
-    body = validate_body(AttachFile, await parse_json_body(request))
+    body = validate_body(AttachFile, await read_json(request))
     vsf = _attach(retrieval, store_id, body.file_id, dict(body.attributes or {}))
     return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
 
 
+@documented("List a vector store's files", query=StoreFileListQuery)
 async def list_store_files(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
     store_or_404(retrieval, store_id)
-    status = request.query_params.get("filter")
-    order = request.query_params.get("order", "desc")
-    files = retrieval.catalog.list_files(store_id, status, order)
-    return JSONResponse(page([file_object(f) for f in files], request, default_limit=20))
+    query = list_query(request, StoreFileListQuery)
+    files = retrieval.catalog.list_files(store_id, query.filter, query.order)
+    return JSONResponse(page([file_object(f) for f in files], query, default_limit=20))
 
 
 def _store_file_or_404(retrieval: Retrieval, store_id: str, file_id: str) -> VectorStoreFile:
@@ -219,6 +238,7 @@ def _store_file_or_404(retrieval: Retrieval, store_id: str, file_id: str) -> Vec
     return vsf
 
 
+@documented("Retrieve a vector store file")
 async def retrieve_store_file(request: Request) -> Response:
     retrieval = require_retrieval(request)
     vsf = _store_file_or_404(
@@ -227,6 +247,7 @@ async def retrieve_store_file(request: Request) -> Response:
     return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
 
 
+@documented("Remove a file from a vector store")
 async def detach_file(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
@@ -235,11 +256,12 @@ async def detach_file(request: Request) -> Response:
     return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
 
 
+@documented("Search a vector store", body=SearchRequest)
 async def search_store(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
     store_or_404(retrieval, store_id)
-    body = validate_body(SearchRequest, await parse_json_body(request))
+    body = validate_body(SearchRequest, await read_json(request))
     query = " ".join(body.query) if isinstance(body.query, list) else body.query
     if not query.strip():
         raise bad_request("'query' must not be empty.", param="query")

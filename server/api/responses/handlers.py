@@ -8,12 +8,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from retrieval.augmentation import latest_user_text
+from server.api.body import read_json, validate_body
 from server.api.chat import prepare_chat
-from server.api.errors import APIError, parse_json_body, validate_body
+from server.api.errors import APIError
 from server.api.generation import cancel_all, check_model, collect, start_streams
+from server.api.openapi import documented
 from server.api.responses.output import ResponseBuilder, output_items, status_of
 from server.api.responses.store import ResponseStore, StoredResponse
-from server.api.responses.stream import stream_events
+from server.api.responses.stream import error_events, stream_events
 from server.api.responses.wire import ResponsesRequest, chat_request, input_items
 from server.api.schemas import ChatCompletionRequest
 from server.api.sse import sse_response
@@ -24,9 +26,10 @@ def _store(request: Request) -> ResponseStore:
     return request.app.state.responses
 
 
+@documented("Create a response", body=ResponsesRequest, creates="response_id")
 async def create_response(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    req = validate_body(ResponsesRequest, await parse_json_body(request))
+    req = validate_body(ResponsesRequest, await read_json(request))
     model_id = check_model(runtime, req.model)
     store = _store(request)
     history: list[dict[str, Any]] = []
@@ -60,7 +63,7 @@ async def create_response(request: Request) -> Response:
 
     if req.stream:
         events = stream_events(builder, streams[0], with_tools, prepared.sources, query, remember)
-        return sse_response(events, on_close=lambda: cancel_all(streams))
+        return sse_response(events, on_close=lambda: cancel_all(streams), on_error=error_events)
     (result,) = await collect(request, streams)
     output = output_items(result, with_tools, prepared.sources, query)
     called = any(o["type"] == "function_call" for o in output)
@@ -76,6 +79,7 @@ def _search_query(chat: ChatCompletionRequest) -> str:
     return chat.retrieval.query or latest_user_text(messages)
 
 
+@documented("Retrieve a stored response")
 async def get_response(request: Request) -> Response:
     stored = _store(request).get(request.path_params["response_id"])
     if stored is None:
@@ -83,6 +87,7 @@ async def get_response(request: Request) -> Response:
     return JSONResponse(stored.body)
 
 
+@documented("Delete a stored response")
 async def delete_response(request: Request) -> Response:
     response_id = request.path_params["response_id"]
     if not _store(request).delete(response_id):

@@ -18,9 +18,15 @@ from server.api.responses.output import (
     new_id,
     status_of,
 )
-from server.api.sse import dumps
+from server.api.sse import INTERNAL_ERROR, dumps
 from server.api.tools import AnswerStream
 from server.engine.request import FinishReason
+
+
+def error_events(message: str | None) -> list[ServerSentEvent]:
+    """How a response stream ends on an error it could not number: one `error` event."""
+    data = {"type": "error", "code": "server_error", "message": message or INTERNAL_ERROR}
+    return [ServerSentEvent(data=dumps({**data, "param": None}), event="error")]
 
 
 class _Events:
@@ -80,8 +86,8 @@ async def stream_events(
 
     async for _, out in merged([stream]):
         if out.finish_reason is FinishReason.ERROR:
-            error = {"code": "server_error", "message": out.error or "engine error"}
-            yield event("error", **error)
+            error = {"code": "server_error", "message": out.error or INTERNAL_ERROR}
+            yield event("error", **error, param=None)
             return
         delta = answer.feed(out.text) if answer is not None else out.text
         if out.finished:

@@ -8,11 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.api.errors import bad_request
 from server.api.responses.output import new_id
-from server.api.schemas import ChatCompletionRequest
+from server.api.schemas import ChatCompletionRequest, Metadata
 
 
 class ResponsesRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"input": "Say hello.", "max_output_tokens": 16}]},
+    )
 
     model: str | None = None
     input: str | list[dict[str, Any]]
@@ -27,7 +30,7 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     previous_response_id: str | None = None
     store: bool = True
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     user: str | None = None
 
 
