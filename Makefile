@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.hearth-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench fuzz soak clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ test: install lint
 
 bench: install
 	$(BIN)/python -m bench.run --write docs/benchmarks.md
+
+# The whole API under schemathesis (many more examples than the suite's test_fuzz.py).
+fuzz: install
+	$(BIN)/python -m bench.fuzz --max-examples 200 --write docs/benchmarks.md
+
+# Mixed load at concurrency 32 with dropped streams; then nothing may be leaked.
+soak: install
+	$(BIN)/python -m bench.soak --requests 2000 --concurrency 32 --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -135,3 +135,36 @@ def write(summaries: list[Summary], out_dir: Path) -> list[Path]:
     fig.savefig(paths[3], dpi=100)
     plt.close(fig)
     return paths
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: start -->", f"<!-- {name}: end -->"
+
+
+def write_section(path: Path, name: str, markdown: str) -> None:
+    """Put `markdown` into the Markdown file between markers named `name`, replacing what
+    they held (or appending them), so separate commands can each keep a section of one
+    file up to date."""
+    start, end = _markers(name)
+    block = f"{start}\n{markdown.rstrip()}\n{end}\n"
+    text = path.read_text() if path.exists() else ""
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
+        text = before + block + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block
+    path.write_text(text)
+
+
+def kept_sections(text: str) -> str:
+    """The marked sections of a report, to carry over when the rest is rewritten."""
+    out = []
+    for line_no, line in enumerate(lines := text.splitlines()):
+        if line.startswith("<!-- ") and line.endswith(": start -->"):
+            name = line[len("<!-- ") : -len(": start -->")]
+            end = _markers(name)[1]
+            if end in lines[line_no:]:
+                stop = lines.index(end, line_no)
+                out.append("\n".join(lines[line_no : stop + 1]))
+    return "\n\n".join(out) + ("\n" if out else "")

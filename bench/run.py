@@ -29,6 +29,7 @@ from bench.embed_load import EmbedResult, chunks, run_embed_load, run_raw_embed_
 from bench.load import TOPICS, LoadResult, Messages, run_load
 from bench.peer_build import build_llama_server
 from bench.raw_loop import RawResult, run_raw_loop
+from bench.report import kept_sections
 from bench.servers import (
     ROOT,
     ServerProcess,
@@ -279,7 +280,10 @@ def main() -> int:
     report += quantization_sweep(model_path)
     print(report)
     if args.write:
-        args.write.write_text(report)
+        # Sections other commands keep here (make fuzz, make soak) stay as they are.
+        old = args.write.read_text() if args.write.exists() else ""
+        kept = kept_sections(old)
+        args.write.write_text(report.rstrip("\n") + "\n\n" + kept if kept else report)
     return 0
 
 
