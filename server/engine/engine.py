@@ -184,7 +184,7 @@ class Engine:
                     # sequence). Failing what runs keeps the thread, and everyone after.
                     logger.exception("engine step failed; failing the running requests")
                     for seq in list(self._sequences.values()):
-                        self._fail(seq, "internal engine error")
+                        self._close(seq, FinishReason.ERROR, "internal engine error")
                 if not self.scheduler.has_work:
                     self._flush_outbox()
         except BaseException as e:
@@ -198,7 +198,7 @@ class Engine:
         """Answer every request the engine still knows of, so no client waits forever."""
         reason = FinishReason.CANCELLED if self.failure is None else FinishReason.ERROR
         for seq in list(self._sequences.values()):
-            self._fail(seq, self.failure, reason)
+            self._close(seq, reason, self.failure)
         while not self._inbox.empty():
             item = self._inbox.get_nowait()
             if isinstance(item, _Submit):
@@ -236,7 +236,7 @@ class Engine:
             elif isinstance(item, _Cancel):
                 seq = self._sequences.get(item.request.id)
                 if seq is not None:  # else it finished already, or _add settled it
-                    self._fail(seq, None, FinishReason.CANCELLED)
+                    self._close(seq, FinishReason.CANCELLED)
             if self._inbox.empty():
                 return True
             item = self._inbox.get()
@@ -319,7 +319,7 @@ class Engine:
                 self._score_prompt(seq, pos, index, count)
             except Exception:
                 logger.exception("scoring the prompt of request %d failed", seq.request.id)
-                self._fail(seq, "internal error while scoring the prompt")
+                self._close(seq, FinishReason.ERROR, "internal error while scoring the prompt")
         for seq, index in sample_at:
             if seq.request.cancelled.is_set() or seq.request.id not in self._sequences:
                 continue  # cancelled (finished at the next drain) or already failed
@@ -327,7 +327,7 @@ class Engine:
                 self._sample(seq, index)
             except Exception:
                 logger.exception("sampling request %d failed", seq.request.id)
-                self._fail(seq, "internal error while sampling")
+                self._close(seq, FinishReason.ERROR, "internal error while sampling")
 
     def _sample(self, seq: Sequence, index: int) -> None:
         token = seq.sampler.sample(self.ctx, index)
@@ -355,7 +355,7 @@ class Engine:
             return
         logger.error("llama_decode failed with status %d", status)
         for chunk in plan.chunks:
-            self._fail(chunk.seq, f"llama_decode failed ({status})")
+            self._close(chunk.seq, FinishReason.ERROR, f"llama_decode failed ({status})")
 
     def _accept(self, seq: Sequence, token: int, logprob: TokenLogprob | None) -> None:
         request = seq.request
@@ -377,17 +377,16 @@ class Engine:
         else:
             self._outbox.append((request, out))
 
-    def _fail(
-        self, seq: Sequence, error: str | None, reason: FinishReason = FinishReason.ERROR
-    ) -> None:
-        """Finish a sequence whatever state it is in; it is answered exactly once."""
+    def _close(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        """Finish a sequence whatever state it is in (even when finishing it raises); its
+        request is answered exactly once."""
         if self._sequences.get(seq.request.id) is not seq:
             return  # already finished
         try:
             self._finish(seq, reason, error=error)
         except Exception:
             logger.exception("finishing request %d failed; dropping it", seq.request.id)
-            del self._sequences[seq.request.id]
+            self._sequences.pop(seq.request.id, None)
             self.scheduler.forget(seq)
             self._settle(seq.request, GenerationOutput("", []), reason, error)
 
