@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.hearth-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: install serve test lint bench fuzz soak clean
+.PHONY: install serve test lint bench fuzz soak chaos clean
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ bench: install
 # The whole API under schemathesis (many more examples than the suite's test_fuzz.py).
 fuzz: install
 	$(BIN)/python -m bench.fuzz --max-examples 200 --write docs/benchmarks.md
+
+# Documents ingested while the server is killed with SIGKILL 10 times: nothing lost,
+# duplicated or left behind. Then SIGTERM during streams: every one ends properly.
+chaos: install
+	$(BIN)/python -m bench.chaos --kills 10 --write docs/benchmarks.md
+	$(BIN)/python -m bench.shutdown --write docs/benchmarks.md
 
 # Mixed load at concurrency 32 with dropped streams; then nothing may be leaked.
 soak: install

@@ -2,6 +2,9 @@
 
 A vector-store file whose status is `in_progress` is also the ingestion worker's job: the
 queue is this table, so it survives a crash or kill -9 and the worker resumes it on start.
+A job is identified by its `seq`, new on every attach: a job whose row was detached or
+re-attached meanwhile is no longer current, and nothing it does counts. `attempts`
+counts the starts of the current job, so a file that keeps killing the server is given up.
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     created_at INTEGER NOT NULL,
     chunks INTEGER NOT NULL DEFAULT 0,
     seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (vector_store_id, file_id)
 );
 """
+# Columns added since the first release, for databases made before them.
+_MIGRATIONS = {
+    "attempts": "ALTER TABLE vector_store_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+}
+_FILE_COLUMNS = "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq"
 
 IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "in_progress", "completed", "failed", "cancelled"
 
@@ -58,11 +67,17 @@ class VectorStoreFile:
     attributes: dict[str, Any]
     created_at: int
     chunks: int
+    seq: int = 0  # which attach this is: the ingestion job's identity
 
 
 class Catalog:
     def __init__(self, data_dir: Path) -> None:
         self._db = Database(data_dir / "vector_stores.db", _SCHEMA)
+        with self._db.tx() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(vector_store_files)")}
+            for column, statement in _MIGRATIONS.items():
+                if column not in have:
+                    db.execute(statement)
 
     # --- vector stores --------------------------------------------------------------------
 
@@ -140,9 +155,10 @@ class Catalog:
                 0
             ]
             db.execute(
-                "INSERT INTO vector_store_files VALUES (?, ?, ?, NULL, ?, ?, 0, ?) "
+                "INSERT INTO vector_store_files VALUES (?, ?, ?, NULL, ?, ?, 0, ?, 0) "
                 "ON CONFLICT (vector_store_id, file_id) DO UPDATE SET status = excluded.status,"
-                " last_error = NULL, attributes = excluded.attributes, seq = excluded.seq",
+                " last_error = NULL, attributes = excluded.attributes, seq = excluded.seq,"
+                " attempts = 0",
                 (store_id, file_id, IN_PROGRESS, json.dumps(attributes), int(time.time()), seq),
             )
         vsf = self.get_file(store_id, file_id)
@@ -152,8 +168,8 @@ class Catalog:
     def get_file(self, store_id: str, file_id: str) -> VectorStoreFile | None:
         with self._db.tx() as db:
             row = db.execute(
-                "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
-                "chunks FROM vector_store_files WHERE vector_store_id = ? AND file_id = ?",
+                f"SELECT {_FILE_COLUMNS} FROM vector_store_files "
+                "WHERE vector_store_id = ? AND file_id = ?",
                 (store_id, file_id),
             ).fetchone()
         return self._file(row) if row else None
@@ -162,10 +178,7 @@ class Catalog:
         self, store_id: str, status: str | None = None, order: str = "desc"
     ) -> list[VectorStoreFile]:
         direction = "ASC" if order == "asc" else "DESC"
-        query = (
-            "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
-            "chunks FROM vector_store_files WHERE vector_store_id = ?"
-        )
+        query = f"SELECT {_FILE_COLUMNS} FROM vector_store_files WHERE vector_store_id = ?"
         args: tuple[str, ...] = (store_id,)
         if status:
             query += " AND status = ?"
@@ -196,11 +209,58 @@ class Catalog:
     def next_job(self) -> VectorStoreFile | None:
         with self._db.tx() as db:
             row = db.execute(
-                "SELECT vector_store_id, file_id, status, last_error, attributes, created_at, "
-                "chunks FROM vector_store_files WHERE status = ? ORDER BY seq LIMIT 1",
+                f"SELECT {_FILE_COLUMNS} FROM vector_store_files WHERE status = ? "
+                "ORDER BY seq LIMIT 1",
                 (IN_PROGRESS,),
             ).fetchone()
         return self._file(row) if row else None
+
+    def start_attempt(self, job: VectorStoreFile) -> int:
+        """Count one more start of the job (0 when it is no longer current). Counted before
+        the work, so a start the server did not survive counts too."""
+        with self._db.tx() as db:
+            row = db.execute(
+                "UPDATE vector_store_files SET attempts = attempts + 1 "
+                "WHERE vector_store_id = ? AND file_id = ? AND seq = ? RETURNING attempts",
+                (job.vector_store_id, job.file_id, job.seq),
+            ).fetchone()
+        return row[0] if row else 0
+
+    def undo_attempt(self, job: VectorStoreFile) -> None:
+        """A start that ended because the server shut down does not count."""
+        with self._db.tx() as db:
+            db.execute(
+                "UPDATE vector_store_files SET attempts = MAX(attempts - 1, 0) "
+                "WHERE vector_store_id = ? AND file_id = ? AND seq = ?",
+                (job.vector_store_id, job.file_id, job.seq),
+            )
+
+    def is_current(self, job: VectorStoreFile) -> bool:
+        """Whether the job's file is still attached by the same attach (not detached,
+        deleted or attached again since)."""
+        with self._db.tx() as db:
+            row = db.execute(
+                "SELECT 1 FROM vector_store_files "
+                "WHERE vector_store_id = ? AND file_id = ? AND seq = ?",
+                (job.vector_store_id, job.file_id, job.seq),
+            ).fetchone()
+        return row is not None
+
+    def attached(self, store_ids: list[str]) -> set[tuple[str, str]]:
+        """(store, file) pairs attached to these stores, whatever their status."""
+        with self._db.tx() as db:
+            rows = db.execute(
+                "SELECT vector_store_id, file_id FROM vector_store_files "
+                f"WHERE vector_store_id IN ({', '.join('?' * len(store_ids))})",
+                store_ids,
+            ).fetchall()
+        return {(r[0], r[1]) for r in rows}
+
+    def all_attached(self) -> set[tuple[str, str]]:
+        """Every (store, file) pair attached anywhere."""
+        with self._db.tx() as db:
+            rows = db.execute("SELECT vector_store_id, file_id FROM vector_store_files")
+            return {(r[0], r[1]) for r in rows.fetchall()}
 
     def finish_job(
         self,
@@ -208,15 +268,19 @@ class Catalog:
         chunks: int,
         error: str | None = None,
         code: str = "server_error",
-    ) -> None:
+    ) -> bool:
+        """Record the job's outcome; False when it is no longer current (then nothing is
+        recorded: the row belongs to a newer attach, or to nobody)."""
         status = FAILED if error else COMPLETED
         last_error = json.dumps({"code": code, "message": error}) if error else None
         with self._db.tx() as db:
-            # Only if the job is still the one we ran (not detached or re-queued meanwhile).
-            db.execute(
-                "UPDATE vector_store_files SET status = ?, last_error = ?, chunks = ? "
-                "WHERE vector_store_id = ? AND file_id = ? AND status = ?",
-                (status, last_error, chunks, job.vector_store_id, job.file_id, IN_PROGRESS),
+            return (
+                db.execute(
+                    "UPDATE vector_store_files SET status = ?, last_error = ?, chunks = ? "
+                    "WHERE vector_store_id = ? AND file_id = ? AND seq = ?",
+                    (status, last_error, chunks, job.vector_store_id, job.file_id, job.seq),
+                ).rowcount
+                > 0
             )
 
     @staticmethod
@@ -229,6 +293,7 @@ class Catalog:
             json.loads(row[4]),
             row[5],
             row[6],
+            row[7],
         )
 
     def close(self) -> None:

@@ -40,6 +40,10 @@ class StoredFile:
     created_at: int
 
 
+def new_file_id() -> str:
+    return "file-" + secrets.token_hex(12)
+
+
 def sanitize_filename(name: str) -> str:
     """The last path component, without control characters or path tricks."""
     name = unicodedata.normalize("NFC", name or "")
@@ -55,12 +59,25 @@ class FileStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self._db = Database(data_dir / "files.db", _SCHEMA)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """What a crash can leave on disk: a half-written upload, or a file whose row was
+        never written (or already deleted)."""
+        with self._db.tx() as db:
+            ids = {row[0] for row in db.execute("SELECT id FROM files")}
+        for path in self.dir.iterdir():
+            if path.name not in ids:
+                path.unlink(missing_ok=True)
 
     def path(self, file_id: str) -> Path:
         return self.dir / file_id
 
-    def add(self, source: BinaryIO, filename: str, purpose: str) -> StoredFile:
-        file_id = "file-" + secrets.token_hex(12)
+    def add(
+        self, source: BinaryIO, filename: str, purpose: str, file_id: str | None = None
+    ) -> StoredFile:
+        """Store a file under a new id (or the given one, which must be new)."""
+        file_id = file_id or new_file_id()
         tmp = self.dir / f".{file_id}.part"
         size = 0
         try:

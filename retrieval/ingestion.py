@@ -1,23 +1,34 @@
 """The ingestion worker: parse, chunk, embed and write each queued vector-store file.
 
-It runs as an asyncio task beside the server; the heavy parts (parsing, LanceDB writes)
-run in threads and embedding goes through the shared embedder, so chat and search keep
-being served. Jobs are the catalog's in_progress rows: on start-up the worker resumes
-whatever a crash left unfinished, and merge_insert makes a re-run write each chunk once.
+It runs as an asyncio task beside the server. Parsing runs in a child process with a time
+limit (parse_process.py); chunking and LanceDB writes in threads; embedding through the
+shared embedder, so chat and search keep being served. Jobs are the catalog's in_progress
+rows: on start-up the worker resumes whatever a crash left unfinished, and merge_insert
+makes a re-run write each chunk once.
+
+What a job writes counts only while it is current (catalog.is_current: the same attach,
+by its sequence number): a file detached, deleted or attached again while it was being
+ingested gets nothing written, or has what was written removed again. A job that the
+server did not survive `max_attempts` times is given up with a reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from retrieval.catalog import Catalog, VectorStoreFile
 from retrieval.chunking import chunk_sections
 from retrieval.files import FileStore
-from retrieval.parsing import ParseError, parse
+from retrieval.parse_process import ParserProcess
+from retrieval.parsing import ParseError
 from retrieval.store import ChunkStore
 from server.engine.embedder import Embedder, EmbedderBusy
 
@@ -27,12 +38,23 @@ logger = logging.getLogger("hearth.ingestion")
 # chat-side embedding requests are not stuck behind one huge document.
 EMBED_GROUP = 64
 BUSY_RETRY_SECONDS = 0.5
+# While idle, how often to see whether the table is due for compaction (deletes from the
+# API write versions too).
+IDLE_CHECK_SECONDS = 60.0
+# How long stop() waits for work already running in threads.
+STOP_WAIT_SECONDS = 30.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ChunkingOptions:
     max_tokens: int = 256
     overlap_tokens: int = 32
+
+
+class Stopping(Exception):
+    """The server is shutting down: the job stops where it is and is resumed next start."""
 
 
 class IngestionWorker:
@@ -43,14 +65,20 @@ class IngestionWorker:
         store: ChunkStore,
         embedder: Embedder,
         options: ChunkingOptions,
+        parser: ParserProcess,
+        max_attempts: int = 3,
     ) -> None:
         self.catalog = catalog
         self.files = files
         self.store = store
         self.embedder = embedder
         self.options = options
+        self.parser = parser
+        self.max_attempts = max_attempts
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._stopping = threading.Event()
         self.jobs_done = 0
 
     def wake(self) -> None:
@@ -60,17 +88,55 @@ class IngestionWorker:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        await self._thread(self.reconcile)
         while True:
             job = self.catalog.next_job()
             if job is None:
-                await self._wake.wait()
+                if self.store.compaction_due:
+                    await self._thread(self.store.compact)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_SECONDS)
                 self._wake.clear()
                 continue
             await self._process(job)
             self.jobs_done += 1
 
+    async def stop(self) -> None:
+        """After the run task is cancelled: stop the parser and wait for the threads still
+        working (a cancelled await does not stop a thread, and none may outlive the
+        embedder it calls into)."""
+        self._stopping.set()
+        self.parser.close()
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=STOP_WAIT_SECONDS)
+
+    def reconcile(self) -> None:
+        """Remove chunks whose file is attached to no store any more: what a crash between
+        a detach and its LanceDB delete, or a write that lost its race, left behind."""
+        orphans = self.store.pairs() - self.catalog.all_attached()
+        for store_id, file_id in orphans:
+            self.store.delete(store_id, file_id)
+        if orphans:
+            logger.info("removed the chunks of %d detached files", len(orphans))
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        future = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return await future
+
     def count_tokens(self, text: str) -> int:
+        if self._stopping.is_set():
+            raise Stopping
         return len(self.embedder.model.tokenize(text, add_special=False))
+
+    def _chunk(self, sections: list[Any]) -> tuple[list[Any], list[list[int]]]:
+        chunks = chunk_sections(
+            sections, self.count_tokens, self.options.max_tokens, self.options.overlap_tokens
+        )
+        model = self.embedder.model
+        limit = self.embedder.max_tokens
+        return chunks, [model.tokenize(c.text, add_special=True)[:limit] for c in chunks]
 
     async def _embed(self, inputs: list[list[int]]) -> np.ndarray:
         """Vectors for the inputs; while API requests fill the embedder's queue, wait."""
@@ -85,25 +151,31 @@ class IngestionWorker:
         if stored is None:
             self.catalog.finish_job(job, 0, "the file was deleted", "file_not_found")
             return
-        try:
-            sections = await asyncio.to_thread(parse, self.files.path(job.file_id), stored.filename)
-            chunks = await asyncio.to_thread(
-                chunk_sections,
-                sections,
-                self.count_tokens,
-                self.options.max_tokens,
-                self.options.overlap_tokens,
+        attempt = self.catalog.start_attempt(job)
+        if attempt == 0:
+            return  # detached or attached again since it was queued
+        if attempt > self.max_attempts:
+            self.catalog.finish_job(
+                job,
+                0,
+                f"{stored.filename}: gave up after {self.max_attempts} attempts; the server "
+                "stopped while ingesting it each time",
+                "ingestion_failed",
             )
-            model = self.embedder.model
-            inputs = [
-                model.tokenize(c.text, add_special=True)[: self.embedder.max_tokens] for c in chunks
-            ]
+            return
+        try:
+            sections = await self._thread(
+                self.parser.parse, self.files.path(job.file_id), stored.filename
+            )
+            chunks, inputs = await self._thread(self._chunk, sections)
             parts = [
                 await self._embed(inputs[i : i + EMBED_GROUP])
                 for i in range(0, len(inputs), EMBED_GROUP)
             ]
             vectors = np.concatenate(parts) if parts else np.empty((0, self.embedder.dim))
-            await asyncio.to_thread(
+            if not self.catalog.is_current(job):
+                return  # detached or attached again meanwhile: write nothing
+            await self._thread(
                 self.store.upsert,
                 job.vector_store_id,
                 job.file_id,
@@ -112,6 +184,9 @@ class IngestionWorker:
                 vectors,
                 job.attributes,
             )
+        except (Stopping, asyncio.CancelledError):
+            self.catalog.undo_attempt(job)  # a shutdown is not the file's fault
+            raise
         except ParseError as e:
             logger.info("could not ingest %s: %s", stored.filename, e)
             self.catalog.finish_job(job, 0, f"{stored.filename}: {e}", "invalid_file")
@@ -120,7 +195,11 @@ class IngestionWorker:
             logger.exception("ingesting %s failed", stored.filename)
             self.catalog.finish_job(job, 0, f"{type(e).__name__}: {e}", "server_error")
             return
-        self.catalog.finish_job(job, len(chunks))
+        if not self.catalog.finish_job(job, len(chunks)):
+            # Detached or attached again while we wrote: what we wrote is nobody's (a new
+            # attach is queued behind us and writes its own).
+            await self._thread(self.store.delete, job.vector_store_id, job.file_id)
+            return
         self.catalog.touch(job.vector_store_id)
         logger.info(
             "ingested %s into %s: %d chunks", stored.filename, job.vector_store_id, len(chunks)

@@ -35,7 +35,6 @@ TEXT_SUFFIXES = {
     ".cfg",
     ".tex",
 }
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
 class ParseError(ValueError):
@@ -109,19 +108,46 @@ def _parse_pdf(path: Path) -> list[Section]:
 
 
 def _parse_markdown(text: str) -> list[Section]:
-    """One section per heading (the heading line included, so its words are searchable)."""
-    starts = [m.start() for m in _HEADING.finditer(text)]
+    """One section per heading (the heading line included, so its words are searchable).
+    Line by line, linear in the text's length whatever it holds (a regex over heading
+    lines was quadratic on long runs of spaces and froze the server)."""
+    starts: list[int] = []
+    headings: dict[int, str] = {}
+    fence = ""  # the fence of the code block we are in: headings there are code
+    pos = 0
+    for line in text.split("\n"):
+        marker = line.lstrip(" ")[:3]
+        if marker in ("```", "~~~") and (not fence or marker == fence):
+            fence = "" if fence else marker
+        elif not fence and (heading := _heading(line)) is not None:
+            starts.append(pos)
+            headings[pos] = heading
+        pos += len(line) + 1
     if not starts or starts[0] != 0:
         starts.insert(0, 0)
     sections = []
     for begin, end in zip(starts, [*starts[1:], len(text)], strict=True):
         body = text[begin:end]
-        heading_match = _HEADING.match(body)
-        heading = heading_match.group(2).strip() if heading_match else None
         stripped = body.strip()
         if stripped:
-            sections.append(Section(stripped, begin + body.index(stripped[0]), heading=heading))
+            sections.append(
+                Section(stripped, begin + body.index(stripped[0]), heading=headings.get(begin))
+            )
     return sections
+
+
+def _heading(line: str) -> str | None:
+    """The text of an ATX heading ("#" to "######", a space or tab, the text, optionally
+    closing #s), else None."""
+    line = line.rstrip("\r")
+    level = len(line) - len(line.lstrip("#"))
+    if not 1 <= level <= 6 or len(line) == level or line[level] not in " \t":
+        return None
+    text = line[level:].strip(" \t")
+    unclosed = text.rstrip("#")
+    if unclosed != text and (not unclosed or unclosed[-1] in " \t"):
+        text = unclosed.rstrip(" \t")
+    return text or None
 
 
 # Lines this near the top or bottom of a page are candidates for running headers/footers.

@@ -1,4 +1,10 @@
-"""Everything retrieval holds, wired together: files, vector stores, chunks, the worker."""
+"""Everything retrieval holds, wired together: files, vector stores, chunks, the worker.
+
+Deleting goes catalog first, chunks second, and search keeps only chunks whose file is
+attached to the store in the catalog: a deleted file is never found, even in the moment
+between the two steps or after a crash there (the worker removes such leftovers when it
+starts).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from retrieval.catalog import Catalog, VectorStoreFile
 from retrieval.files import FileStore
 from retrieval.filters import matches
 from retrieval.ingestion import ChunkingOptions, IngestionWorker
+from retrieval.parse_process import ParserProcess
 from retrieval.store import ChunkStore, Hit
 from server.engine.embedder import Embedder
 
@@ -26,6 +33,8 @@ class Retrieval:
         max_upload_bytes: int,
         embedder: Embedder | None,
         options: ChunkingOptions,
+        parse_timeout: float = 120.0,
+        max_attempts: int = 3,
     ) -> None:
         self.files = FileStore(data_dir, max_upload_bytes)
         self.catalog = Catalog(data_dir)
@@ -34,7 +43,15 @@ class Retrieval:
         self.worker: IngestionWorker | None = None
         if embedder is not None:
             self.store = ChunkStore(lancedb_uri or str(data_dir / "lancedb"), embedder.dim)
-            self.worker = IngestionWorker(self.catalog, self.files, self.store, embedder, options)
+            self.worker = IngestionWorker(
+                self.catalog,
+                self.files,
+                self.store,
+                embedder,
+                options,
+                ParserProcess(parse_timeout),
+                max_attempts,
+            )
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: FolderWatcher | None = None
 
@@ -58,7 +75,12 @@ class Retrieval:
             # A task that failed already said so (/health); shutdown goes on regardless.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Threads still at work finish before the databases close and the embedder's
+        # model is freed.
+        if self.worker is not None:
+            await self.worker.stop()
         if self._watcher is not None:
+            await self._watcher.stop()
             self._watcher.close()
         self.files.close()
         self.catalog.close()
@@ -80,18 +102,21 @@ class Retrieval:
         return vsf
 
     def detach(self, store_id: str, file_id: str) -> bool:
+        """Blocking (LanceDB): from the event loop, run it in a thread."""
         removed = self.catalog.remove_file(store_id, file_id)
         if self.store is not None:
             self.store.delete(store_id, file_id)
         return removed
 
     def delete_store(self, store_id: str) -> bool:
+        """Blocking (LanceDB): from the event loop, run it in a thread."""
         deleted = self.catalog.delete_store(store_id)
         if self.store is not None:
             self.store.delete(store_id)
         return deleted
 
     def delete_file(self, file_id: str) -> bool:
+        """Blocking (LanceDB): from the event loop, run it in a thread."""
         for store_id in self.catalog.stores_with_file(file_id):
             self.detach(store_id, file_id)
         return self.files.delete(file_id)
@@ -105,9 +130,12 @@ class Retrieval:
             tokens = self.embedder.model.tokenize(query, add_special=True)
             tokens = tokens[: self.embedder.max_tokens]
             vector = (await asyncio.wrap_future(self.embedder.submit([tokens])))[0]
-        # Attribute filters are applied to a deeper candidate list, then cut to k.
-        depth = k if filters is None else max(k * 5, 50)
+        # Attribute filters, and chunks of files no longer attached, are dropped from a
+        # deeper candidate list, which is then cut to k.
+        depth = 2 * k + 10 if filters is None else max(k * 5, 50)
         hits = await asyncio.to_thread(self.store.search, store_ids, query, vector, depth, mode)
+        attached = self.catalog.attached(store_ids)
+        hits = [h for h in hits if (h.vector_store_id, h.file_id) in attached]
         if filters is not None:
             hits = [h for h in hits if matches(filters, h.attributes)]
         for store_id in store_ids:

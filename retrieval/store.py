@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import lancedb
@@ -20,6 +21,10 @@ import pyarrow as pa
 from retrieval.chunking import Chunk
 
 TABLE = "chunks"
+# Older versions stay this long after compaction, for searches still reading them.
+OLD_VERSIONS_KEPT = timedelta(minutes=1)
+# Writes (each a new table version) before compaction is due.
+WRITES_PER_COMPACTION = 8
 # Reciprocal rank fusion constant (Cormack et al.): score = sum 1 / (k + rank).
 RRF_K = 60
 
@@ -68,6 +73,7 @@ class ChunkStore:
         self._table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
         self._lock = threading.Lock()  # one writer at a time; LanceDB commits are versions
         self._fts_stale = True
+        self._writes = 0  # since the last compaction
 
     def upsert(
         self,
@@ -111,6 +117,7 @@ class ChunkStore:
                 f"AND chunk_index >= {len(rows)}"
             )
             self._fts_stale = True
+            self._writes += 1
 
     def delete(self, vector_store_id: str, file_id: str | None = None) -> None:
         where = f"vector_store_id = {_quote(vector_store_id)}"
@@ -119,12 +126,34 @@ class ChunkStore:
         with self._lock:
             self._table.delete(where)
             self._fts_stale = True
+            self._writes += 1
 
     def count(self, vector_store_id: str, file_id: str | None = None) -> int:
         where = f"vector_store_id = {_quote(vector_store_id)}"
         if file_id is not None:
             where += f" AND file_id = {_quote(file_id)}"
         return self._table.count_rows(where)
+
+    def pairs(self) -> set[tuple[str, str]]:
+        """Every (vector store, file) that has chunks here."""
+        n = self._table.count_rows()
+        if n == 0:
+            return set()
+        rows = self._table.search().select(["vector_store_id", "file_id"]).limit(n).to_arrow()
+        return set(
+            zip(rows["vector_store_id"].to_pylist(), rows["file_id"].to_pylist(), strict=True)
+        )
+
+    @property
+    def compaction_due(self) -> bool:
+        return self._writes >= WRITES_PER_COMPACTION
+
+    def compact(self, keep: timedelta = OLD_VERSIONS_KEPT) -> None:
+        """Merge small fragments and drop table versions older than `keep`: every write
+        is a new LanceDB version, and without this the directory only grows."""
+        with self._lock:
+            self._table.optimize(cleanup_older_than=keep)
+            self._writes = 0
 
     def _ensure_fts(self) -> None:
         with self._lock:

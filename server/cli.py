@@ -32,6 +32,7 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "api_key_file": ("server", "api_key_file"),
     "allow_insecure_remote": ("server", "allow_insecure_remote"),
     "cors_origins": ("server", "cors_origins"),
+    "drain_seconds": ("server", "drain_seconds"),
     "log_level": ("server", "log_level"),
 }
 
@@ -76,6 +77,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--cors-origins",
         help="comma-separated web origins allowed to call the API (besides loopback pages)",
     )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        help="on SIGTERM, let running requests finish this long (default 10)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
 
 
@@ -95,8 +101,6 @@ def serve(args: argparse.Namespace) -> int:
         print(f"hearth: {e}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
     from server.api.app import create_app
     from server.bert_gguf import ConversionError
     from server.engine.context import ContextError
@@ -105,6 +109,7 @@ def serve(args: argparse.Namespace) -> int:
     from server.llama_log import route_llama_logs_to_python
     from server.model_files import ModelNotFound
     from server.runtime import Runtime
+    from server.serving import serve as serve_app
 
     level = getattr(logging, settings.server.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -114,14 +119,7 @@ def serve(args: argparse.Namespace) -> int:
     except (ModelNotFound, ModelLoadError, ContextError, EmbedderError, ConversionError) as e:
         print(f"hearth: {e}", file=sys.stderr)
         return 1
-    app = create_app(runtime)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    serve_app(create_app(runtime), runtime)
     return 0
 
 

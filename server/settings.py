@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -100,6 +100,11 @@ class RetrievalSettings(_Section):
     watch_dir: str = ""
     watch_store: str = "watched"
     watch_interval: float = Field(5.0, gt=0)
+    watch_symlinks: Literal["skip", "inside"] = "skip"
+    # Parsing one file may take this long (it runs in a child process that is killed
+    # past it); a job the server did not survive this many times is given up.
+    parse_timeout: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
 
 
 class StorageSettings(_Section):
@@ -145,6 +150,9 @@ class ServerSettings(_Section):
     max_body_mb: int = Field(8, ge=1)
     # Completions one request may start (prompts x n): the rest of the queue stays free.
     max_choices_per_request: int = Field(64, ge=1)
+    # On SIGTERM: stop accepting, let running requests finish this long, then end the rest
+    # (streams with an error event and [DONE]).
+    drain_seconds: float = Field(10.0, ge=0)
     log_level: str = Field("info", pattern="^(debug|info|warning|error|critical)$")
 
     @field_validator("cors_origins", "allowed_hosts", mode="before")

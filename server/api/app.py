@@ -135,6 +135,7 @@ def _watcher(runtime: Runtime, retrieval: Retrieval) -> FolderWatcher | None:
         rs.watch_store,
         rs.watch_interval,
         runtime.settings.storage.resolved_data_dir(),
+        rs.watch_symlinks,
     )
 
 
@@ -233,5 +234,7 @@ def create_app(runtime: Runtime) -> Starlette:
         settings.retrieval.max_upload_mb << 20,
         runtime.embedder,
         ChunkingOptions(settings.retrieval.chunk_tokens, settings.retrieval.chunk_overlap),
+        settings.retrieval.parse_timeout,
+        settings.retrieval.max_attempts,
     )
     return app

@@ -163,6 +163,6 @@ async def file_content(request: Request) -> Response:
 async def delete_file(request: Request) -> Response:
     file_id = request.path_params["file_id"]
     # Also takes the file out of every vector store that holds it.
-    if not request.app.state.retrieval.delete_file(file_id):
+    if not await asyncio.to_thread(request.app.state.retrieval.delete_file, file_id):
         raise _not_found(file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -201,7 +202,7 @@ async def delete_store(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id = request.path_params["store_id"]
     store_or_404(retrieval, store_id)
-    retrieval.delete_store(store_id)
+    await asyncio.to_thread(retrieval.delete_store, store_id)
     return JSONResponse({"id": store_id, "object": "vector_store.deleted", "deleted": True})
 
 
@@ -252,7 +253,7 @@ async def detach_file(request: Request) -> Response:
     retrieval = require_retrieval(request)
     store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
     _store_file_or_404(retrieval, store_id, file_id)
-    retrieval.detach(store_id, file_id)
+    await asyncio.to_thread(retrieval.detach, store_id, file_id)
     return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import llama_cpp
@@ -30,12 +32,42 @@ def model_identity(ctx: LlamaContext) -> dict[str, object]:
 
 
 def save(ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: int) -> int:
-    """Write entries, most recently used first, within max_bytes; returns how many."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("*.kv"):
-        old.unlink()
+    """Write entries, most recently used first, within max_bytes; returns how many.
+
+    Written into a fresh directory beside the old one, which it then replaces: a crash
+    while saving leaves the previous cache whole. Only the user may read the files (the KV
+    of their prompts)."""
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=parent))  # mode 0700
+    try:
+        written, total = _write_entries(ctx, scheduler, staging, max_bytes)
+        # Oldest first in the manifest: loading in that order leaves the newest most recent.
+        manifest = {"model": model_identity(ctx), "files": list(reversed(written))}
+        (staging / MANIFEST).write_text(json.dumps(manifest))
+        for path in staging.iterdir():
+            path.chmod(0o600)
+        old = parent / f".{directory.name}-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            directory.rename(old)
+        staging.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info(
+        "saved %d prefix cache entries (%.1f MiB) to %s", len(written), total / 2**20, directory
+    )
+    return len(written)
+
+
+def _write_entries(
+    ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: int
+) -> tuple[list[str], int]:
     cache = scheduler.cache
-    written, total = [], 0
+    written: list[str] = []
+    total = 0
     for seq_id in reversed(list(cache.entries)):
         tokens = cache.path_tokens(seq_id)
         path = directory / f"{len(written):04d}.kv"
@@ -48,13 +80,7 @@ def save(ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: in
             break
         total += size
         written.append(path.name)
-    # Oldest first in the manifest: loading in that order leaves the newest most recent.
-    manifest = {"model": model_identity(ctx), "files": list(reversed(written))}
-    (directory / MANIFEST).write_text(json.dumps(manifest))
-    logger.info(
-        "saved %d prefix cache entries (%.1f MiB) to %s", len(written), total / 2**20, directory
-    )
-    return len(written)
+    return written, total
 
 
 def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path) -> int:

@@ -74,6 +74,11 @@ class _Cancel:
     request: GenerationRequest
 
 
+@dataclass(frozen=True, slots=True)
+class _AbortAll:
+    reason: str
+
+
 class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
         self.model = model
@@ -111,6 +116,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         # Why the engine thread ended, when it ended by an error (for /health).
         self.failure: str | None = None
+        # Set when the server starts shutting down: running requests may finish, no new
+        # ones are taken.
+        self.draining: str | None = None
 
     # --- any thread -----------------------------------------------------------------------
 
@@ -142,6 +150,8 @@ class Engine:
         queueing."""
         if not self.alive:
             raise EngineDead(self.failure or "the engine is not running")
+        if self.draining is not None:
+            raise EngineDead(self.draining)
         n_prompt = len(request.prompt_tokens)
         if n_prompt == 0:
             raise ValueError("the prompt is empty")
@@ -160,6 +170,14 @@ class Engine:
                 )
             self._n_active += 1
         self._inbox.put(_Submit(request))
+
+    def begin_drain(self, reason: str) -> None:
+        """Take no new requests; the running and waiting ones go on."""
+        self.draining = reason
+
+    def abort_all(self, reason: str) -> None:
+        """End every request now, each with an error saying why (thread-safe)."""
+        self._inbox.put(_AbortAll(reason))
 
     def cancel(self, request: GenerationRequest) -> None:
         if not request.cancelled.is_set():
@@ -237,6 +255,9 @@ class Engine:
                 seq = self._sequences.get(item.request.id)
                 if seq is not None:  # else it finished already, or _add settled it
                     self._close(seq, FinishReason.CANCELLED)
+            elif isinstance(item, _AbortAll):
+                for seq in list(self._sequences.values()):
+                    self._close(seq, FinishReason.ERROR, item.reason)
             if self._inbox.empty():
                 return True
             item = self._inbox.get()
