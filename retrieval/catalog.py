@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
 _MIGRATIONS = {
     "attempts": "ALTER TABLE vector_store_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
 }
+# The row of one job: its file, in its store, by the same attach.
+_JOB = "vector_store_id = ? AND file_id = ? AND seq = ?"
 _FILE_COLUMNS = "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq"
 
 IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "in_progress", "completed", "failed", "cancelled"
@@ -68,6 +70,10 @@ class VectorStoreFile:
     created_at: int
     chunks: int
     seq: int = 0  # which attach this is: the ingestion job's identity
+
+
+def _job_key(job: VectorStoreFile) -> tuple[str, str, int]:
+    return job.vector_store_id, job.file_id, job.seq
 
 
 class Catalog:
@@ -221,8 +227,8 @@ class Catalog:
         with self._db.tx() as db:
             row = db.execute(
                 "UPDATE vector_store_files SET attempts = attempts + 1 "
-                "WHERE vector_store_id = ? AND file_id = ? AND seq = ? RETURNING attempts",
-                (job.vector_store_id, job.file_id, job.seq),
+                f"WHERE {_JOB} RETURNING attempts",
+                _job_key(job),
             ).fetchone()
         return row[0] if row else 0
 
@@ -230,9 +236,8 @@ class Catalog:
         """A start that ended because the server shut down does not count."""
         with self._db.tx() as db:
             db.execute(
-                "UPDATE vector_store_files SET attempts = MAX(attempts - 1, 0) "
-                "WHERE vector_store_id = ? AND file_id = ? AND seq = ?",
-                (job.vector_store_id, job.file_id, job.seq),
+                f"UPDATE vector_store_files SET attempts = MAX(attempts - 1, 0) WHERE {_JOB}",
+                _job_key(job),
             )
 
     def is_current(self, job: VectorStoreFile) -> bool:
@@ -240,9 +245,7 @@ class Catalog:
         deleted or attached again since)."""
         with self._db.tx() as db:
             row = db.execute(
-                "SELECT 1 FROM vector_store_files "
-                "WHERE vector_store_id = ? AND file_id = ? AND seq = ?",
-                (job.vector_store_id, job.file_id, job.seq),
+                f"SELECT 1 FROM vector_store_files WHERE {_JOB}", _job_key(job)
             ).fetchone()
         return row is not None
 
@@ -277,8 +280,8 @@ class Catalog:
             return (
                 db.execute(
                     "UPDATE vector_store_files SET status = ?, last_error = ?, chunks = ? "
-                    "WHERE vector_store_id = ? AND file_id = ? AND seq = ?",
-                    (status, last_error, chunks, job.vector_store_id, job.file_id, job.seq),
+                    f"WHERE {_JOB}",
+                    (status, last_error, chunks, *_job_key(job)),
                 ).rowcount
                 > 0
             )
