@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 
 from server.engine.embedder import Embedder
-from server.engine.model import LlamaModel
+from server.llama.model import LlamaModel
 
 WORDS = [
     "river",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.engine.context import ContextParams, LlamaContext, TokenBatch
-from server.engine.model import LlamaModel
+from server.llama.context import ContextParams, LlamaContext, TokenBatch
+from server.llama.model import LlamaModel
 
 
 @dataclass

@@ -22,11 +22,11 @@ import numpy as np
 
 from bench.embed_load import WORDS
 from bench.servers import ServerProcess, start_hearth
+from retrieval.chunk_store import ChunkStore
 from retrieval.chunking import Chunk, chunk_sections
 from retrieval.parsing import parse
-from retrieval.store import ChunkStore
 from server.engine.embedder import Embedder
-from server.engine.model import LlamaModel
+from server.llama.model import LlamaModel
 
 N_PDFS, PAGES_PER_PDF, WORDS_PER_PAGE = 6, 20, 320
 SEARCH_SIZES = (10_000, 100_000)
@@ -186,7 +186,7 @@ def render(ingest: IngestResult, search: dict[int, tuple[float, float]]) -> str:
 if __name__ == "__main__":
     import os
 
-    from server.llama_log import route_llama_logs_to_python
+    from server.llama.log import route_llama_logs_to_python
     from server.model_files import prepare_default_embedding_model
     from server.settings import load_settings
 

@@ -38,9 +38,9 @@ from bench.servers import (
     start_llama_server,
     start_llama_server_embeddings,
 )
-from server.chat_template import ChatTemplate
-from server.engine.model import LlamaModel
-from server.llama_log import route_llama_logs_to_python
+from server.chat.template import ChatTemplate
+from server.llama.log import route_llama_logs_to_python
+from server.llama.model import LlamaModel
 from server.model_files import prepare_default_embedding_model, resolve_chat_model
 from server.settings import load_settings
 
@@ -290,7 +290,7 @@ def main() -> int:
 def quantization_sweep(model_path: Path) -> str:
     """The packaged model re-quantized to Q4_0 and Q8_0 (cached under .cache/), swept."""
     from bench.sweep import run_sweep
-    from server.quantize import quantize
+    from server.llama.quantize import quantize
 
     cache = ROOT / ".cache" / "quantized"
     cache.mkdir(parents=True, exist_ok=True)

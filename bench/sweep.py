@@ -16,8 +16,8 @@ import httpx
 from bench.load import run_load
 from bench.raw_loop import run_raw_loop
 from bench.servers import start_hearth
-from server.chat_template import CHATML_TEMPLATE, ChatTemplate
-from server.engine.model import LlamaModel
+from server.chat.template import CHATML_TEMPLATE, ChatTemplate
+from server.llama.model import LlamaModel
 from server.perplexity import perplexity
 
 ROOT = Path(__file__).resolve().parent.parent

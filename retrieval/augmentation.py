@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retrieval.store import Hit
+from retrieval.chunk_store import Hit
 
 INSTRUCTIONS = (
     "Answer using the numbered sources below. Cite the sources you use as [1], [2], ... "

@@ -10,13 +10,13 @@ counts the starts of the current job, so a file that keeps killing the server is
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retrieval.sqlite import Database
+from server.ids import new_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vector_stores (
@@ -89,7 +89,7 @@ class Catalog:
 
     def create_store(self, name: str | None, metadata: dict[str, Any]) -> VectorStore:
         now = int(time.time())
-        store_id = "vs_" + secrets.token_hex(12)
+        store_id = new_id("vs_")
         with self._db.tx() as db:
             db.execute(
                 "INSERT INTO vector_stores VALUES (?, ?, ?, ?, ?)",

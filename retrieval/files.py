@@ -7,7 +7,6 @@ name is the id, so a client-supplied filename never becomes a path.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from retrieval.sqlite import Database
+from server.ids import new_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -41,7 +41,7 @@ class StoredFile:
 
 
 def new_file_id() -> str:
-    return "file-" + secrets.token_hex(12)
+    return new_id("file-")
 
 
 def sanitize_filename(name: str) -> str:

@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from retrieval.catalog import Catalog, VectorStoreFile
+from retrieval.chunk_store import ChunkStore
 from retrieval.chunking import chunk_sections
+from retrieval.embeddings import Embeddings
 from retrieval.files import FileStore
 from retrieval.parse_process import ParserProcess
 from retrieval.parsing import ParseError
-from retrieval.store import ChunkStore
-from server.engine.embedder import Embedder, EmbedderBusy
+from server.engine.embedder import EmbedderBusy
 
 logger = logging.getLogger("hearth.ingestion")
 
@@ -63,7 +64,7 @@ class IngestionWorker:
         catalog: Catalog,
         files: FileStore,
         store: ChunkStore,
-        embedder: Embedder,
+        embedder: Embeddings,
         options: ChunkingOptions,
         parser: ParserProcess,
         max_attempts: int = 3,
@@ -128,15 +129,14 @@ class IngestionWorker:
     def count_tokens(self, text: str) -> int:
         if self._stopping.is_set():
             raise Stopping
-        return len(self.embedder.model.tokenize(text, add_special=False))
+        return self.embedder.count_tokens(text)
 
     def _chunk(self, sections: list[Any]) -> tuple[list[Any], list[list[int]]]:
         chunks = chunk_sections(
             sections, self.count_tokens, self.options.max_tokens, self.options.overlap_tokens
         )
-        model = self.embedder.model
         limit = self.embedder.max_tokens
-        return chunks, [model.tokenize(c.text, add_special=True)[:limit] for c in chunks]
+        return chunks, [self.embedder.tokenize(c.text)[:limit] for c in chunks]
 
     async def _embed(self, inputs: list[list[int]]) -> np.ndarray:
         """Vectors for the inputs; while API requests fill the embedder's queue, wait."""

@@ -11,27 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from retrieval.catalog import Catalog, VectorStoreFile
+from retrieval.catalog import Catalog, VectorStore, VectorStoreFile
+from retrieval.chunk_store import ChunkStore, Hit
+from retrieval.embeddings import Embeddings
 from retrieval.files import FileStore
-from retrieval.filters import matches
+from retrieval.filters import FilterError, matches, validate
 from retrieval.ingestion import ChunkingOptions, IngestionWorker
 from retrieval.parse_process import ParserProcess
-from retrieval.store import ChunkStore, Hit
-from server.engine.embedder import Embedder
-
-if TYPE_CHECKING:
-    from retrieval.watcher import FolderWatcher
+from server.errors import FeatureDisabled, InvalidRequest, NotFound
 
 
-class Retrieval:
+class RetrievalService:
     def __init__(
         self,
         data_dir: Path,
         lancedb_uri: str,
         max_upload_bytes: int,
-        embedder: Embedder | None,
+        embedder: Embeddings | None,
         options: ChunkingOptions,
         parse_timeout: float = 120.0,
         max_attempts: int = 3,
@@ -53,21 +51,42 @@ class Retrieval:
                 max_attempts,
             )
         self._tasks: list[asyncio.Task[None]] = []
-        self._watcher: FolderWatcher | None = None
 
     @property
     def enabled(self) -> bool:
         return self.worker is not None
 
-    def start(self, watcher: FolderWatcher | None = None) -> None:
-        """Start the worker (it first resumes whatever a crash left in_progress) and, when
-        given, the watched-folder scanner."""
-        loop = asyncio.get_running_loop()
+    def require(self) -> None:
+        if not self.enabled:
+            raise FeatureDisabled(
+                "Retrieval needs the embedding model, which is switched off.",
+                code="embeddings_disabled",
+            )
+
+    def vector_store(self, store_id: str, param: str = "vector_store_id") -> VectorStore:
+        """The vector store, or NotFound naming the parameter that named it."""
+        store = self.catalog.get_store(store_id)
+        if store is None:
+            raise NotFound(
+                f"No vector store found with id '{store_id}'.",
+                param=param,
+                code="vector_store_not_found",
+            )
+        return store
+
+    @staticmethod
+    def check_filters(filters: dict[str, Any] | None, param: str) -> None:
+        if filters is not None:
+            try:
+                validate(filters)
+            except FilterError as e:
+                raise InvalidRequest(f"Invalid filters: {e}.", param=param) from None
+
+    def start(self) -> None:
+        """Start the worker; it first resumes whatever a crash left in_progress."""
         if self.worker is not None:
+            loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self.worker.run(), name="the ingestion worker"))
-            if watcher is not None:
-                self._watcher = watcher
-                self._tasks.append(loop.create_task(watcher.run(), name="the folder watcher"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -79,9 +98,6 @@ class Retrieval:
         # model is freed.
         if self.worker is not None:
             await self.worker.stop()
-        if self._watcher is not None:
-            await self._watcher.stop()
-            self._watcher.close()
         self.files.close()
         self.catalog.close()
 
@@ -127,8 +143,7 @@ class Retrieval:
         assert self.store is not None and self.embedder is not None
         vector = None
         if mode in ("vector", "hybrid"):
-            tokens = self.embedder.model.tokenize(query, add_special=True)
-            tokens = tokens[: self.embedder.max_tokens]
+            tokens = self.embedder.tokenize(query)[: self.embedder.max_tokens]
             vector = (await asyncio.wrap_future(self.embedder.submit([tokens])))[0]
         # Attribute filters, and chunks of files no longer attached, are dropped from a
         # deeper candidate list, which is then cut to k.

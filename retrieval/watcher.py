@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from retrieval.files import new_file_id
-from retrieval.service import Retrieval
+from retrieval.service import RetrievalService
 from retrieval.sqlite import Database
 
 logger = logging.getLogger("hearth.watcher")
@@ -42,7 +42,7 @@ SymlinkPolicy = Literal["skip", "inside"]
 class FolderWatcher:
     def __init__(
         self,
-        retrieval: Retrieval,
+        retrieval: RetrievalService,
         folder: Path,
         store_name: str,
         interval: float,

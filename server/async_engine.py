@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from server.engine.engine import Engine
 from server.engine.request import GenerationOutput, GenerationRequest
-from server.engine.sampling import SamplingParams
+from server.llama.sampler import SamplingParams
 
 
 class _LoopDispatcher:

@@ -103,10 +103,10 @@ def serve(args: argparse.Namespace) -> int:
 
     from server.api.app import create_app
     from server.bert_gguf import ConversionError
-    from server.engine.context import ContextError
     from server.engine.embedder import EmbedderError
-    from server.engine.model import ModelLoadError
-    from server.llama_log import route_llama_logs_to_python
+    from server.llama.context import ContextError
+    from server.llama.log import route_llama_logs_to_python
+    from server.llama.model import ModelLoadError
     from server.model_files import ModelNotFound
     from server.runtime import Runtime
     from server.serving import serve as serve_app
@@ -240,8 +240,8 @@ def client_command(args: argparse.Namespace) -> int:
 
 
 def quantize_command(args: argparse.Namespace) -> int:
-    from server.llama_log import route_llama_logs_to_python
-    from server.quantize import QuantizeError, quantize
+    from server.llama.log import route_llama_logs_to_python
+    from server.llama.quantize import QuantizeError, quantize
 
     route_llama_logs_to_python()
     try:
@@ -254,8 +254,8 @@ def quantize_command(args: argparse.Namespace) -> int:
 
 
 def perplexity_command(args: argparse.Namespace) -> int:
-    from server.engine.model import ModelLoadError
-    from server.llama_log import route_llama_logs_to_python
+    from server.llama.log import route_llama_logs_to_python
+    from server.llama.model import ModelLoadError
     from server.perplexity import PerplexityError, perplexity
 
     route_llama_logs_to_python()

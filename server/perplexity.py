@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.engine.context import ContextParams, LlamaContext, TokenBatch
-from server.engine.model import LlamaModel
+from server.llama.context import ContextParams, LlamaContext, TokenBatch
+from server.llama.model import LlamaModel
 
 
 class PerplexityError(ValueError):

@@ -1,25 +1,41 @@
-"""Everything a running server holds: settings, the model, its chat template and the engine."""
+"""The composition root: everything a running server holds, built in one place and closed
+in the reverse order.
+
+`Runtime.load` builds the chat model and its engine, the prompt builder, the embedder,
+retrieval (files, vector stores, the ingestion worker), the watched folder, the responses
+store and the metrics registry. `start` starts their threads and tasks; `stop` ends them,
+newest first, and frees the models last, so no thread ever calls into a freed model. The
+HTTP app receives a Runtime and nothing else.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from server.chat_template import CHATML_TEMPLATE, ChatTemplate
+from prometheus_client import CollectorRegistry
+
+from retrieval.ingestion import ChunkingOptions
+from retrieval.service import RetrievalService
+from retrieval.watcher import FolderWatcher
+from server.chat.prompt import PromptBuilder
+from server.chat.response_store import ResponseStore
+from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.embedder import Embedder
 from server.engine.engine import Engine, EngineConfig
-from server.engine.model import LlamaModel
+from server.llama.model import LlamaModel
+from server.metrics import make_registry
 from server.model_files import (
     DEFAULT_EMBEDDING_NAME,
     resolve_chat_model,
     resolve_embedding_model,
 )
 from server.settings import Settings
-from server.special_tokens import SpecialTokenGuard, new_marker, tokenize_pieces
 
 logger = logging.getLogger("hearth")
 
@@ -29,107 +45,156 @@ class Runtime:
     settings: Settings
     model: LlamaModel
     model_id: str
-    template: ChatTemplate
+    prompts: PromptBuilder
     engine: Engine
+    retrieval: RetrievalService
     created: int
     embedder: Embedder | None = None
     embedding_model_id: str = ""
-
-    def __post_init__(self) -> None:
-        self.special_tokens = SpecialTokenGuard(self.model.special_texts)
+    watcher: FolderWatcher | None = None
+    responses: ResponseStore = field(default_factory=ResponseStore)  # previous_response_id
+    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _watching: asyncio.Task[None] | None = None
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
-        path = resolve_chat_model(settings.model.path)
-        model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
-        ms, es, cs = settings.model, settings.engine, settings.cache
-        context_length = ms.context_length or min(ms.n_ctx, model.info.n_ctx_train or ms.n_ctx)
-        engine = Engine(
-            model,
-            EngineConfig(
-                n_ctx=ms.n_ctx,
-                context_length=context_length,
-                max_running=es.max_running,
-                max_waiting=es.max_waiting,
-                step_token_budget=es.step_token_budget,
-                n_batch=ms.n_batch,
-                n_ubatch=ms.n_ubatch,
-                n_threads=ms.n_threads or os.cpu_count() or 1,
-                cache_entries=cs.max_entries if cs.enabled else 0,
-                cache_cells=cs.max_cells,
-                cache_dir=Path(cs.persist_dir).expanduser() if cs.persist_dir else None,
-                cache_dir_max_bytes=cs.persist_max_mb << 20,
-            ),
+        model, model_id, engine = _chat_engine(settings)
+        embedder, embedding_model_id = _embedder(settings)
+        data_dir = settings.storage.resolved_data_dir()
+        rs = settings.retrieval
+        retrieval = RetrievalService(
+            data_dir,
+            rs.lancedb_uri,
+            rs.max_upload_mb << 20,
+            embedder,
+            ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap),
+            rs.parse_timeout,
+            rs.max_attempts,
         )
-        source = ms.chat_template or model.metadata("tokenizer.chat_template")
-        if not source:
-            logger.warning("%s has no chat template; using ChatML", path.name)
-            source = CHATML_TEMPLATE
-        template = ChatTemplate(
-            source,
-            bos_token=model.token_text(model.bos_token),
-            eos_token=model.token_text(model.eos_token),
-        )
-        model_id = ms.alias or path.name.removesuffix(".gguf")
-        logger.info(
-            "loaded %s (%s): %d KV cells, %d tokens per request, %d parallel sequences",
-            model_id,
-            model.info.description,
-            engine.ctx.n_ctx,
-            engine.context_length,
-            es.max_running,
-        )
-        runtime = cls(settings, model, model_id, template, engine, int(time.time()))
-        if settings.embedding.enabled:
-            runtime._load_embedder()
-        return runtime
-
-    def _load_embedder(self) -> None:
-        es = self.settings.embedding
-        path = resolve_embedding_model(es.path, self.settings.storage.resolved_data_dir())
-        model = LlamaModel(path, n_gpu_layers=self.settings.model.n_gpu_layers)
-        threads = self.settings.model.n_threads or os.cpu_count() or 1
-        self.embedder = Embedder(model, es.n_ctx, es.n_seq_max, threads)
-        default_name = DEFAULT_EMBEDDING_NAME if not es.path else path.name.removesuffix(".gguf")
-        self.embedding_model_id = es.alias or default_name
-        logger.info(
-            "loaded embedding model %s (%d dimensions)", self.embedding_model_id, self.embedder.dim
+        watcher = None
+        if rs.watch_dir and retrieval.enabled:
+            folder = Path(rs.watch_dir).expanduser()
+            watcher = FolderWatcher(
+                retrieval, folder, rs.watch_store, rs.watch_interval, data_dir, rs.watch_symlinks
+            )
+        return cls(
+            settings=settings,
+            model=model,
+            model_id=model_id,
+            prompts=PromptBuilder(model, _template(settings, model)),
+            engine=engine,
+            retrieval=retrieval,
+            created=int(time.time()),
+            embedder=embedder,
+            embedding_model_id=embedding_model_id,
+            watcher=watcher,
+            metrics=make_registry(engine.stats, embedder),
         )
 
-    def chat_prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
-        """Render messages with the chat template and tokenize the prompt: the template's
-        markup becomes special tokens, client text never does (special_tokens.py); BOS is
-        added only when the template did not write it already. Raises ChatTemplateError."""
-        marker = new_marker()
-        text = self.template.render(self.special_tokens.defang(messages, marker))
-        bos_text = self.template.bos_token
-        add_bos = self.model.add_bos and not (bos_text and text.startswith(bos_text))
+    @property
+    def template(self) -> ChatTemplate:
+        return self.prompts.template
 
-        def tokenize(piece: str, first: bool) -> list[int]:
-            return self.model.tokenize(piece, add_special=add_bos and first, parse_special=True)
+    async def start(self) -> None:
+        """Start the engine threads, then the background tasks (on the running loop)."""
+        self.engine.start()
+        if self.embedder is not None:
+            self.embedder.start()
+        self.retrieval.start()
+        if self.watcher is not None:
+            self._watching = asyncio.get_running_loop().create_task(
+                self.watcher.run(), name="the folder watcher"
+            )
 
-        return tokenize_pieces(text, marker, tokenize)
-
-    def text_prompt_tokens(self, text: str) -> list[int]:
-        return self.model.tokenize(text, add_special=self.model.add_bos, parse_special=True)
+    async def stop(self) -> None:
+        """Everything `start` started, newest first; the models are freed last."""
+        if self._watching is not None and self.watcher is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watching
+            await self.watcher.stop()
+            self.watcher.close()
+        await self.retrieval.stop()
+        self.engine.stop()
+        if self.embedder is not None:
+            self.embedder.stop()
+            self.embedder.model.close()
+        self.model.close()
 
     def problems(self) -> list[str]:
         """Why the server cannot serve everything it should (empty: it can)."""
         out = []
-        if not self.engine.alive:
+        # failure is set before a dying thread answers its requests (and before it ends).
+        if self.engine.failure or not self.engine.alive:
             out.append(self.engine.failure or "the engine is not running")
-        if self.embedder is not None and not self.embedder.alive:
-            out.append(self.embedder.failure or "the embedding engine is not running")
+        embedder = self.embedder
+        if embedder is not None and (embedder.failure or not embedder.alive):
+            out.append(embedder.failure or "the embedding engine is not running")
+        out += self.retrieval.problems()
+        task = self._watching
+        if task is not None and task.done() and not task.cancelled():
+            out.append(f"the folder watcher stopped: {task.exception()!r}")
         return out
 
-    def start(self) -> None:
-        self.engine.start()
-        if self.embedder is not None:
-            self.embedder.start()
 
-    def close(self) -> None:
-        self.engine.stop()
-        self.model.close()
-        if self.embedder is not None:
-            self.embedder.stop()
-            self.embedder.model.close()
+def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, Engine]:
+    path = resolve_chat_model(settings.model.path)
+    model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
+    ms, es, cs = settings.model, settings.engine, settings.cache
+    context_length = ms.context_length or min(ms.n_ctx, model.info.n_ctx_train or ms.n_ctx)
+    engine = Engine(
+        model,
+        EngineConfig(
+            n_ctx=ms.n_ctx,
+            context_length=context_length,
+            max_running=es.max_running,
+            max_waiting=es.max_waiting,
+            step_token_budget=es.step_token_budget,
+            n_batch=ms.n_batch,
+            n_ubatch=ms.n_ubatch,
+            n_threads=_threads(settings),
+            cache_entries=cs.max_entries if cs.enabled else 0,
+            cache_cells=cs.max_cells,
+            cache_dir=Path(cs.persist_dir).expanduser() if cs.persist_dir else None,
+            cache_dir_max_bytes=cs.persist_max_mb << 20,
+        ),
+    )
+    model_id = ms.alias or path.name.removesuffix(".gguf")
+    logger.info(
+        "loaded %s (%s): %d KV cells, %d tokens per request, %d parallel sequences",
+        model_id,
+        model.info.description,
+        engine.ctx.n_ctx,
+        engine.context_length,
+        es.max_running,
+    )
+    return model, model_id, engine
+
+
+def _template(settings: Settings, model: LlamaModel) -> ChatTemplate:
+    source = settings.model.chat_template or model.metadata("tokenizer.chat_template")
+    if not source:
+        logger.warning("%s has no chat template; using ChatML", model.path.name)
+        source = CHATML_TEMPLATE
+    return ChatTemplate(
+        source,
+        bos_token=model.token_text(model.bos_token),
+        eos_token=model.token_text(model.eos_token),
+    )
+
+
+def _embedder(settings: Settings) -> tuple[Embedder | None, str]:
+    es = settings.embedding
+    if not es.enabled:
+        return None, ""
+    path = resolve_embedding_model(es.path, settings.storage.resolved_data_dir())
+    model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
+    embedder = Embedder(model, es.n_ctx, es.n_seq_max, _threads(settings))
+    default_name = DEFAULT_EMBEDDING_NAME if not es.path else path.name.removesuffix(".gguf")
+    model_id = es.alias or default_name
+    logger.info("loaded embedding model %s (%d dimensions)", model_id, embedder.dim)
+    return embedder, model_id
+
+
+def _threads(settings: Settings) -> int:
+    return settings.model.n_threads or os.cpu_count() or 1

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from bench.servers import ROOT, ServerProcess, start_hearth
+from server.launch import ROOT, ServerProcess, start_hearth
 
 __all__ = ["ROOT", "RunningServer", "hearth_cli", "start_server", "stop_server"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.engine.detokenizer import IncrementalDetokenizer, StopStringFilter
-from server.engine.model import LlamaModel
+from server.llama.model import LlamaModel
 from server.model_files import resolve_chat_model
 
 

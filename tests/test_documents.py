@@ -10,7 +10,7 @@ from fpdf import FPDF
 
 from retrieval.chunking import chunk_sections
 from retrieval.parsing import ParseError, parse
-from server.engine.model import LlamaModel
+from server.llama.model import LlamaModel
 from server.model_files import prepare_default_embedding_model
 from server.settings import load_settings
 

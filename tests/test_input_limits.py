@@ -10,16 +10,16 @@ import pytest
 
 from server.api.body import MAX_JSON_DEPTH, check_strings
 from server.api.errors import APIError
-from server.api.responses.store import ResponseStore, StoredResponse
-from server.engine.grammar import (
+from server.chat.json_schema_grammar import SchemaError, check_pattern, json_schema_to_gbnf
+from server.chat.response_store import ResponseStore, StoredResponse
+from server.chat.special_tokens import SpecialTokenGuard, new_marker, tokenize_pieces
+from server.llama.grammar import (
     MAX_GRAMMAR_BYTES,
     MAX_NESTING,
     MAX_REPETITION,
     GrammarError,
     check_grammar,
 )
-from server.json_schema_grammar import SchemaError, check_pattern, json_schema_to_gbnf
-from server.special_tokens import SpecialTokenGuard, new_marker, tokenize_pieces
 
 N_VOCAB = 49152
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from server.json_schema_grammar import SchemaError, integer_range_rule, json_schema_to_gbnf
+from server.chat.json_schema_grammar import SchemaError, integer_range_rule, json_schema_to_gbnf
 
 
 def as_regex(rule: str) -> re.Pattern[str]:

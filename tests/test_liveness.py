@@ -21,9 +21,9 @@ from starlette.testclient import TestClient
 from server.api.app import create_app
 from server.engine import embedder as embedder_module
 from server.engine.embedder import Embedder, EmbedderBusy, EmbedderError
-from server.engine.model import LlamaModel
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
-from server.engine.sampling import SamplingParams
+from server.llama.model import LlamaModel
+from server.llama.sampler import SamplingParams
 from server.model_files import resolve_embedding_model
 from server.runtime import Runtime
 from server.settings import load_settings
@@ -82,45 +82,18 @@ def request(runtime: Runtime, max_tokens: int = 8, **sampling: object) -> tuple:
     return req, collector
 
 
-def test_a_request_that_cannot_start_fails_alone(client: TestClient, runtime: Runtime) -> None:
-    """What killed the engine thread: a DRY breaker llama.cpp cannot take, now caught at
-    admission (the API refuses it earlier still)."""
-    engine = runtime.engine
-    bad, bad_out = request(runtime, dry_multiplier=0.8, dry_sequence_breakers=("\ud800",))
-    good, good_out = request(runtime)
-    engine.submit(bad)
-    engine.submit(good)
-    assert bad_out.last.finish_reason is FinishReason.ERROR
-    assert good_out.last.finish_reason is FinishReason.LENGTH
-    assert good_out.last.completion_tokens == 8
-    assert engine.alive and client.get("/health").status_code == 200
-
-
-def test_a_fault_while_sampling_fails_only_its_request(
+def test_a_failing_step_ends_streams_with_an_error_and_done(
     client: TestClient, runtime: Runtime
 ) -> None:
+    """A fault in the engine step itself (not one request's: those are in
+    test_engine_steps.py) fails the requests it held; the thread, and later requests, go on."""
     engine = runtime.engine
-    original = engine._sample
-    doomed: set[int] = set()
+    run = engine.runner.run
 
-    def flaky(seq, index):  # type: ignore[no-untyped-def]
-        if seq.request.id in doomed and seq.n_generated >= 2:
-            raise RuntimeError("injected fault")
-        return original(seq, index)
+    def broken(plan, before_decode):  # type: ignore[no-untyped-def]
+        raise RuntimeError("injected fault")
 
-    engine._sample = flaky  # type: ignore[method-assign]
-    bad, bad_out = request(runtime, max_tokens=30)
-    good, good_out = request(runtime, max_tokens=30)
-    doomed.add(bad.id)
-    engine.submit(bad)
-    engine.submit(good)
-    assert bad_out.last.finish_reason is FinishReason.ERROR
-    assert good_out.last.finish_reason is FinishReason.LENGTH
-    assert sum(len(o.token_ids) for o in good_out.outputs) == 30
-    engine._sample = original  # type: ignore[method-assign]
-    # Over HTTP: the stream of a failing request ends with an error event and [DONE].
-    doomed.clear()
-    engine._sample = lambda seq, index: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[method-assign]
+    engine.runner.run = broken  # type: ignore[method-assign]
     with client.stream(
         "POST",
         "/v1/chat/completions",
@@ -130,12 +103,13 @@ def test_a_fault_while_sampling_fails_only_its_request(
     assert '"error"' in lines[-2] and lines[-1] == "data: [DONE]"
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
-    engine._sample = original  # type: ignore[method-assign]
+    engine.runner.run = run  # type: ignore[method-assign]
     r = client.post(
         "/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 3},
     )
     assert r.status_code == 200
+    assert engine.alive and client.get("/health").status_code == 200
     stats = client.get("/stats").json()
     assert stats["running"] == 0 and stats["cells_used"] == stats["cache_cells"]
 
@@ -148,7 +122,7 @@ def test_health_says_503_when_the_engine_thread_is_gone(
     def fatal() -> None:
         raise SystemExit("injected: the thread itself fails")
 
-    engine._step = fatal  # type: ignore[method-assign]
+    engine._step_batch = fatal  # type: ignore[method-assign]
     waiting, waiting_out = request(runtime)
     engine.submit(waiting)
     # The request that was in the engine is answered, not left hanging.
@@ -170,7 +144,7 @@ def test_health_names_a_dead_embedder_and_ingestion_worker(runtime: Runtime) -> 
     async def crashing_worker() -> None:
         raise RuntimeError("injected: the worker crashed")
 
-    app.state.retrieval.worker.run = crashing_worker
+    runtime.retrieval.worker.run = crashing_worker
     with TestClient(app, base_url="http://127.0.0.1") as client:
         assert runtime.embedder is not None
         embedder = runtime.embedder

@@ -112,8 +112,10 @@ def test_cached_logits_agree_with_scratch(client: openai.OpenAI, model_id: str) 
         assert abs(math.exp(top_a[token]) - math.exp(top_b[token])) < 0.05
 
 
-def _concurrent_shared_prefix(server: RunningServer, model_id: str, tag: str) -> tuple[int, int]:
-    """8 requests at once with one new long system prompt: (prompt tokens the engine
+def _concurrent_shared_prefix(
+    server: RunningServer, model_id: str, tag: str, n: int = 8
+) -> tuple[int, int]:
+    """n requests at once with one new long system prompt: (prompt tokens the engine
     computed, prompt tokens of one request)."""
     sys_msg = {"role": "system", "content": system_prompt(tag, 120)}
     before = server.stats()["prompt_tokens_processed"]
@@ -128,7 +130,7 @@ def _concurrent_shared_prefix(server: RunningServer, model_id: str, tag: str) ->
                     temperature=0,
                     messages=[sys_msg, {"role": "user", "content": f"Question number {i}?"}],
                 )
-                for i in range(8)
+                for i in range(n)
             )
         )
 
@@ -156,70 +158,10 @@ def uncached_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
 
 def test_without_cache_each_request_prefills(uncached_server: RunningServer) -> None:
     computed, prompt = _concurrent_shared_prefix(
-        uncached_server, uncached_server.model_id(), "zeta"
+        uncached_server, uncached_server.model_id(), "zeta", n=4
     )
-    assert computed >= 8 * prompt
+    assert computed >= 4 * prompt
     assert uncached_server.stats()["cache"]["hits"] == 0
-
-
-@pytest.fixture(scope="module")
-def tiny_cache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    s = start_server(
-        tmp_path_factory.mktemp("tiny"),
-        "--n-ctx",
-        "1024",
-        "--parallel",
-        "4",
-        "--cache-entries",
-        "2",
-        "--cache-cells",
-        "300",
-    )
-    yield s
-    stop_server(s)
-
-
-def test_tiny_cache_evicts_and_keeps_serving(tiny_cache_server: RunningServer) -> None:
-    server = tiny_cache_server
-    client, model = server.client(), server.model_id()
-    for i in range(6):
-        r = chat(
-            client,
-            model,
-            [
-                {"role": "system", "content": system_prompt(f"eta{i}", 150)},
-                {"role": "user", "content": "Hi"},
-            ],
-            max_tokens=8,
-        )
-        assert r.choices[0].message.content is not None
-
-    async def burst() -> list:
-        c = server.async_client()
-        return await asyncio.gather(
-            *(
-                c.chat.completions.create(
-                    model=model,
-                    max_tokens=40,
-                    temperature=0,
-                    extra_body={"ignore_eos": True},
-                    messages=[
-                        {"role": "system", "content": system_prompt(f"theta{i}", 150)},
-                        {"role": "user", "content": "Hi"},
-                    ],
-                )
-                for i in range(6)
-            )
-        )
-
-    # Six prompts of ~170 tokens plus 40 outputs each do not fit in 1024 cells at once.
-    results = asyncio.run(burst())
-    assert all(r.usage.completion_tokens == 40 for r in results)
-    stats = server.stats()
-    assert stats["cache"]["evictions"] > 0
-    assert stats["running"] == 0 and stats["cells_used"] == stats["cache_cells"]
-    assert stats["cache_cells"] <= 300
-    assert stats["cache_entries"] <= 2 + 4  # its own ids plus idle running ids at most
 
 
 def test_cache_survives_a_restart(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.model import LlamaModel
+from server.llama.model import LlamaModel
+from server.llama.quantize import QuantizeError, quantize
 from server.model_files import resolve_chat_model
 from server.perplexity import PerplexityError, perplexity
-from server.quantize import QuantizeError, quantize
 from tests.conftest import ROOT, hearth_cli
 
 TEXT = (ROOT / "README.md").read_text() + (ROOT / "docs" / "architecture.md").read_text()

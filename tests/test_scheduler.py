@@ -6,11 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.engine.context import ContextParams, LlamaContext
-from server.engine.model import LlamaModel
+from server.engine.no_cache import NoCache
+from server.engine.prefix_cache import PrefixCache
 from server.engine.request import GenerationRequest
 from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence
+from server.llama.context import ContextParams, LlamaContext
+from server.llama.model import LlamaModel
 from server.model_files import resolve_chat_model
 
 
@@ -61,7 +63,7 @@ def run_plan(sched: Scheduler) -> list[tuple[Sequence, int]]:
 def test_decode_tokens_come_first_and_prompts_are_chunked(ctx: LlamaContext) -> None:
     kv = RecordingKV(ctx)
     released = kv.removed
-    sched = Scheduler(max_running=4, token_budget=64, n_cells=10_000, kv=kv)
+    sched = Scheduler(max_running=4, token_budget=64, n_cells=10_000, cache=NoCache(kv))
     short, long_ = make_seq(10), make_seq(200)
     sched.add(short)
     sched.add(long_)
@@ -76,7 +78,7 @@ def test_decode_tokens_come_first_and_prompts_are_chunked(ctx: LlamaContext) -> 
 
 
 def test_admission_respects_sequences_and_cells(ctx: LlamaContext) -> None:
-    sched = Scheduler(max_running=2, token_budget=512, n_cells=100, kv=ctx)
+    sched = Scheduler(max_running=2, token_budget=512, n_cells=100, cache=NoCache(ctx))
     a, b, c = make_seq(40), make_seq(40), make_seq(10)
     for s in (a, b, c):
         sched.add(s)
@@ -85,7 +87,7 @@ def test_admission_respects_sequences_and_cells(ctx: LlamaContext) -> None:
 
 
 def test_big_prompt_waits_for_cells(ctx: LlamaContext) -> None:
-    sched = Scheduler(max_running=4, token_budget=512, n_cells=100, kv=ctx)
+    sched = Scheduler(max_running=4, token_budget=512, n_cells=100, cache=NoCache(ctx))
     a, b = make_seq(60), make_seq(60)
     sched.add(a)
     sched.add(b)
@@ -99,7 +101,7 @@ def test_big_prompt_waits_for_cells(ctx: LlamaContext) -> None:
 def test_preemption_when_cells_run_out(ctx: LlamaContext) -> None:
     kv = RecordingKV(ctx)
     released = kv.removed
-    sched = Scheduler(max_running=2, token_budget=512, n_cells=50, kv=kv)
+    sched = Scheduler(max_running=2, token_budget=512, n_cells=50, cache=NoCache(kv))
     a, b = make_seq(20), make_seq(20)
     sched.add(a)
     sched.add(b)
@@ -117,7 +119,9 @@ def test_preemption_when_cells_run_out(ctx: LlamaContext) -> None:
 def test_shared_prefix_is_prefilled_once(ctx: LlamaContext) -> None:
     """Two requests with one uncached 100-token prefix: the second waits for the first's
     prefill, then takes those cells instead of computing them again."""
-    sched = Scheduler(max_running=4, token_budget=64, n_cells=1000, kv=ctx, cache_entries=4)
+    sched = Scheduler(
+        max_running=4, token_budget=64, n_cells=1000, cache=PrefixCache(ctx), cache_entries=4
+    )
     a = make_seq(110)
     b = make_seq(120)  # the same first 110 tokens, then 10 more
     sched.add(a)
@@ -133,7 +137,9 @@ def test_shared_prefix_is_prefilled_once(ctx: LlamaContext) -> None:
 
 
 def test_finished_request_is_cached_and_evicted_lru(ctx: LlamaContext) -> None:
-    sched = Scheduler(max_running=1, token_budget=512, n_cells=1000, kv=ctx, cache_entries=1)
+    sched = Scheduler(
+        max_running=1, token_budget=512, n_cells=1000, cache=PrefixCache(ctx), cache_entries=1
+    )
     a = make_seq(50, first=1)
     sched.add(a)
     run_plan(sched)

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from server.api.tools import AnswerStream, parse_answer
+from server.chat.tools import AnswerStream, parse_answer
 from tests.conftest import RunningServer
 
 WEATHER = {

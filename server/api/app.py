@@ -1,24 +1,20 @@
-"""The Starlette application: routes, error handlers, auth, CORS and the engine's lifetime."""
+"""The Starlette application: routes, middleware and error handlers over a Runtime.
+
+The app holds the Runtime (the composition root, server/runtime.py) and nothing else; the
+runtime's lifetime is the app's lifespan. Endpoint modules parse, call the chat service or
+retrieval, and format; errors of every layer meet HTTP in api/errors.py.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import asdict
-from importlib.metadata import version
-from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrieval.ingestion import ChunkingOptions
-from retrieval.service import Retrieval
-from retrieval.watcher import FolderWatcher
 from server.api import responses
 from server.api import vector_stores as vs
 from server.api.auth import APIKeyAuth
@@ -28,115 +24,14 @@ from server.api.chat import chat_completions
 from server.api.chat_page import chat_page
 from server.api.completions import completions
 from server.api.embeddings import embeddings
-from server.api.errors import (
-    APIError,
-    handle_api_error,
-    handle_busy,
-    handle_http_exception,
-    handle_unavailable,
-    handle_unexpected,
-)
+from server.api.errors import HANDLERS
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
-from server.api.metrics import make_registry, metrics
-from server.api.openapi import documented, openapi, openapi_document
-from server.api.responses.store import ResponseStore
+from server.api.models import list_models, retrieve_model
+from server.api.openapi import openapi
+from server.api.status import health, metrics, stats
 from server.api.tokenize import detokenize, tokenize
-from server.engine.embedder import EmbedderBusy, EmbedderError
 from server.runtime import Runtime
 from server.settings import Settings
-
-
-def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
-    info = runtime.model.info
-    cards: list[dict[str, object]] = [
-        {
-            "id": runtime.model_id,
-            "object": "model",
-            "created": runtime.created,
-            "owned_by": "hearth",
-            "meta": {
-                "kind": "chat",
-                "path": str(info.path),
-                "n_ctx_train": info.n_ctx_train,
-                "context_length": runtime.engine.context_length,
-                "n_vocab": info.n_vocab,
-                "n_params": info.n_params,
-                "size": info.size_bytes,
-            },
-        }
-    ]
-    if runtime.embedder is not None:
-        emb = runtime.embedder
-        cards.append(
-            {
-                "id": runtime.embedding_model_id,
-                "object": "model",
-                "created": runtime.created,
-                "owned_by": "hearth",
-                "meta": {
-                    "kind": "embedding",
-                    "dimensions": emb.dim,
-                    "context_length": emb.max_tokens,
-                    "n_params": emb.model.info.n_params,
-                    "size": emb.model.info.size_bytes,
-                },
-            }
-        )
-    return cards
-
-
-@documented("List models")
-async def list_models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": _model_cards(request.app.state.runtime)})
-
-
-@documented("Retrieve a model")
-async def retrieve_model(request: Request) -> Response:
-    wanted = request.path_params["model"]
-    for card in _model_cards(request.app.state.runtime):
-        if card["id"] == wanted:
-            return JSONResponse({k: v for k, v in card.items() if k != "meta"})
-    raise APIError(
-        404, f"The model '{wanted}' does not exist", param="model", code="model_not_found"
-    )
-
-
-@documented("Liveness: 200 while everything runs, 503 with the reasons otherwise")
-async def health(request: Request) -> Response:
-    """200 while every engine thread and background task runs, else 503 with the reasons.
-    Without the API key (when one is set) only the status is shown."""
-    runtime: Runtime = request.app.state.runtime
-    problems = runtime.problems() + request.app.state.retrieval.problems()
-    body: dict[str, object] = {"status": "unavailable" if problems else "ok"}
-    if problems:
-        body["reasons"] = problems
-    if getattr(request.state, "authenticated", True):
-        body["model"] = runtime.model_id
-        body["engine"] = runtime.engine.stats.snapshot()
-    return JSONResponse(body, status_code=503 if problems else 200)
-
-
-@documented("Engine and cache counters")
-async def stats(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    body: dict[str, object] = runtime.engine.stats.snapshot()
-    if runtime.embedder is not None:
-        body["embeddings"] = asdict(runtime.embedder.stats)
-    return JSONResponse(body)
-
-
-def _watcher(runtime: Runtime, retrieval: Retrieval) -> FolderWatcher | None:
-    rs = runtime.settings.retrieval
-    if not rs.watch_dir:
-        return None
-    return FolderWatcher(
-        retrieval,
-        Path(rs.watch_dir).expanduser(),
-        rs.watch_store,
-        rs.watch_interval,
-        runtime.settings.storage.resolved_data_dir(),
-        rs.watch_symlinks,
-    )
 
 
 def api_routes() -> list[Route]:
@@ -202,39 +97,17 @@ def _middleware(settings: Settings) -> list[Middleware]:
 def create_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime.start()
-        app.state.retrieval.start(_watcher(runtime, app.state.retrieval))
+        await runtime.start()
         try:
             yield
         finally:
-            await app.state.retrieval.stop()
-            runtime.close()
+            await runtime.stop()
 
-    routes = api_routes()
     app = Starlette(
-        routes=routes,
+        routes=api_routes(),
         middleware=_middleware(runtime.settings),
         lifespan=lifespan,
-        exception_handlers={
-            APIError: handle_api_error,
-            HTTPException: handle_http_exception,
-            EmbedderBusy: handle_busy,
-            EmbedderError: handle_unavailable,
-            Exception: handle_unexpected,
-        },
+        exception_handlers=HANDLERS,
     )
     app.state.runtime = runtime
-    app.state.openapi = openapi_document(routes, "Hearth", version("hearth"))
-    app.state.responses = ResponseStore()  # for previous_response_id
-    app.state.metrics = make_registry(runtime)
-    settings = runtime.settings
-    app.state.retrieval = Retrieval(
-        settings.storage.resolved_data_dir(),
-        settings.retrieval.lancedb_uri,
-        settings.retrieval.max_upload_mb << 20,
-        runtime.embedder,
-        ChunkingOptions(settings.retrieval.chunk_tokens, settings.retrieval.chunk_overlap),
-        settings.retrieval.parse_timeout,
-        settings.retrieval.max_attempts,
-    )
     return app

@@ -73,7 +73,7 @@ def _token_inputs(runtime: Runtime, embedder: Embedder, req: EmbeddingRequest) -
         if isinstance(item, str):
             if not item:
                 raise bad_request(f"Input {i} is an empty string.", param="input")
-            tokens = model.tokenize(item, add_special=True, parse_special=False)
+            tokens = embedder.tokenize(item)
         else:
             if not item:
                 raise bad_request(f"Input {i} is an empty token array.", param="input")

@@ -1,4 +1,10 @@
-"""Errors in OpenAI's wire shape: {"error": {"message", "type", "param", "code"}}."""
+"""Errors in OpenAI's wire shape: {"error": {"message", "type", "param", "code"}}.
+
+The one place where the service layers' errors meet HTTP: `api_error` maps each domain
+error (server/errors.py) and each engine's own (busy, gone, context too long) to a status
+and that shape; `HANDLERS` is what the app registers, and the SSE streams use the same
+mapping for an error event.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,16 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from server.engine.embedder import EmbedderBusy, EmbedderError
+from server.engine.engine import ContextLengthExceeded, EngineBusy, EngineDead
+from server.errors import (
+    FeatureDisabled,
+    GenerationFailed,
+    InvalidRequest,
+    NotFound,
+    RequestError,
+)
 
 logger = logging.getLogger("hearth.api")
 
@@ -94,9 +110,33 @@ def from_validation_error(error: ValidationError) -> APIError:
     return APIError(400, message, param=param, code=code)
 
 
-async def handle_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, APIError)
-    return exc.response()
+def api_error(exc: Exception) -> APIError:
+    """What a client is told about exc (500 for anything not foreseen)."""
+    match exc:
+        case APIError():
+            return exc
+        case InvalidRequest():
+            return APIError(400, exc.message, param=exc.param, code=exc.code)
+        case NotFound():
+            return APIError(404, exc.message, param=exc.param, code=exc.code)
+        case FeatureDisabled():
+            return APIError(503, exc.message, type="server_error", code=exc.code)
+        case ContextLengthExceeded():
+            return APIError(400, str(exc), param="messages", code="context_length_exceeded")
+        case EngineBusy() | EmbedderBusy():
+            return server_busy(str(exc))
+        case EngineDead() | EmbedderError():
+            return unavailable(str(exc))
+        case GenerationFailed():
+            return APIError(500, str(exc), type="server_error", code="server_error")
+    logger.error("unhandled error", exc_info=exc)
+    return APIError(
+        500, "The server had an error while processing your request.", type="server_error"
+    )
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    return api_error(exc).response()
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -106,18 +146,21 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return APIError(exc.status_code, str(message), type=kind, headers=exc.headers).response()
 
 
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s", request.url.path)
-    return APIError(
-        500, "The server had an error while processing your request.", type="server_error"
-    ).response()
-
-
-async def handle_busy(request: Request, exc: Exception) -> Response:
-    """A queue in front of an engine is full (429 with Retry-After)."""
-    return server_busy(str(exc)).response()
-
-
-async def handle_unavailable(request: Request, exc: Exception) -> Response:
-    """An engine is gone (its thread stopped; /health says why)."""
-    return unavailable(str(exc)).response()
+# Exception class -> handler, as Starlette takes them. Exception itself is the catch-all
+# (Starlette's outermost middleware answers it).
+HANDLERS = {
+    HTTPException: handle_http_exception,
+    **dict.fromkeys(
+        (
+            APIError,
+            RequestError,
+            ContextLengthExceeded,
+            EngineBusy,
+            EngineDead,
+            EmbedderError,
+            GenerationFailed,
+        ),
+        handle_error,
+    ),
+    Exception: handle_error,
+}

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from retrieval.files import FileStore, FileTooLarge, StoredFile
-from server.api.body import BodyTooLarge, validate_body
+from server.api.body import BodyTooLarge
 from server.api.errors import APIError, bad_request
+from server.api.listing import ListQuery, list_query, page
 from server.api.openapi import documented
 
 PURPOSES = {"assistants", "user_data", "batch", "fine-tune", "vision", "evals"}
@@ -25,16 +25,6 @@ UPLOAD_FORM = {
     },
 }
 MAX_FILENAME_CHARS = 1024
-Query = TypeVar("Query", bound="ListQuery")
-
-
-class ListQuery(BaseModel):
-    """OpenAI's cursor pagination, as query parameters."""
-
-    model_config = ConfigDict(extra="allow")
-    limit: int | None = Field(None, ge=1, le=10000)
-    after: str | None = None
-    order: Literal["asc", "desc"] = "desc"
 
 
 class FileListQuery(ListQuery):
@@ -56,7 +46,7 @@ def file_object(f: StoredFile) -> dict[str, Any]:
 
 
 def _store(request: Request) -> FileStore:
-    return request.app.state.retrieval.files
+    return request.app.state.runtime.retrieval.files
 
 
 def _not_found(file_id: str) -> APIError:
@@ -67,30 +57,6 @@ def _not_found(file_id: str) -> APIError:
         code="file_not_found",
         type="invalid_request_error",
     )
-
-
-def list_query(request: Request, model: type[Query]) -> Query:
-    """The query string validated as `model` (400 naming the parameter otherwise)."""
-    return validate_body(model, dict(request.query_params))
-
-
-def page(items: list[dict[str, Any]], query: ListQuery, default_limit: int = 10000) -> dict:
-    """OpenAI's cursor pagination: limit, after (an id), has_more, first_id, last_id."""
-    limit = query.limit or default_limit
-    after = query.after
-    if after:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise bad_request(f"No object with id {after!r} to continue after.", param="after")
-        items = items[ids.index(after) + 1 :]
-    data = items[:limit]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": len(items) > limit,
-    }
 
 
 @documented("Upload a file", form=UPLOAD_FORM, creates="file_id")
@@ -163,6 +129,7 @@ async def file_content(request: Request) -> Response:
 async def delete_file(request: Request) -> Response:
     file_id = request.path_params["file_id"]
     # Also takes the file out of every vector store that holds it.
-    if not await asyncio.to_thread(request.app.state.retrieval.delete_file, file_id):
+    retrieval = request.app.state.runtime.retrieval
+    if not await asyncio.to_thread(retrieval.delete_file, file_id):
         raise _not_found(file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.engine.logprobs import TokenLogprob
-from server.engine.model import LlamaModel
+from server.llama.model import LlamaModel
 
 
 def _piece(model: LlamaModel, token: int) -> tuple[str, list[int]]:

@@ -8,8 +8,10 @@ it.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -156,5 +158,14 @@ def _operation_id(route: Route, method: str) -> str:
     return f"{route.name}_{method.lower()}"
 
 
+# Built once per app, from the routes it serves.
+_documents: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 async def openapi(request: Request) -> Response:
-    return JSONResponse(request.app.state.openapi)
+    document = _documents.get(request.app)
+    if document is None:
+        document = _documents[request.app] = openapi_document(
+            request.app.routes, "Hearth", version("hearth")
+        )
+    return JSONResponse(document)

@@ -8,18 +8,14 @@ end, never a connection cut without one.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 
-from server.api.errors import APIError
-
-logger = logging.getLogger("hearth.api")
+from server.api.errors import APIError, api_error
 
 DONE = "[DONE]"
-INTERNAL_ERROR = "The server had an error while processing your request."
 
 
 def dumps(body: Any) -> str:
@@ -27,26 +23,28 @@ def dumps(body: Any) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def error_events(message: str | None) -> list[Any]:
+def engine_error(message: str) -> APIError:
+    return APIError(500, message, type="server_error", code="server_error")
+
+
+def error_events(error: APIError) -> list[Any]:
     """How a chat or text completion stream ends on an error: the error object, then
     [DONE] (what OpenAI's clients raise on and what llama-server sends)."""
-    error = APIError(500, message or INTERNAL_ERROR, type="server_error", code="server_error")
     return [dumps(error.body()), DONE]
 
 
 async def _closing(
     events: AsyncIterator[Any],
     on_close: Callable[[], None],
-    on_error: Callable[[str | None], list[Any]],
+    on_error: Callable[[APIError], list[Any]],
 ) -> AsyncIterator[Any]:
     # sse-starlette cancels this generator when the client disconnects; `finally` then
     # tells the engine, which frees the request's sequence at its next step.
     try:
         async for event in events:
             yield event
-    except Exception:
-        logger.exception("a stream failed while being generated")
-        for event in on_error(None):
+    except Exception as e:
+        for event in on_error(api_error(e)):
             yield event
     finally:
         on_close()
@@ -55,7 +53,7 @@ async def _closing(
 def sse_response(
     events: AsyncIterator[Any],
     on_close: Callable[[], None],
-    on_error: Callable[[str | None], list[Any]] = error_events,
+    on_error: Callable[[APIError], list[Any]] = error_events,
 ) -> EventSourceResponse:
     return EventSourceResponse(
         _closing(events, on_close, on_error),

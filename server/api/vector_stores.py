@@ -10,14 +10,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from retrieval.catalog import IN_PROGRESS, VectorStore, VectorStoreFile
-from retrieval.filters import FilterError, validate
-from retrieval.service import Retrieval
-from retrieval.store import Hit
+from retrieval.chunk_store import Hit
+from retrieval.service import RetrievalService
 from server.api.body import read_json, validate_body
 from server.api.errors import APIError, bad_request
-from server.api.files import ListQuery, list_query, page
+from server.api.listing import ListQuery, list_query, page
 from server.api.openapi import documented
-from server.api.schemas import Attributes, Metadata
+from server.chat.requests import Attributes, Metadata
 
 # The openai client polls a file's status; tell it to look again soon.
 POLL_HEADERS = {"openai-poll-after-ms": "200"}
@@ -65,30 +64,11 @@ class StoreFileListQuery(ListQuery):
     filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None
 
 
-def require_retrieval(request: Request) -> Retrieval:
-    retrieval: Retrieval = request.app.state.retrieval
-    if not retrieval.enabled:
-        raise APIError(
-            503,
-            "Retrieval needs the embedding model, which is switched off.",
-            type="server_error",
-            code="embeddings_disabled",
-        )
+def _retrieval(request: Request) -> RetrievalService:
+    """The retrieval service, or FeatureDisabled when there is no embedding model."""
+    retrieval: RetrievalService = request.app.state.runtime.retrieval
+    retrieval.require()
     return retrieval
-
-
-def store_or_404(
-    retrieval: Retrieval, store_id: str, param: str = "vector_store_id"
-) -> VectorStore:
-    store = retrieval.catalog.get_store(store_id)
-    if store is None:
-        raise APIError(
-            404,
-            f"No vector store found with id '{store_id}'.",
-            param=param,
-            code="vector_store_not_found",
-        )
-    return store
 
 
 def store_object(store: VectorStore) -> dict[str, Any]:
@@ -105,14 +85,6 @@ def store_object(store: VectorStore) -> dict[str, Any]:
         "last_active_at": store.last_active_at,
         "metadata": store.metadata,
     }
-
-
-def check_filters(filters: dict[str, Any] | None, param: str) -> None:
-    if filters is not None:
-        try:
-            validate(filters)
-        except FilterError as e:
-            raise bad_request(f"Invalid filters: {e}.", param=param) from None
 
 
 def file_object(vsf: VectorStoreFile) -> dict[str, Any]:
@@ -148,7 +120,7 @@ def hit_object(hit: Hit) -> dict[str, Any]:
 
 
 def _attach(
-    retrieval: Retrieval, store_id: str, file_id: str, attributes: dict[str, Any]
+    retrieval: RetrievalService, store_id: str, file_id: str, attributes: dict[str, Any]
 ) -> VectorStoreFile:
     if retrieval.files.get(file_id) is None:
         raise APIError(
@@ -159,7 +131,7 @@ def _attach(
 
 @documented("Create a vector store", body=CreateStore, creates="store_id")
 async def create_store(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     body = validate_body(CreateStore, await read_json(request))
     missing = [f for f in body.file_ids if retrieval.files.get(f) is None]
     if missing:
@@ -169,12 +141,12 @@ async def create_store(request: Request) -> Response:
     store = retrieval.catalog.create_store(body.name, body.metadata or {})
     for file_id in body.file_ids:
         retrieval.attach(store.id, file_id, {})
-    return JSONResponse(store_object(store_or_404(retrieval, store.id)))
+    return JSONResponse(store_object(retrieval.vector_store(store.id)))
 
 
 @documented("List vector stores", query=ListQuery)
 async def list_stores(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     query = list_query(request, ListQuery)
     stores = retrieval.catalog.list_stores(query.order)
     return JSONResponse(page([store_object(s) for s in stores], query, default_limit=20))
@@ -182,15 +154,15 @@ async def list_stores(request: Request) -> Response:
 
 @documented("Retrieve a vector store")
 async def retrieve_store(request: Request) -> Response:
-    retrieval = require_retrieval(request)
-    return JSONResponse(store_object(store_or_404(retrieval, request.path_params["store_id"])))
+    retrieval = _retrieval(request)
+    return JSONResponse(store_object(retrieval.vector_store(request.path_params["store_id"])))
 
 
 @documented("Modify a vector store", body=ModifyStore)
 async def modify_store(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     store_id = request.path_params["store_id"]
-    store_or_404(retrieval, store_id)
+    retrieval.vector_store(store_id)
     body = validate_body(ModifyStore, await read_json(request))
     store = retrieval.catalog.update_store(store_id, body.name, body.metadata)
     assert store is not None
@@ -199,18 +171,18 @@ async def modify_store(request: Request) -> Response:
 
 @documented("Delete a vector store")
 async def delete_store(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     store_id = request.path_params["store_id"]
-    store_or_404(retrieval, store_id)
+    retrieval.vector_store(store_id)
     await asyncio.to_thread(retrieval.delete_store, store_id)
     return JSONResponse({"id": store_id, "object": "vector_store.deleted", "deleted": True})
 
 
 @documented("Add a file to a vector store (it is ingested)", body=AttachFile)
 async def attach_file(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     store_id = request.path_params["store_id"]
-    store_or_404(retrieval, store_id)
+    retrieval.vector_store(store_id)
     body = validate_body(AttachFile, await read_json(request))
     vsf = _attach(retrieval, store_id, body.file_id, dict(body.attributes or {}))
     return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
@@ -218,16 +190,16 @@ async def attach_file(request: Request) -> Response:
 
 @documented("List a vector store's files", query=StoreFileListQuery)
 async def list_store_files(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     store_id = request.path_params["store_id"]
-    store_or_404(retrieval, store_id)
+    retrieval.vector_store(store_id)
     query = list_query(request, StoreFileListQuery)
     files = retrieval.catalog.list_files(store_id, query.filter, query.order)
     return JSONResponse(page([file_object(f) for f in files], query, default_limit=20))
 
 
-def _store_file_or_404(retrieval: Retrieval, store_id: str, file_id: str) -> VectorStoreFile:
-    store_or_404(retrieval, store_id)
+def _store_file_or_404(retrieval: RetrievalService, store_id: str, file_id: str) -> VectorStoreFile:
+    retrieval.vector_store(store_id)
     vsf = retrieval.catalog.get_file(store_id, file_id)
     if vsf is None:
         raise APIError(
@@ -241,7 +213,7 @@ def _store_file_or_404(retrieval: Retrieval, store_id: str, file_id: str) -> Vec
 
 @documented("Retrieve a vector store file")
 async def retrieve_store_file(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     vsf = _store_file_or_404(
         retrieval, request.path_params["store_id"], request.path_params["file_id"]
     )
@@ -250,7 +222,7 @@ async def retrieve_store_file(request: Request) -> Response:
 
 @documented("Remove a file from a vector store")
 async def detach_file(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
     _store_file_or_404(retrieval, store_id, file_id)
     await asyncio.to_thread(retrieval.detach, store_id, file_id)
@@ -259,14 +231,14 @@ async def detach_file(request: Request) -> Response:
 
 @documented("Search a vector store", body=SearchRequest)
 async def search_store(request: Request) -> Response:
-    retrieval = require_retrieval(request)
+    retrieval = _retrieval(request)
     store_id = request.path_params["store_id"]
-    store_or_404(retrieval, store_id)
+    retrieval.vector_store(store_id)
     body = validate_body(SearchRequest, await read_json(request))
     query = " ".join(body.query) if isinstance(body.query, list) else body.query
     if not query.strip():
         raise bad_request("'query' must not be empty.", param="query")
-    check_filters(body.filters, "filters")
+    retrieval.check_filters(body.filters, "filters")
     hits = await retrieval.search([store_id], query, body.max_num_results, body.mode, body.filters)
     return JSONResponse(
         {

@@ -9,17 +9,14 @@ names the model file the KV belongs to; files made for another model are ignored
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
-import llama_cpp
-
-from server.engine.context import LlamaContext
 from server.engine.scheduler import Scheduler
+from server.llama.context import LlamaContext
 
 logger = logging.getLogger("hearth.cache")
 
@@ -65,16 +62,11 @@ def save(ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: in
 def _write_entries(
     ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: int
 ) -> tuple[list[str], int]:
-    cache = scheduler.cache
     written: list[str] = []
     total = 0
-    for seq_id in reversed(list(cache.entries)):
-        tokens = cache.path_tokens(seq_id)
+    for seq_id, tokens in scheduler.cache_entries():
         path = directory / f"{len(written):04d}.kv"
-        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
-        size = llama_cpp.llama_state_seq_save_file(
-            ctx.ptr, str(path).encode(), seq_id, arr, len(tokens)
-        )
+        size = ctx.save_sequence(path, seq_id, tokens)
         if size == 0 or total + size > max_bytes:
             path.unlink(missing_ok=True)
             break
@@ -93,28 +85,14 @@ def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path) -> int:
         logger.info("prefix cache in %s was saved for another model; not loading it", directory)
         return 0
     loaded = 0
-    capacity = ctx.n_ctx
-    tokens = (llama_cpp.llama_token * capacity)()
-    n_tokens = ctypes.c_size_t(0)
     for name in manifest.get("files", []):
-        seq_id = scheduler.take_seq_id()
-        if seq_id is None:
+        if not scheduler.free_sequence_ids:
             break
-        read = llama_cpp.llama_state_seq_load_file(
-            ctx.ptr,
-            str(directory / name).encode(),
-            seq_id,
-            tokens,
-            capacity,
-            ctypes.byref(n_tokens),
-        )
-        if read == 0 or n_tokens.value == 0:
-            ctx.seq_remove(seq_id)
-            scheduler.give_back_seq_id(seq_id)
+        path = directory / name
+        if scheduler.restore_entry(lambda seq_id, p=path: ctx.load_sequence(p, seq_id)):
+            loaded += 1
+        else:
             logger.warning("could not load prefix cache file %s", name)
-            continue
-        scheduler.adopt_entry(seq_id, list(tokens[: n_tokens.value]))
-        loaded += 1
     logger.info(
         "restored %d prefix cache entries (%d cells) from %s",
         loaded,

@@ -1,27 +1,25 @@
 """Sentence embeddings: an embedding model in its own llama.cpp context and thread.
 
-Inputs from concurrent requests are packed into shared llama_decode/llama_encode calls, one
-sequence id per input, as many as fit in a batch; each request gets its vectors as soon as
-its last input is done. The model's pooling (MEAN for MiniLM) runs inside llama.cpp;
-vectors come back L2-normalised, as OpenAI's and sentence-transformers' do.
+Inputs from concurrent requests are packed into shared llama.cpp calls, one sequence id
+per input, as many as fit in a batch; each request gets its vectors as soon as its last
+input is done. The model's pooling (MEAN for MiniLM) runs inside llama.cpp; vectors come
+back L2-normalised, as OpenAI's and sentence-transformers' do. It implements retrieval's
+Embeddings interface (tokenize, count_tokens, submit, dim, max_tokens).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import logging
-import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-import llama_cpp
 import numpy as np
 
-from server.engine.context import TokenBatch
-from server.engine.model import LlamaModel
-from server.engine.threadpool import ThreadPool
+from server.engine.worker_thread import STOPPED, InboxClosed, WorkerThread
+from server.llama.context import ContextParams, LlamaContext, TokenBatch
+from server.llama.model import LlamaModel
 
 logger = logging.getLogger("hearth.embedder")
 
@@ -57,9 +55,6 @@ class EmbedderStats:
     seconds: float = field(default=0.0)
 
 
-_STOP = object()
-
-
 def _fail(jobs: set[_Job], error: Exception) -> None:
     for job in jobs:
         if not job.future.done():
@@ -74,54 +69,58 @@ class Embedder:
                 f"embedding n_ctx ({n_ctx}) must be a multiple of n_seq_max ({n_seq_max})"
             )
         self.model = model
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
-        params.n_seq_max = n_seq_max
-        params.n_threads = params.n_threads_batch = n_threads
-        params.embeddings = True
-        params.kv_unified = True
-        params.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(model.ptr, params)
-        if not self.ctx:
-            raise EmbedderError("llama.cpp could not create the embedding context")
-        self._threadpool = ThreadPool(self.ctx, n_threads)
+        # One batch is the whole context: a non-causal model must see a whole input in one
+        # micro-batch.
+        self.ctx = LlamaContext(
+            model,
+            ContextParams(
+                n_ctx=n_ctx,
+                n_seq_max=n_seq_max,
+                n_batch=n_ctx,
+                n_ubatch=n_ctx,
+                n_threads=n_threads,
+                embeddings=True,
+            ),
+        )
         self.n_ctx = n_ctx
         self.n_seq_max = n_seq_max
-        self.dim: int = llama_cpp.llama_model_n_embd(model.ptr)
-        # The longest input: the model's trained positions, and what fits in one batch
-        # (a non-causal model must see a whole input in one micro-batch).
+        self.dim: int = self.ctx.n_embd
+        # The longest input: the model's trained positions, and what fits in one batch.
         self.max_tokens = min(model.info.n_ctx_train or n_ctx, n_ctx)
-        self._encoder_only = bool(
-            llama_cpp.llama_model_has_encoder(model.ptr)
-            and not llama_cpp.llama_model_has_decoder(model.ptr)
-        )
-        self._memory = llama_cpp.llama_get_memory(self.ctx)
         self._batch = TokenBatch(n_ctx)
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._worker = WorkerThread("hearth-embedder", "the embedding thread")
+        # Thread only: inputs accepted and not yet computed, and the batch being computed.
+        self._pending: deque[tuple[_Job, int]] = deque()
+        self._taken: list[tuple[_Job, int]] = []
         self._pending_inputs = 0  # submitted and not yet answered; guarded by _lock
         self._lock = threading.Lock()
-        self.failure: str | None = None  # why the thread ended, if by an error
         self.stats = EmbedderStats()
 
     # --- any thread -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="hearth-embedder", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._inbox.put(_STOP)
-            self._thread.join()
-            self._thread = None
-        self._batch.close()
-        self._threadpool.close()
-        llama_cpp.llama_free(self.ctx)
-
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive
+
+    @property
+    def failure(self) -> str | None:
+        """Why the thread ended, when it ended by an error (for /health)."""
+        return self._worker.failure
+
+    def start(self) -> None:
+        self._worker.start(self._loop, self._answer_all)
+
+    def stop(self) -> None:
+        self._worker.stop()
+        self._batch.close()
+        self.ctx.close()
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of an input, with the model's markers ([CLS] ... [SEP])."""
+        return self.model.tokenize(text, add_special=True, parse_special=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenize(text, add_special=False, parse_special=False))
 
     def submit(self, inputs: list[list[int]]) -> concurrent.futures.Future[np.ndarray]:
         """Queue token-id inputs (each 1..max_tokens long); the future gets an
@@ -132,15 +131,17 @@ class Embedder:
                 raise ValueError(f"inputs must hold 1 to {self.max_tokens} tokens")
             if not all(0 <= t < self.model.n_vocab for t in tokens):
                 raise ValueError("inputs must hold token ids of the vocabulary")
-        if not self.alive:
-            raise EmbedderError(self.failure or "the embedding engine is not running")
         with self._lock:
             if self._pending_inputs + len(inputs) > MAX_PENDING_INPUTS:
                 raise EmbedderBusy(f"{self._pending_inputs} inputs are waiting to be embedded")
             self._pending_inputs += len(inputs)
         future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
         future.add_done_callback(lambda _: self._release(len(inputs)))
-        self._inbox.put(_Job(inputs, future))
+        try:
+            self._worker.put(_Job(inputs, future))
+        except InboxClosed as e:
+            future.cancel()  # runs the callback: the inputs are no longer pending
+            raise EmbedderError(str(e)) from None
         return future
 
     def _release(self, n_inputs: int) -> None:
@@ -149,58 +150,46 @@ class Embedder:
 
     # --- embedder thread ------------------------------------------------------------------
 
-    def _run(self) -> None:
-        pending: deque[tuple[_Job, int]] = deque()
-        taken: list[tuple[_Job, int]] = []
-        try:
-            while True:
-                item = self._inbox.get() if not pending else self._next_nowait()
-                if item is _STOP:
-                    break
-                if isinstance(item, _Job):
-                    self._accept(item, pending)
-                    continue  # take everything queued before computing
-                if pending:
-                    taken = self._take(pending)
-                    try:
-                        self._compute(taken)
-                    except Exception as e:  # every job in the batch fails, none hangs
-                        logger.exception("embedding batch failed")
-                        failed = {job for job, _ in taken}
-                        _fail(failed, EmbedderError(str(e)))
-                        rest = [item for item in pending if item[0] not in failed]
-                        pending.clear()
-                        pending.extend(rest)
-        except BaseException as e:
-            self.failure = f"the embedding thread stopped: {type(e).__name__}: {e}"
-            logger.critical("%s", self.failure, exc_info=True)
-            raise
-        finally:
-            # Whatever is still queued is answered, so no caller waits forever.
-            while (item := self._next_nowait()) is not None:
-                if isinstance(item, _Job):
-                    pending.append((item, 0))
-            reason = self.failure or "the server is shutting down"
-            _fail({job for job, _ in [*taken, *pending]}, EmbedderError(reason))
+    def _loop(self) -> None:
+        pending = self._pending
+        while True:
+            item = self._worker.get(block=not pending)
+            if item is STOPPED:
+                return
+            if isinstance(item, _Job):
+                self._accept(item)
+                continue  # take everything queued before computing
+            if pending:
+                self._taken = self._take()
+                try:
+                    self._compute(self._taken)
+                except Exception as e:  # every job in the batch fails, none hangs
+                    logger.exception("embedding batch failed")
+                    failed = {job for job, _ in self._taken}
+                    _fail(failed, EmbedderError(str(e)))
+                    rest = [item for item in pending if item[0] not in failed]
+                    pending.clear()
+                    pending.extend(rest)
 
-    def _next_nowait(self) -> object | None:
-        try:
-            return self._inbox.get_nowait()
-        except queue.Empty:
-            return None
+    def _answer_all(self, leftovers: list[object]) -> None:
+        """The thread ended: whatever is still queued or half done is answered."""
+        jobs = {job for job, _ in [*self._taken, *self._pending]}
+        jobs |= {item for item in leftovers if isinstance(item, _Job)}
+        _fail(jobs, EmbedderError(self._worker.failure or "the server is shutting down"))
 
-    def _accept(self, job: _Job, pending: deque[tuple[_Job, int]]) -> None:
+    def _accept(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
             return
         job.vectors = np.empty((len(job.inputs), self.dim), dtype=np.float32)
         job.remaining = len(job.inputs)
         self.stats.requests += 1
-        pending.extend((job, i) for i in range(len(job.inputs)))
+        self._pending.extend((job, i) for i in range(len(job.inputs)))
 
-    def _take(self, pending: deque[tuple[_Job, int]]) -> list[tuple[_Job, int]]:
+    def _take(self) -> list[tuple[_Job, int]]:
         """As many pending inputs as fit in one llama.cpp call."""
         taken: list[tuple[_Job, int]] = []
         n_tokens = 0
+        pending = self._pending
         while pending and len(taken) < self.n_seq_max:
             job, i = pending[0]
             if taken and n_tokens + len(job.inputs[i]) > self.n_ctx:
@@ -216,21 +205,12 @@ class Embedder:
         for seq_id, (job, i) in enumerate(taken):
             for pos, token in enumerate(job.inputs[i]):
                 batch.add(token, pos, seq_id, True)
-        if self._memory:
-            llama_cpp.llama_memory_clear(self._memory, True)
-        batch.raw.n_tokens = batch.n_tokens
-        status = (llama_cpp.llama_encode if self._encoder_only else llama_cpp.llama_decode)(
-            self.ctx, batch.raw
-        )
+        self.ctx.clear()
+        status = self.ctx.embed(batch)
         if status != 0:
             raise EmbedderError(f"llama.cpp embedding call failed ({status})")
         for seq_id, (job, i) in enumerate(taken):
-            ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, seq_id)
-            if not ptr:
-                raise EmbedderError("the model produced no pooled embedding")
-            vec = np.ctypeslib.as_array(
-                ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.dim,)
-            )
+            vec = self.ctx.sequence_embedding(seq_id)
             norm = float(np.linalg.norm(vec))
             assert job.vectors is not None
             job.vectors[i] = vec / norm if norm > 0 else vec

@@ -1,31 +1,40 @@
-"""The engine: one thread that owns the llama.cpp context and runs continuous batching.
+"""The engine: continuous batching over one llama.cpp context.
 
-Every step is ONE llama_decode over all running sequences (a decode token for each
-generating sequence plus chunks of pending prompts). Requests join and leave between steps.
-Other threads talk to it only through `submit` and `cancel`, which are thread-safe; results
-go back through each request's `emit` callback.
+`step()` is one engine step, synchronous: take new requests and cancellations from the
+inbox, let the scheduler plan, run the plan as ONE llama_decode (runner.py: a decode token
+for each generating sequence plus chunks of pending prompts), then apply the outcome:
+accept sampled tokens, finish sequences, hand outputs to their requests. Requests join and
+leave between steps. The engine thread only loops over step() (blocking on the inbox when
+idle); a test drives step() itself, with no thread.
+
+Other threads talk to it through `submit`, `cancel` and `abort_all`, which are
+thread-safe; results go back through each request's `emit` callback. Whatever fails in one
+request fails that request alone; see `_close`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.engine import cache_store
-from server.engine.context import ContextParams, DecodeStatus, LlamaContext, TokenBatch
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.grammar import GrammarError
-from server.engine.logprobs import TokenLogprob, token_logprob
-from server.engine.model import LlamaModel
+from server.engine.logprobs import TokenLogprob
+from server.engine.no_cache import NoCache
+from server.engine.prefix_cache import PrefixCache
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
+from server.engine.runner import BatchRunner, StepOutcome
 from server.engine.sampling import TokenSampler
 from server.engine.scheduler import Scheduler, StepPlan
 from server.engine.sequence import Sequence
 from server.engine.stats import EngineStats
+from server.engine.worker_thread import STOPPED, InboxClosed, WorkerThread
+from server.llama.context import ContextParams, DecodeStatus, LlamaContext
+from server.llama.grammar import GrammarError
+from server.llama.model import LlamaModel
 
 logger = logging.getLogger("hearth.engine")
 
@@ -39,7 +48,8 @@ class ContextLengthExceeded(ValueError):
 
 
 class EngineDead(RuntimeError):
-    """The engine thread has stopped; nothing more can be generated."""
+    """The engine thread has stopped (or the server is shutting down): nothing more can be
+    generated."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,6 @@ class EngineConfig:
     # Where the cache is saved at shutdown and restored at start-up (None: not kept).
     cache_dir: Path | None = None
     cache_dir_max_bytes: int = 1 << 30
-
-
-_STOP = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,17 +101,20 @@ class Engine:
             ),
         )
         self.context_length = min(config.context_length, self.ctx.n_ctx)
-        self._batch = TokenBatch(config.n_batch)
+        self.runner = BatchRunner(self.ctx, config.n_batch)
+        cache = PrefixCache(self.ctx) if config.cache_entries > 0 else NoCache(self.ctx)
         self.scheduler = Scheduler(
             max_running=config.max_running,
             token_budget=config.step_token_budget,
             n_cells=self.ctx.n_ctx,
-            kv=self.ctx,
+            cache=cache,
             cache_entries=config.cache_entries,
             cache_cells=config.cache_cells or self.ctx.n_ctx // 2,
         )
+        # Kept across restarts only when there is a cache to keep.
+        self._cache_dir = config.cache_dir if isinstance(cache, PrefixCache) else None
         self.stats = EngineStats(n_cells=self.ctx.n_ctx, max_running=config.max_running)
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._worker = WorkerThread("hearth-engine", "the engine thread")
         self._sequences: dict[int, Sequence] = {}  # request id → sequence, engine thread only
         # Outputs wait here until the next llama_decode is about to start: the listener
         # (the event loop) then works while llama.cpp computes instead of competing with
@@ -113,43 +123,42 @@ class Engine:
         self._capacity = config.max_running + config.max_waiting
         self._n_active = 0  # submitted and not yet finished; guarded by _lock
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        # Why the engine thread ended, when it ended by an error (for /health).
-        self.failure: str | None = None
         # Set when the server starts shutting down: running requests may finish, no new
         # ones are taken.
         self.draining: str | None = None
+        self._stopping = False
 
     # --- any thread -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self.config.cache_dir is not None and self.scheduler.cache.enabled:
-            cache_store.load(self.ctx, self.scheduler, self.config.cache_dir)
-            self._publish_stats()
-        self._thread = threading.Thread(target=self._run, name="hearth-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._inbox.put(_STOP)
-            self._thread.join()
-            self._thread = None
-            if self.config.cache_dir is not None and self.scheduler.cache.enabled:
-                cache_store.save(
-                    self.ctx, self.scheduler, self.config.cache_dir, self.config.cache_dir_max_bytes
-                )
-        self._batch.close()
-        self.ctx.close()
-
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine thread ended, when it ended by an error (for /health)."""
+        return self._worker.failure
+
+    def start(self) -> None:
+        """Restore the saved prefix cache and start the engine thread."""
+        if self._cache_dir is not None:
+            cache_store.load(self.ctx, self.scheduler, self._cache_dir)
+            self._publish_stats()
+        self._worker.start(self._loop, self._answer_all)
+
+    def stop(self) -> None:
+        """Stop the thread (requests still in it end as cancelled), save the cache, free."""
+        self._worker.stop()
+        if self._cache_dir is not None:
+            cache_store.save(
+                self.ctx, self.scheduler, self._cache_dir, self.config.cache_dir_max_bytes
+            )
+        self.runner.close()
+        self.ctx.close()
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request; raises ContextLengthExceeded, EngineBusy or EngineDead without
         queueing."""
-        if not self.alive:
-            raise EngineDead(self.failure or "the engine is not running")
         if self.draining is not None:
             raise EngineDead(self.draining)
         n_prompt = len(request.prompt_tokens)
@@ -169,7 +178,17 @@ class Engine:
                     f"{self.config.max_waiting} requests are already waiting"
                 )
             self._n_active += 1
-        self._inbox.put(_Submit(request))
+        try:
+            self._worker.put(_Submit(request))
+        except InboxClosed as e:
+            with self._lock:
+                self._n_active -= 1
+            raise EngineDead(str(e)) from None
+
+    def cancel(self, request: GenerationRequest) -> None:
+        if not request.cancelled.is_set():
+            request.cancelled.set()
+            self._put_quietly(_Cancel(request))
 
     def begin_drain(self, reason: str) -> None:
         """Take no new requests; the running and waiting ones go on."""
@@ -177,50 +196,53 @@ class Engine:
 
     def abort_all(self, reason: str) -> None:
         """End every request now, each with an error saying why (thread-safe)."""
-        self._inbox.put(_AbortAll(reason))
+        self._put_quietly(_AbortAll(reason))
 
-    def cancel(self, request: GenerationRequest) -> None:
-        if not request.cancelled.is_set():
-            request.cancelled.set()
-            self._inbox.put(_Cancel(request))
+    def _put_quietly(self, item: object) -> None:
+        # InboxClosed: the thread is gone and answered everything it had.
+        with contextlib.suppress(InboxClosed):
+            self._worker.put(item)
 
-    @property
-    def n_active(self) -> int:
-        return self._n_active
+    # --- the engine thread, or a test ------------------------------------------------------
 
-    # --- engine thread --------------------------------------------------------------------
+    def step(self) -> None:
+        """One engine step: what the inbox holds, then one batch if there is work; its
+        outputs are delivered before it returns. (The thread's loop delivers them just
+        before the next llama_decode instead, to overlap with it.)"""
+        self._take_inbox(block=False)
+        self._run_step()
+        self._flush_outbox()
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._take_inbox(block=not self.scheduler.has_work)
+            if not self._stopping:
+                self._run_step()
+
+    def _run_step(self) -> None:
         try:
-            while self._drain_inbox(block=not self.scheduler.has_work):
-                try:
-                    if self.scheduler.has_work:
-                        self._step()
-                    self._publish_stats()
-                except Exception:
-                    # A bug in the step itself (not one request's: those are caught per
-                    # sequence). Failing what runs keeps the thread, and everyone after.
-                    logger.exception("engine step failed; failing the running requests")
-                    for seq in list(self._sequences.values()):
-                        self._close(seq, FinishReason.ERROR, "internal engine error")
-                if not self.scheduler.has_work:
-                    self._flush_outbox()
-        except BaseException as e:
-            self.failure = f"the engine thread stopped: {type(e).__name__}: {e}"
-            logger.critical("%s", self.failure, exc_info=True)
-            raise
-        finally:
-            self._close_all()
+            if self.scheduler.has_work:
+                self._step_batch()
+            self._publish_stats()
+        except Exception:
+            # A bug in the step itself (one request's faults are caught per sequence).
+            # Failing what it held keeps the thread, and everyone after.
+            logger.exception("engine step failed; failing its requests")
+            for seq in list(self._sequences.values()):
+                self._close(seq, FinishReason.ERROR, "internal engine error")
+        if not self.scheduler.has_work:
+            self._flush_outbox()
 
-    def _close_all(self) -> None:
-        """Answer every request the engine still knows of, so no client waits forever."""
-        reason = FinishReason.CANCELLED if self.failure is None else FinishReason.ERROR
+    def _answer_all(self, leftovers: list[object]) -> None:
+        """The thread ended: answer every request it still knew of, and those still in
+        its inbox, so no client waits forever."""
+        failure = self._worker.failure
+        reason = FinishReason.CANCELLED if failure is None else FinishReason.ERROR
         for seq in list(self._sequences.values()):
-            self._close(seq, reason, self.failure)
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
+            self._close(seq, reason, failure)
+        for item in leftovers:
             if isinstance(item, _Submit):
-                self._settle(item.request, GenerationOutput("", []), reason, self.failure)
+                self._settle(item.request, GenerationOutput("", []), reason, failure)
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
@@ -241,14 +263,13 @@ class Engine:
         self.stats.cache_entries = len(cache.entries)
         self.stats.cache = cache.stats
 
-    def _drain_inbox(self, block: bool) -> bool:
-        """Take new requests and cancellations; False when asked to stop."""
-        if not block and self._inbox.empty():
-            return True
-        item = self._inbox.get()
-        while True:
-            if item is _STOP:
-                return False
+    def _take_inbox(self, block: bool) -> None:
+        """Take new requests, cancellations and aborts (waiting for one if block)."""
+        item = self._worker.get(block)
+        while item is not None:
+            if item is STOPPED:
+                self._stopping = True
+                return
             if isinstance(item, _Submit):
                 self._add(item.request)
             elif isinstance(item, _Cancel):
@@ -258,9 +279,7 @@ class Engine:
             elif isinstance(item, _AbortAll):
                 for seq in list(self._sequences.values()):
                     self._close(seq, FinishReason.ERROR, item.reason)
-            if self._inbox.empty():
-                return True
-            item = self._inbox.get()
+            item = self._worker.get(block=False)
 
     def _add(self, request: GenerationRequest) -> None:
         if request.cancelled.is_set():
@@ -268,13 +287,7 @@ class Engine:
             return
         banned = self.model.eog_tokens if request.ignore_eos else frozenset()
         try:
-            sampler = TokenSampler(
-                request.sampling,
-                self.model.n_vocab,
-                self.context_length,
-                banned,
-                vocab=self.model.vocab,
-            )
+            sampler = TokenSampler(request.sampling, self.model, self.context_length, banned)
             detok = IncrementalDetokenizer(self.model.token_bytes, request.stop)
         except GrammarError as e:
             # Callers check grammars before submitting; this is the last line of defence.
@@ -291,82 +304,43 @@ class Engine:
         self._sequences[request.id] = seq
         self.scheduler.add(seq)
 
-    def _step(self) -> None:
+    def _step_batch(self) -> None:
         plan = self.scheduler.schedule()
         if not plan.chunks:
             return
-        batch = self._batch
-        batch.clear()
-        sample_at: list[tuple[Sequence, int]] = []
-        # (sequence, first position, its batch index, count) of prompt tokens to score.
-        score_at: list[tuple[Sequence, int, int, int]] = []
-        n_prompt_tokens = 0
-        for chunk in plan.chunks:
-            seq = chunk.seq
-            start = seq.n_computed
-            end = start + chunk.n_tokens
-            tokens = seq.tokens
-            last = len(tokens) - 1
-            # Logits at position p score prompt token p + 1, for requests that ask.
-            scored_end = min(end, seq.n_prompt - 1) if seq.wants_prompt_logprobs else start
-            first = batch.n_tokens
-            for pos in range(start, end):
-                index = batch.add(tokens[pos], pos, seq.seq_id, pos == last or pos < scored_end)
-            if scored_end > start:
-                score_at.append((seq, start, first, scored_end - start))
-            if end - 1 == last:
-                sample_at.append((seq, index))
-            if seq.is_prefilling:
-                n_prompt_tokens += chunk.n_tokens
-
-        self._flush_outbox()
-        t0 = time.perf_counter()
-        status = self.ctx.decode(batch)
-        elapsed = time.perf_counter() - t0
-        if status != DecodeStatus.OK:
-            self._on_decode_failure(status, plan)
+        outcome = self.runner.run(plan, before_decode=self._flush_outbox)
+        if outcome.status != DecodeStatus.OK:
+            self._on_decode_failure(outcome.status, plan)
             return
         for chunk in plan.chunks:
             chunk.seq.n_computed += chunk.n_tokens
             self.scheduler.on_computed(chunk.seq)
         self.stats.record_step(
             n_sequences=len(plan.chunks),
-            n_tokens=batch.n_tokens,
-            n_prompt_tokens=n_prompt_tokens,
-            seconds=elapsed,
+            n_tokens=outcome.n_tokens,
+            n_prompt_tokens=outcome.n_prompt_tokens,
+            seconds=outcome.seconds,
         )
-        for seq, pos, index, count in score_at:
+        self._apply(outcome)
+
+    def _apply(self, outcome: StepOutcome) -> None:
+        for seq, error in outcome.failed:
+            self._close(seq, FinishReason.ERROR, error)
+        for seq, scores in outcome.scored:
+            if seq.prompt_logprobs is not None:
+                seq.prompt_logprobs.extend(scores)
+        for seq, token, logprob in outcome.sampled:
+            if self._sequences.get(seq.request.id) is not seq:
+                continue  # failed or finished meanwhile
             try:
-                self._score_prompt(seq, pos, index, count)
+                if token is None:  # the grammar is complete: the output ends here
+                    out = GenerationOutput(seq.detokenizer.finish(), [])
+                    self._finish(seq, FinishReason.STOP, out)
+                else:
+                    self._accept(seq, token, logprob)
             except Exception:
-                logger.exception("scoring the prompt of request %d failed", seq.request.id)
-                self._close(seq, FinishReason.ERROR, "internal error while scoring the prompt")
-        for seq, index in sample_at:
-            if seq.request.cancelled.is_set() or seq.request.id not in self._sequences:
-                continue  # cancelled (finished at the next drain) or already failed
-            try:
-                self._sample(seq, index)
-            except Exception:
-                logger.exception("sampling request %d failed", seq.request.id)
+                logger.exception("accepting a token of request %d failed", seq.request.id)
                 self._close(seq, FinishReason.ERROR, "internal error while sampling")
-
-    def _sample(self, seq: Sequence, index: int) -> None:
-        token = seq.sampler.sample(self.ctx, index)
-        if token is None:  # the grammar is complete: the output ends here
-            self._finish(seq, FinishReason.STOP, GenerationOutput(seq.detokenizer.finish(), []))
-            return
-        n_top = seq.request.logprobs
-        logprob = None if n_top is None else token_logprob(self.ctx.logits(index), token, n_top)
-        self._accept(seq, token, logprob)
-
-    def _score_prompt(self, seq: Sequence, pos: int, index: int, count: int) -> None:
-        scores = seq.prompt_logprobs
-        assert scores is not None and seq.request.prompt_logprobs is not None
-        for k in range(count):
-            if len(scores) == pos + k:  # not yet scored (a recomputed prompt is not rescored)
-                logits = self.ctx.logits(index + k)
-                target = seq.tokens[pos + k + 1]
-                scores.append(token_logprob(logits, target, seq.request.prompt_logprobs))
 
     def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
         if status == DecodeStatus.NO_KV_SLOT and self.scheduler.make_room():

@@ -89,9 +89,10 @@ class CacheStats:
 
 
 class PrefixCache:
-    def __init__(self, kv: KVOps, enabled: bool = True) -> None:
+    shares_prefixes = True  # a request takes what others computed (see no_cache.py: off)
+
+    def __init__(self, kv: KVOps) -> None:
         self.kv = kv
-        self.enabled = enabled
         self.root = Node([], 0, None)
         self.cells = 0  # KV cells held by the tree: every node's span, counted once
         self._deepest: dict[int, Node] = {}  # seq id → deepest node it holds
@@ -102,8 +103,6 @@ class PrefixCache:
 
     def match(self, tokens: list[int], limit: int) -> int:
         """How many of the first `limit` tokens have resident KV (changes nothing)."""
-        if not self.enabled:
-            return 0
         node, pos = self.root, 0
         while pos < limit:
             child = node.children.get(tokens[pos])
@@ -175,12 +174,11 @@ class PrefixCache:
     def finish(self, seq_id: int, tokens: list[int], length: int) -> list[int]:
         """A request ended with KV for tokens[:length]. Keep it as an entry when it holds
         something nobody else does; otherwise let go. Returns the sequence ids now free."""
-        if self.enabled:
-            self.extend(seq_id, tokens, length)
-            node = self._deepest[seq_id]
-            if node is not self.root and node.holders == {seq_id}:
-                self.entries[seq_id] = None
-                return self._release_subsumed(node)
+        self.extend(seq_id, tokens, length)
+        node = self._deepest[seq_id]
+        if node is not self.root and node.holders == {seq_id}:
+            self.entries[seq_id] = None
+            return self._release_subsumed(node)
         self.release(seq_id)
         return [seq_id]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from server.engine.logprobs import TokenLogprob
-from server.engine.sampling import SamplingParams
+from server.llama.sampler import SamplingParams
 
 
 class FinishReason(StrEnum):

@@ -19,9 +19,11 @@ KV operations the cache makes through its KVOps. The policy:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.engine.prefix_cache import KVOps, PrefixCache, common_prefix_length
+from server.engine.no_cache import NoCache
+from server.engine.prefix_cache import PrefixCache, common_prefix_length
 from server.engine.sequence import Sequence
 
 # A waiting request defers to a prefilling one only for a shared prefix at least this long:
@@ -52,7 +54,7 @@ class Scheduler:
         max_running: int,
         token_budget: int,
         n_cells: int,
-        kv: KVOps,
+        cache: PrefixCache | NoCache,
         cache_entries: int = 0,
         cache_cells: int | None = None,
     ) -> None:
@@ -61,7 +63,7 @@ class Scheduler:
         self.max_running = max_running
         self.token_budget = token_budget
         self.n_cells = n_cells
-        self.cache = PrefixCache(kv, enabled=cache_entries > 0)
+        self.cache = cache
         self.cache_cells = n_cells if cache_cells is None else cache_cells
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order
@@ -107,7 +109,7 @@ class Scheduler:
 
     def on_computed(self, seq: Sequence) -> None:
         """After a step: prompt tokens just computed go into the tree for others to share."""
-        if self.cache.enabled and seq.n_in_tree < seq.n_prompt:
+        if seq.n_in_tree < seq.n_prompt:
             self.cache.extend(seq.seq_id, seq.tokens, min(seq.n_computed, seq.n_prompt))
             seq.n_in_tree = self.cache.held_length(seq.seq_id)
 
@@ -132,18 +134,27 @@ class Scheduler:
                 cells_free -= n
         return plan
 
-    def take_seq_id(self) -> int | None:
-        return self._free_seq_ids.pop() if self._free_seq_ids else None
+    def cache_entries(self) -> list[tuple[int, list[int]]]:
+        """(sequence id, tokens it holds KV for) of every cache entry, newest first."""
+        return [(s, self.cache.path_tokens(s)) for s in reversed(list(self.cache.entries))]
 
-    def give_back_seq_id(self, seq_id: int) -> None:
-        self._free_seq_ids.append(seq_id)
-
-    def adopt_entry(self, seq_id: int, tokens: list[int]) -> None:
-        """seq_id already holds KV for tokens (restored from disk): make it a cache entry."""
+    def restore_entry(self, load: Callable[[int], list[int] | None]) -> bool:
+        """Give a free sequence id to `load`, which puts saved KV under it and returns the
+        tokens it holds (None: it could not); they become a cache entry. False when no id
+        was free or the load failed."""
+        if not self._free_seq_ids:
+            return False
+        seq_id = self._free_seq_ids.pop()
+        tokens = load(seq_id)
+        if not tokens:
+            self.cache.kv.seq_remove(seq_id, -1, -1)
+            self._free_seq_ids.append(seq_id)
+            return False
         self.cache.acquire(seq_id, tokens, 0)
         self.cache.extend(seq_id, tokens, len(tokens))
         self._free_seq_ids.extend(self.cache.finish(seq_id, tokens, len(tokens)))
         self._trim_cache()
+        return True
 
     def make_room(self) -> bool:
         """Free some cells: an idle cache entry first, else the newest running sequence.
@@ -202,7 +213,7 @@ class Scheduler:
         return self.n_cells - self.cells_used - pending
 
     def _should_defer(self, seq: Sequence, cached: int) -> bool:
-        if not self.cache.enabled or seq.wants_prompt_logprobs:
+        if not self.cache.shares_prefixes or seq.wants_prompt_logprobs:
             return False
         for other in self.running:
             if other.n_in_tree < other.n_prompt:  # still prefilling its prompt

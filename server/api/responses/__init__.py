@@ -3,7 +3,8 @@
 A Responses request is translated into a chat request (wire.py) and runs through the same
 path as /v1/chat/completions (template, prefix cache, grammar, tools, retrieval); what
 differs is the wire shape: input items in, output items out (output.py), typed stream
-events (stream.py), and responses kept in memory for previous_response_id (store.py).
+events (stream.py), and responses kept in memory for previous_response_id (the runtime's
+ResponseStore).
 Supported: text and message inputs, `instructions`, function tools and their call / output
 items, `text.format` (JSON object or schema), `file_search` over Hearth's vector stores
 (with file citations), streaming.

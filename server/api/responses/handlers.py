@@ -7,31 +7,24 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from retrieval.augmentation import latest_user_text
 from server.api.body import read_json, validate_body
-from server.api.chat import prepare_chat
 from server.api.errors import APIError
-from server.api.generation import cancel_all, check_model, collect, start_streams
 from server.api.openapi import documented
 from server.api.responses.output import ResponseBuilder, output_items, status_of
-from server.api.responses.store import ResponseStore, StoredResponse
 from server.api.responses.stream import error_events, stream_events
 from server.api.responses.wire import ResponsesRequest, chat_request, input_items
-from server.api.schemas import ChatCompletionRequest
 from server.api.sse import sse_response
+from server.chat.generate import cancel_all, collect, start_streams
+from server.chat.prepare import prepare_chat
+from server.chat.response_store import StoredResponse
 from server.runtime import Runtime
-
-
-def _store(request: Request) -> ResponseStore:
-    return request.app.state.responses
 
 
 @documented("Create a response", body=ResponsesRequest, creates="response_id")
 async def create_response(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(ResponsesRequest, await read_json(request))
-    model_id = check_model(runtime, req.model)
-    store = _store(request)
+    store = runtime.responses
     history: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
         previous = store.get(req.previous_response_id)
@@ -44,13 +37,11 @@ async def create_response(request: Request) -> Response:
             )
         history = previous.items
     chat = chat_request(req, history)
-    prepared = await prepare_chat(request, runtime, chat)
+    prepared = await prepare_chat(runtime, chat)
     streams = start_streams(
         runtime, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
     )
-    builder = ResponseBuilder(req, model_id)
-    with_tools = prepared.tools is not None
-    query = _search_query(chat) if chat.retrieval is not None else None
+    builder = ResponseBuilder(req, prepared.model_id)
     history_items = [*history, *input_items(req)]
 
     def remember(body: dict[str, Any]) -> None:
@@ -62,10 +53,10 @@ async def create_response(request: Request) -> Response:
             store.put(builder.id, StoredResponse(body, items))
 
     if req.stream:
-        events = stream_events(builder, streams[0], with_tools, prepared.sources, query, remember)
+        events = stream_events(builder, streams, prepared, remember)
         return sse_response(events, on_close=lambda: cancel_all(streams), on_error=error_events)
-    (result,) = await collect(request, streams)
-    output = output_items(result, with_tools, prepared.sources, query)
+    (result,) = await collect(streams, request.is_disconnected)
+    output = output_items(result, prepared.tools is not None, prepared.sources, prepared.query)
     called = any(o["type"] == "function_call" for o in output)
     status = "completed" if called else status_of(result.finish_reason)
     body = builder.body(status, output, result)
@@ -73,15 +64,10 @@ async def create_response(request: Request) -> Response:
     return JSONResponse(body)
 
 
-def _search_query(chat: ChatCompletionRequest) -> str:
-    assert chat.retrieval is not None
-    messages = [{"role": m.role, "content": m.content} for m in chat.messages]
-    return chat.retrieval.query or latest_user_text(messages)
-
-
 @documented("Retrieve a stored response")
 async def get_response(request: Request) -> Response:
-    stored = _store(request).get(request.path_params["response_id"])
+    runtime: Runtime = request.app.state.runtime
+    stored = runtime.responses.get(request.path_params["response_id"])
     if stored is None:
         raise _not_found(request.path_params["response_id"])
     return JSONResponse(stored.body)
@@ -89,8 +75,9 @@ async def get_response(request: Request) -> Response:
 
 @documented("Delete a stored response")
 async def delete_response(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
     response_id = request.path_params["response_id"]
-    if not _store(request).delete(response_id):
+    if not runtime.responses.delete(response_id):
         raise _not_found(response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from retrieval.store import Hit
-from server.api.generation import ChoiceResult
-from server.api.tools import parse_answer
+from retrieval.chunk_store import Hit
+from server.chat.generate import ChoiceResult
+from server.chat.tools import parse_answer
 from server.engine.request import FinishReason
+from server.ids import new_id
 
 if TYPE_CHECKING:
     from server.api.responses.wire import ResponsesRequest
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(16)}"
 
 
 @dataclass
@@ -26,7 +22,7 @@ class ResponseBuilder:
 
     req: ResponsesRequest
     model: str
-    id: str = field(default_factory=lambda: new_id("resp"))
+    id: str = field(default_factory=lambda: new_id("resp_"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def body(
@@ -87,7 +83,7 @@ def message_item(item_id: str, text: str, status: str, annotations: list[Any]) -
 def function_call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
     return {
         "type": "function_call",
-        "id": new_id("fc"),
+        "id": new_id("fc_"),
         "call_id": call["id"],
         "name": call["function"]["name"],
         "arguments": call["function"]["arguments"],
@@ -98,7 +94,7 @@ def function_call_item(call: dict[str, Any], status: str = "completed") -> dict[
 def file_search_item(query: str) -> dict[str, Any]:
     return {
         "type": "file_search_call",
-        "id": new_id("fs"),
+        "id": new_id("fs_"),
         "status": "completed",
         "queries": [query],
         "results": None,
@@ -135,5 +131,5 @@ def output_items(
         return items
     text = content or ""
     status = status_of(result.finish_reason)
-    items.append(message_item(new_id("msg"), text, status, file_citations(sources, len(text))))
+    items.append(message_item(new_id("msg_"), text, status, file_citations(sources, len(text))))
     return items

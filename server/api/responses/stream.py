@@ -1,4 +1,5 @@
-"""The typed stream events of a streamed response (`event: <type>` + JSON data)."""
+"""The typed stream events of a streamed response (`event: <type>` + JSON data), formatted
+from the chat service's one streaming loop (server/chat/generate.events)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,26 @@ from typing import Any
 
 from sse_starlette.sse import ServerSentEvent
 
-from retrieval.store import Hit
-from server.api.generation import ChoiceResult, merged
+from server.api.errors import APIError
 from server.api.responses.output import (
     ResponseBuilder,
     file_citations,
     file_search_item,
     function_call_item,
     message_item,
-    new_id,
     status_of,
 )
-from server.api.sse import INTERNAL_ERROR, dumps
-from server.api.tools import AnswerStream
-from server.engine.request import FinishReason
+from server.api.sse import dumps
+from server.async_engine import GenerationStream
+from server.chat.generate import ChoiceEnd, Failed, events
+from server.chat.prepare import PreparedChat
+from server.ids import new_id
 
 
-def error_events(message: str | None) -> list[ServerSentEvent]:
+def error_events(error: APIError) -> list[ServerSentEvent]:
     """How a response stream ends on an error it could not number: one `error` event."""
-    data = {"type": "error", "code": "server_error", "message": message or INTERNAL_ERROR}
-    return [ServerSentEvent(data=dumps({**data, "param": None}), event="error")]
+    data = {"type": "error", "code": error.code or "server_error", "message": error.message}
+    return [ServerSentEvent(data=dumps({**data, "param": error.param}), event="error")]
 
 
 class _Events:
@@ -43,29 +44,25 @@ class _Events:
 
 async def stream_events(
     builder: ResponseBuilder,
-    stream: Any,
-    with_tools: bool,
-    sources: list[Hit],
-    query: str | None,
+    streams: list[GenerationStream],
+    prepared: PreparedChat,
     remember: Callable[[dict[str, Any]], None],
 ) -> AsyncIterator[ServerSentEvent]:
     event = _Events()
     output: list[dict[str, Any]] = []
     yield event("response.created", response=builder.body("in_progress", []))
     yield event("response.in_progress", response=builder.body("in_progress", []))
-    if query is not None:
-        item = file_search_item(query)
+    if prepared.query is not None:
+        item = file_search_item(prepared.query)
         yield event(
             "response.output_item.added", output_index=0, item={**item, "status": "in_progress"}
         )
         yield event("response.output_item.done", output_index=0, item=item)
         output.append(item)
 
-    answer = AnswerStream() if with_tools else None
-    message_id = new_id("msg")
+    message_id = new_id("msg_")
     text = ""
     opened = False
-    result = ChoiceResult()
 
     def open_message() -> list[ServerSentEvent]:
         index = len(output)
@@ -84,39 +81,29 @@ async def stream_events(
             ),
         ]
 
-    async for _, out in merged([stream]):
-        if out.finish_reason is FinishReason.ERROR:
-            error = {"code": "server_error", "message": out.error or INTERNAL_ERROR}
-            yield event("error", **error, param=None)
+    async for out in events(streams, with_tools=prepared.tools is not None):
+        if isinstance(out, Failed):
+            error = {"code": "server_error", "message": out.message, "param": None}
+            yield event("error", **error)
             return
-        delta = answer.feed(out.text) if answer is not None else out.text
-        if out.finished:
-            result.add(out)
-            if answer is not None:
-                rest, calls = answer.finish()
-                delta += rest
-            else:
-                calls = None
-        else:
-            calls = None
-        if delta:
+        if out.text:
             if not opened:
                 for e in open_message():
                     yield e
                 opened = True
-            text += delta
+            text += out.text
             yield event(
                 "response.output_text.delta",
                 item_id=message_id,
                 output_index=len(output),
                 content_index=0,
-                delta=delta,
+                delta=out.text,
                 logprobs=[],
             )
-        if not out.finished:
+        if not isinstance(out, ChoiceEnd):
             continue
-        if calls:
-            for call in calls:
+        if out.tool_calls:
+            for call in out.tool_calls:
                 item = function_call_item(call)
                 index = len(output)
                 yield event(
@@ -144,9 +131,9 @@ async def stream_events(
             if not opened:
                 for e in open_message():
                     yield e
-            status = status_of(result.finish_reason)
-            item = message_item(message_id, text, status, file_citations(sources, len(text)))
-            part = item["content"][0]
+            status = status_of(out.result.finish_reason)
+            annotations = file_citations(prepared.sources, len(text))
+            item = message_item(message_id, text, status, annotations)
             index = len(output)
             yield event(
                 "response.output_text.done",
@@ -161,11 +148,11 @@ async def stream_events(
                 item_id=message_id,
                 output_index=index,
                 content_index=0,
-                part=part,
+                part=item["content"][0],
             )
             yield event("response.output_item.done", output_index=index, item=item)
             output.append(item)
-        body = builder.body(status, output, result)
+        body = builder.body(status, output, out.result)
         remember(body)
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
         yield event(kind, response=body)

@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.api.errors import bad_request
-from server.api.responses.output import new_id
-from server.api.schemas import ChatCompletionRequest, Metadata
+from server.chat.requests import ChatCompletionRequest, Metadata
+from server.ids import new_id
 
 
 class ResponsesRequest(BaseModel):
@@ -74,7 +74,7 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             messages.append({"role": role, "content": _text_of(item.get("content"), param)})
         elif kind == "function_call":
             call = {
-                "id": item.get("call_id") or item.get("id") or new_id("call"),
+                "id": item.get("call_id") or item.get("id") or new_id("call_"),
                 "type": "function",
                 "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")},
             }

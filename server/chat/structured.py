@@ -11,23 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
-import llama_cpp
 from llama_cpp.llama_grammar import JSON_GBNF
 
-from server.api.errors import bad_request
-from server.engine.grammar import GrammarError, grammar_sampler
-from server.engine.model import LlamaModel
-from server.json_schema_grammar import SchemaError, json_schema_to_gbnf
+from server.chat.json_schema_grammar import SchemaError, json_schema_to_gbnf
+from server.errors import InvalidRequest
+from server.llama.grammar import GrammarError
+from server.llama.model import LlamaModel
+from server.llama.sampler import grammar_sampler
 
 
 def schema_grammar(schema: Any, param: str) -> str:
     """GBNF for a JSON schema (local $refs only)."""
     if not isinstance(schema, dict):
-        raise bad_request("The JSON schema must be an object.", param=param)
+        raise InvalidRequest("The JSON schema must be an object.", param=param)
     try:
         return json_schema_to_gbnf(schema)
     except SchemaError as e:
-        raise bad_request(f"Unsupported JSON schema: {e}", param=param) from None
+        raise InvalidRequest(f"Unsupported JSON schema: {e}", param=param) from None
 
 
 def response_format_grammar(response_format: dict[str, Any] | None) -> str | None:
@@ -45,7 +45,7 @@ def response_format_grammar(response_format: dict[str, Any] | None) -> str | Non
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict):
-            raise bad_request(
+            raise InvalidRequest(
                 "response_format.json_schema must be an object with a 'name' and a 'schema'.",
                 param="response_format.json_schema",
             )
@@ -53,7 +53,7 @@ def response_format_grammar(response_format: dict[str, Any] | None) -> str | Non
         if schema is None:
             return JSON_GBNF  # no schema: any JSON object, as OpenAI allows
         return schema_grammar(schema, "response_format.json_schema.schema")
-    raise bad_request(
+    raise InvalidRequest(
         f"Invalid response_format type {kind!r}: expected 'text', 'json_object' or 'json_schema'.",
         param="response_format.type",
     )
@@ -75,7 +75,7 @@ def request_grammar(
     if json_schema is not None:
         asked["json_schema"] = schema_grammar(json_schema, "json_schema")
     if len(asked) > 1:
-        raise bad_request(
+        raise InvalidRequest(
             f"Use only one of {' and '.join(asked)}: each constrains the whole output.",
             param=list(asked)[1],
         )
@@ -89,6 +89,6 @@ def request_grammar(
 def check_compiles(model: LlamaModel, gbnf: str, param: str) -> None:
     """400 naming `param` unless llama.cpp accepts the grammar."""
     try:
-        llama_cpp.llama_sampler_free(grammar_sampler(model.vocab, gbnf))
+        grammar_sampler(model.vocab, gbnf).close()
     except GrammarError as e:
-        raise bad_request(f"Invalid grammar: {e}.", param=param) from None
+        raise InvalidRequest(f"Invalid grammar: {e}.", param=param) from None

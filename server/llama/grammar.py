@@ -2,13 +2,11 @@
 
 llama.cpp parses a grammar with one C++ stack frame pair per nested group: measured here
 at ~450 bytes a level, 30,000 nested groups overflowed an 8 MiB thread stack and killed
-the process. `grammar_sampler` is the one place a grammar reaches llama.cpp, and it checks
-the text first: size, nesting, repetition counts and token ids.
+the process. `sampler.grammar_sampler` is the one place a grammar reaches llama.cpp, and it
+checks the text here first: size, nesting, repetition counts and token ids.
 """
 
 from __future__ import annotations
-
-import llama_cpp
 
 # Far above any hand-written or schema-generated grammar Hearth has seen (tool grammars
 # for a dozen tools are ~20 KiB), far below what takes llama.cpp long to parse.
@@ -69,16 +67,3 @@ def check_grammar(text: str, n_vocab: int) -> None:
                 )
             i = n if j < 0 else j
         i += 1
-
-
-def grammar_sampler(vocab: llama_cpp.llama_vocab_p, grammar: str) -> llama_cpp.llama_sampler_p:
-    """A llama.cpp grammar sampler; GrammarError when the GBNF is over a limit or does not
-    parse."""
-    check_grammar(grammar, llama_cpp.llama_vocab_n_tokens(vocab))
-    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    if not sampler:
-        raise GrammarError(
-            "llama.cpp could not parse it as GBNF with a 'root' rule (its parser prints the "
-            "position to the server's stderr)"
-        )
-    return sampler

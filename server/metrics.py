@@ -1,20 +1,17 @@
-"""GET /metrics: the engine's counters in Prometheus' text format, read at scrape time."""
+"""The engines' counters as Prometheus metrics, read at scrape time (GET /metrics renders
+them)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 
-from server.api.openapi import documented
-from server.runtime import Runtime
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from server.engine.embedder import Embedder
+from server.engine.stats import EngineStats
 
 # stats field → (metric name, help); counters only ever grow, gauges are current values.
 _COUNTERS = {
@@ -49,11 +46,12 @@ _CACHE_COUNTERS = {
 
 
 class EngineCollector(Collector):
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, stats: EngineStats, embedder: Embedder | None) -> None:
+        self.stats = stats
+        self.embedder = embedder
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.runtime.engine.stats
+        stats = self.stats
         for field, (name, doc) in _COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=getattr(stats, field))
         for field, (name, doc) in _GAUGES.items():
@@ -62,19 +60,14 @@ class EngineCollector(Collector):
             yield CounterMetricFamily(
                 f"hearth_prefix_cache_{field}", doc, value=getattr(stats.cache, field)
             )
-        if self.runtime.embedder is not None:
-            for field, value in asdict(self.runtime.embedder.stats).items():
+        if self.embedder is not None:
+            for field, value in asdict(self.embedder.stats).items():
                 yield CounterMetricFamily(
                     f"hearth_embedding_{field}", f"embedding engine: {field}", value=value
                 )
 
 
-def make_registry(runtime: Runtime) -> CollectorRegistry:
+def make_registry(stats: EngineStats, embedder: Embedder | None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(EngineCollector(runtime))
+    registry.register(EngineCollector(stats, embedder))
     return registry
-
-
-@documented("Prometheus metrics", returns=CONTENT_TYPE.split(";")[0])
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE)

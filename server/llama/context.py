@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from pathlib import Path
 
 import llama_cpp
 import numpy as np
 
-from server.engine.model import LlamaModel
-from server.engine.threadpool import ThreadPool
+from server.llama.model import LlamaModel
+from server.llama.threadpool import ThreadPool
 
 
 class ContextError(RuntimeError):
@@ -35,6 +36,8 @@ class ContextParams:
     n_batch: int
     n_ubatch: int
     n_threads: int
+    # A context that pools embeddings per sequence (the model's pooling) instead of logits.
+    embeddings: bool = False
 
 
 class TokenBatch:
@@ -81,6 +84,7 @@ class LlamaContext:
         cparams.kv_unified = True
         cparams.swa_full = True
         cparams.no_perf = True
+        cparams.embeddings = params.embeddings
         self.ptr = llama_cpp.llama_init_from_model(model.ptr, cparams)
         if not self.ptr:
             raise ContextError("llama.cpp could not create a context (see the log above)")
@@ -89,6 +93,12 @@ class LlamaContext:
         self.n_seq_max: int = params.n_seq_max
         self.n_batch: int = params.n_batch
         self.n_vocab = model.n_vocab
+        self.n_embd: int = llama_cpp.llama_model_n_embd(model.ptr)
+        # An encoder-only model (BERT) runs through llama_encode, everything else decode.
+        self._encoder_only = bool(
+            llama_cpp.llama_model_has_encoder(model.ptr)
+            and not llama_cpp.llama_model_has_decoder(model.ptr)
+        )
         self._threadpool = ThreadPool(self.ptr, params.n_threads)
 
     def close(self) -> None:
@@ -100,6 +110,21 @@ class LlamaContext:
     def decode(self, batch: TokenBatch) -> int:
         batch.raw.n_tokens = batch.n_tokens
         return llama_cpp.llama_decode(self.ptr, batch.raw)
+
+    def embed(self, batch: TokenBatch) -> int:
+        """Run a batch through an embeddings context (encode or decode, as the model is)."""
+        batch.raw.n_tokens = batch.n_tokens
+        run = llama_cpp.llama_encode if self._encoder_only else llama_cpp.llama_decode
+        return run(self.ptr, batch.raw)
+
+    def sequence_embedding(self, seq_id: int) -> np.ndarray:
+        """The pooled embedding of a sequence after embed(): a copy."""
+        ptr = llama_cpp.llama_get_embeddings_seq(self.ptr, seq_id)
+        if not ptr:
+            raise ContextError("the model produced no pooled embedding")
+        return np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_embd,)
+        ).copy()
 
     def logits(self, batch_index: int) -> np.ndarray:
         """A view of the logits row for a batch position that asked for logits.
@@ -128,4 +153,27 @@ class LlamaContext:
         return llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id)
 
     def clear(self) -> None:
-        llama_cpp.llama_memory_clear(self.memory, True)
+        """Drop every sequence's cells (a model without a KV cache, like BERT, has none)."""
+        if self.memory:
+            llama_cpp.llama_memory_clear(self.memory, True)
+
+    # --- a sequence's state on disk ------------------------------------------------------
+
+    def save_sequence(self, path: Path, seq_id: int, tokens: list[int]) -> int:
+        """Write seq_id's KV (and the tokens it holds) to a file; its size, 0 on failure."""
+        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        return llama_cpp.llama_state_seq_save_file(
+            self.ptr, str(path).encode(), seq_id, arr, len(tokens)
+        )
+
+    def load_sequence(self, path: Path, seq_id: int) -> list[int] | None:
+        """Load a file written by save_sequence into seq_id; the tokens it holds, or None."""
+        capacity = self.n_ctx
+        tokens = (llama_cpp.llama_token * capacity)()
+        n_tokens = ctypes.c_size_t(0)
+        read = llama_cpp.llama_state_seq_load_file(
+            self.ptr, str(path).encode(), seq_id, tokens, capacity, ctypes.byref(n_tokens)
+        )
+        if read == 0 or n_tokens.value == 0:
+            return None
+        return list(tokens[: n_tokens.value])

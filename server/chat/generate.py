@@ -1,75 +1,41 @@
-"""What chat and text completions share: wire fields → engine requests, and running them."""
+"""Running prepared requests on the engine: start the streams (n per prompt), merge their
+outputs, and turn them into one sequence of events that every API formats its own way
+(chat chunks, completion chunks, Responses events), or collect them whole.
+
+The events carry what used to be repeated in each API: text as it may be shown (a
+tools answer decoded from its JSON as it streams), the log-probabilities of exactly the
+tokens whose text it is (held-back text keeps its logprobs waiting), and each choice's
+result and tool calls at its end.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.requests import Request
-
-from server.api.errors import APIError, bad_request, server_busy, unavailable
-from server.api.schemas import SamplingFields
 from server.async_engine import GenerationStream
-from server.engine.engine import ContextLengthExceeded, EngineBusy, EngineDead
+from server.chat.deps import ChatRuntime
+from server.chat.requests import SamplingFields
+from server.chat.tools import AnswerStream
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason, GenerationOutput
-from server.engine.sampling import SamplingParams
-from server.runtime import Runtime
+from server.errors import GenerationFailed, InvalidRequest
+from server.llama.sampler import SamplingParams
 
 # How often a non-streaming request checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """The fields every response and chunk of one completion carries, as OpenAI sends them."""
-
-    id: str
-    object: str
-    model: str
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    @classmethod
-    def new(cls, id_prefix: str, object: str, model: str) -> Envelope:
-        return cls(f"{id_prefix}-{secrets.token_urlsafe(18)}", object, model)
-
-    def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": self.object,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
-            **extra,
-        }
-
-
-def check_model(runtime: Runtime, model: str | None) -> str:
-    """The model id to answer with; a name Hearth does not serve is a 404 as at OpenAI."""
-    if model is None or model == runtime.model_id:
-        return runtime.model_id
-    raise APIError(
-        404,
-        f"The model '{model}' does not exist. This server serves '{runtime.model_id}'.",
-        type="invalid_request_error",
-        param="model",
-        code="model_not_found",
-    )
-
-
 def sampling_params(
-    body: SamplingFields, runtime: Runtime, choice: int, grammar: str | None = None
+    body: SamplingFields, runtime: ChatRuntime, choice: int, grammar: str | None = None
 ) -> SamplingParams:
     bias: dict[int, float] = {}
     for key, value in (body.logit_bias or {}).items():
         token = int(key)
         if not runtime.model.is_valid_token(token):
-            raise bad_request(
+            raise InvalidRequest(
                 f"logit_bias names token {token}, but the vocabulary has "
                 f"{runtime.model.n_vocab} tokens.",
                 param="logit_bias",
@@ -100,7 +66,7 @@ def sampling_params(
     )
 
 
-def max_tokens_for(runtime: Runtime, requested: int | None, n_prompt: int) -> int:
+def max_tokens_for(runtime: ChatRuntime, requested: int | None, n_prompt: int) -> int:
     if requested is not None:
         return requested
     room = runtime.engine.context_length - n_prompt
@@ -109,7 +75,7 @@ def max_tokens_for(runtime: Runtime, requested: int | None, n_prompt: int) -> in
 
 
 def start_streams(
-    runtime: Runtime,
+    runtime: ChatRuntime,
     body: SamplingFields,
     prompts: list[list[int]],
     max_tokens: list[int],
@@ -117,10 +83,11 @@ def start_streams(
     grammar: str | None = None,
     prompt_logprobs: int | None = None,
 ) -> list[GenerationStream]:
-    """n streams per prompt, choice index = prompt index * n + j; all or none are queued."""
+    """n streams per prompt, choice index = prompt index * n + j; all or none are queued
+    (the engine's EngineBusy, EngineDead or ContextLengthExceeded otherwise)."""
     max_choices = runtime.settings.server.max_choices_per_request
     if len(prompts) * body.n > max_choices:
-        raise bad_request(
+        raise InvalidRequest(
             f"This request asks for {len(prompts) * body.n} completions ({len(prompts)} "
             f"prompts x n={body.n}); the limit is {max_choices} per request.",
             param="n" if len(prompts) == 1 else "prompt",
@@ -141,15 +108,9 @@ def start_streams(
                         prompt_logprobs=prompt_logprobs,
                     )
                 )
-    except ContextLengthExceeded as e:
+    except BaseException:
         cancel_all(streams)
-        raise bad_request(str(e), param="messages", code="context_length_exceeded") from None
-    except EngineBusy as e:
-        cancel_all(streams)
-        raise server_busy(str(e)) from None
-    except EngineDead as e:
-        cancel_all(streams)
-        raise unavailable(str(e)) from None
+        raise
     return streams
 
 
@@ -208,18 +169,17 @@ class ChoiceResult:
             self.cached_tokens = output.cached_tokens
 
 
-def engine_failure(output: GenerationOutput) -> APIError:
-    return APIError(500, output.error or "The engine failed on this request.", type="server_error")
-
-
-async def collect(request: Request, streams: list[GenerationStream]) -> list[ChoiceResult]:
-    """Run streams to the end; a client that hangs up cancels them."""
+async def collect(
+    streams: list[GenerationStream], client_gone: Callable[[], Awaitable[bool]]
+) -> list[ChoiceResult]:
+    """Run streams to the end (GenerationFailed if the engine fails one); a client that
+    hangs up (client_gone) cancels them."""
     results = [ChoiceResult() for _ in streams]
 
     async def run() -> None:
         async for index, output in merged(streams):
             if output.finish_reason is FinishReason.ERROR:
-                raise engine_failure(output)
+                raise GenerationFailed(output.error or "The engine failed on this request.")
             results[index].add(output)
 
     task = asyncio.create_task(run())
@@ -229,20 +189,74 @@ async def collect(request: Request, streams: list[GenerationStream]) -> list[Cho
             if done:
                 task.result()
                 return results
-            if await request.is_disconnected():
+            if await client_gone():
                 task.cancel()
                 raise asyncio.CancelledError
     finally:
         cancel_all(streams)
 
 
-def total_usage(results: list[ChoiceResult], n: int) -> dict[str, object]:
-    # Each prompt is counted once however many choices it has, as OpenAI does.
-    prompt = sum(r.prompt_tokens for r in results[::n])
-    completion = sum(r.completion_tokens for r in results)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in results[::n])},
-    }
+# --- one streaming loop for every API ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Text of one choice that may be shown now, with the logprobs of its tokens."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    """A choice is complete: its last text (may be empty), the whole result, and the tool
+    calls it made (None: a plain answer)."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+    result: ChoiceResult
+    tool_calls: list[dict[str, Any]] | None
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.tool_calls is not None else str(self.result.finish_reason)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The engine failed; nothing more comes."""
+
+    message: str
+
+
+Event = TextDelta | ChoiceEnd | Failed
+
+
+async def events(streams: list[GenerationStream], with_tools: bool = False) -> AsyncIterator[Event]:
+    results = [ChoiceResult() for _ in streams]
+    # With tools the model writes JSON: answers are decoded from it as they stream, tool
+    # calls come out whole when the choice ends.
+    answers = [AnswerStream() for _ in streams] if with_tools else None
+    # Logprobs of tokens whose text is still held back go out with that text, later.
+    pending: list[list[TokenLogprob]] = [[] for _ in streams]
+    async for index, output in merged(streams):
+        if output.finish_reason is FinishReason.ERROR:
+            yield Failed(output.error or "The engine failed on this request.")
+            return
+        if output.logprobs:
+            pending[index].extend(output.logprobs)
+        text = output.text if answers is None else answers[index].feed(output.text)
+        if not output.finished:
+            if text:
+                yield TextDelta(index, text, pending[index])
+                pending[index] = []
+            continue
+        results[index].add(output)
+        calls = None
+        if answers is not None:
+            rest, calls = answers[index].finish()
+            text += rest
+        yield ChoiceEnd(index, text, pending[index], results[index], calls)
+        pending[index] = []

@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.api.errors import bad_request
-from server.api.schemas import ChatCompletionRequest
-from server.json_schema_grammar import SchemaError, json_schema_to_gbnf
+from server.chat.json_schema_grammar import SchemaError, json_schema_to_gbnf
+from server.chat.requests import ChatCompletionRequest
+from server.errors import InvalidRequest
+from server.ids import new_id
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # What the grammar lets the model open with, before the answer's string starts.
@@ -68,12 +68,12 @@ def plan_tools(req: ChatCompletionRequest) -> ToolPlan | None:
     """Validate tools and tool_choice; None when the request uses no tools."""
     if not req.tools:
         if req.tool_choice not in (None, "none", "auto"):
-            raise bad_request("tool_choice needs tools.", param="tool_choice")
+            raise InvalidRequest("tool_choice needs tools.", param="tool_choice")
         return None
     functions = [_function(tool, i) for i, tool in enumerate(req.tools)]
     names = [f["name"] for f in functions]
     if len(set(names)) != len(names):
-        raise bad_request("Tool names must be unique.", param="tools")
+        raise InvalidRequest("Tool names must be unique.", param="tools")
     choice = req.tool_choice if req.tool_choice is not None else "auto"
     if choice == "none":
         return None
@@ -83,12 +83,12 @@ def plan_tools(req: ChatCompletionRequest) -> ToolPlan | None:
         name = choice["function"].get("name")
         allowed = [f for f in functions if f["name"] == name]
         if not allowed:
-            raise bad_request(
+            raise InvalidRequest(
                 f"tool_choice names {name!r}, which is not among the tools.",
                 param="tool_choice.function.name",
             )
     else:
-        raise bad_request(
+        raise InvalidRequest(
             "tool_choice must be 'none', 'auto', 'required' or "
             '{"type": "function", "function": {"name": ...}}.',
             param="tool_choice",
@@ -100,26 +100,26 @@ def plan_tools(req: ChatCompletionRequest) -> ToolPlan | None:
     try:
         grammar = json_schema_to_gbnf(_answer_schema(allowed, required, parallel))
     except SchemaError as e:
-        raise bad_request(f"Unsupported tool parameters schema: {e}", param="tools") from None
+        raise InvalidRequest(f"Unsupported tool parameters schema: {e}", param="tools") from None
     return ToolPlan(functions, required, parallel, grammar)
 
 
 def _function(tool: Any, i: int) -> dict[str, Any]:
     param = f"tools.[{i}]"
     if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-        raise bad_request("Only tools of type 'function' are supported.", param=f"{param}.type")
+        raise InvalidRequest("Only tools of type 'function' are supported.", param=f"{param}.type")
     fn = tool.get("function")
     if not isinstance(fn, dict):
-        raise bad_request("A tool needs a 'function' object.", param=f"{param}.function")
+        raise InvalidRequest("A tool needs a 'function' object.", param=f"{param}.function")
     name = fn.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise bad_request(
+        raise InvalidRequest(
             "A function name must be 1-64 letters, digits, '_' or '-'.",
             param=f"{param}.function.name",
         )
     parameters = fn.get("parameters") or {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
-        raise bad_request(
+        raise InvalidRequest(
             "Function parameters must be a JSON schema object.",
             param=f"{param}.function.parameters",
         )
@@ -205,7 +205,7 @@ def tool_calls_of(value: Any) -> list[dict[str, Any]]:
         seen.add((name, arguments))
         out.append(
             {
-                "id": f"call_{secrets.token_urlsafe(12)}",
+                "id": new_id("call_"),
                 "type": "function",
                 "function": {"name": name, "arguments": arguments},
             }
