@@ -24,6 +24,7 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "cache": ("cache", "enabled"),
     "cache_entries": ("cache", "max_entries"),
     "cache_cells": ("cache", "max_cells"),
+    "cache_ram_mb": ("cache", "ram_mb"),
     "cache_dir": ("cache", "persist_dir"),
     "data_dir": ("storage", "data_dir"),
     "host": ("server", "host"),
@@ -56,7 +57,16 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="shared prompt-prefix KV cache (default: on)",
     )
     p.add_argument("--cache-entries", type=int, help="finished requests the cache may keep")
-    p.add_argument("--cache-cells", type=int, help="KV cells those may hold (0: n_ctx / 2)")
+    p.add_argument(
+        "--cache-cells",
+        type=int,
+        help="KV cells idle cache entries may hold (0: none with the RAM tier, else n_ctx / 2)",
+    )
+    p.add_argument(
+        "--cache-ram-mb",
+        type=int,
+        help="host-RAM tier for idle prefixes, MiB (-1: auto, 0: off)",
+    )
     p.add_argument("--cache-dir", help="save the cache here at shutdown, restore it at start")
     p.add_argument("--data-dir", help="converted models, uploaded files, documents")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")

@@ -35,12 +35,17 @@ _GAUGES = {
     "cache_entries": ("hearth_prefix_cache_entries", "finished requests kept in the cache"),
     "free_sequence_ids": ("hearth_free_sequence_ids", "llama.cpp sequence ids not in use"),
     "active": ("hearth_requests_active", "requests submitted and not yet answered"),
+    "ram_bytes": ("hearth_prefix_cache_ram_bytes", "bytes of KV the host-RAM tier holds"),
+    "ram_entries": ("hearth_prefix_cache_ram_entries", "entries the host-RAM tier holds"),
+    "ram_budget": ("hearth_prefix_cache_ram_budget_bytes", "the host-RAM tier's byte budget"),
 }
 _CACHE_COUNTERS = {
     "lookups": "prefix cache lookups",
     "hits": "lookups that reused at least one token",
     "hit_tokens": "prompt tokens served from the cache",
-    "evictions": "cache entries evicted",
+    "ram_hits": "lookups served by restoring KV from host RAM",
+    "ram_hit_tokens": "prompt tokens restored from host RAM",
+    "evictions": "cache entries taken out of the KV cells (spilled or dropped)",
     "deduplicated_tokens": "tokens computed twice at once whose copy was dropped",
 }
 
@@ -59,6 +64,16 @@ class EngineCollector(Collector):
         for field, doc in _CACHE_COUNTERS.items():
             yield CounterMetricFamily(
                 f"hearth_prefix_cache_{field}", doc, value=getattr(stats.cache, field)
+            )
+        for field, value in asdict(stats.tier).items():
+            yield CounterMetricFamily(
+                f"hearth_prefix_cache_ram_{field}", f"host-RAM tier: {field}", value=value
+            )
+        for field, value in asdict(stats.disk).items():
+            yield GaugeMetricFamily(
+                f"hearth_prefix_cache_disk_{field}",
+                f"disk tier (cache.persist_dir): {field.replace('_', ' ')}",
+                value=value,
             )
         if self.embedder is not None:
             for field, value in asdict(self.embedder.stats).items():

@@ -154,7 +154,8 @@ def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, Engine]:
             n_ubatch=ms.n_ubatch,
             n_threads=_threads(settings),
             cache_entries=cs.max_entries if cs.enabled else 0,
-            cache_cells=cs.max_cells,
+            cache_cells=cs.max_cells or None,
+            cache_ram_bytes=_ram_budget(cs.ram_mb) if cs.enabled else 0,
             cache_dir=Path(cs.persist_dir).expanduser() if cs.persist_dir else None,
             cache_dir_max_bytes=cs.persist_max_mb << 20,
         ),
@@ -194,6 +195,29 @@ def _embedder(settings: Settings) -> tuple[Embedder | None, str]:
     model_id = es.alias or default_name
     logger.info("loaded embedding model %s (%d dimensions)", model_id, embedder.dim)
     return embedder, model_id
+
+
+def _ram_budget(ram_mb: int) -> int:
+    """Bytes for the prefix cache's host tier: as configured, or a quarter of the memory
+    available now, at most 4 GiB."""
+    if ram_mb >= 0:
+        return ram_mb << 20
+    available = _available_memory()
+    return min(available // 4, 4 << 30) if available else 512 << 20
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # elsewhere (macOS): the physical memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _threads(settings: Settings) -> int:

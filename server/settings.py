@@ -71,6 +71,9 @@ class CacheSettings(_Section):
     enabled: bool = True
     max_entries: int = Field(24, ge=0)
     max_cells: int = Field(0, ge=0)
+    # Host-RAM tier for idle entries, in MiB: -1 a quarter of the memory available at
+    # start-up (at most 4 GiB), 0 off.
+    ram_mb: int = Field(-1, ge=-1)
     persist_dir: str = ""
     persist_max_mb: int = Field(1024, ge=1)
 

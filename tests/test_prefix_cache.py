@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -179,9 +180,27 @@ def test_cache_survives_a_restart(tmp_path_factory: pytest.TempPathFactory) -> N
     assert (cache_dir / "manifest.json").exists()
     second = start_server(tmp, "--cache-dir", str(cache_dir))
     try:
-        assert second.stats()["cache_cells"] >= r1.usage.prompt_tokens
+        # Back in the host-RAM tier, not in the cells (restart -> disk -> RAM -> cells).
+        stats = second.stats()
+        assert stats["ram_entries"] >= 1 and stats["cache_cells"] == 0
+        disk = stats["disk"]
+        assert disk["loaded_entries"] == stats["ram_entries"]
+        assert disk["loaded_bytes"] == stats["ram_bytes"] > 0
         r2 = chat(second.client(), second.model_id(), messages, max_tokens=3)
         assert cached(r2) == r2.usage.prompt_tokens - 1
+        after = second.stats()
+        assert after["cache"]["ram_hits"] == 1 and after["tier"]["restores"] == 1
+        assert after["tier"]["restore_seconds"] > 0
+        # /metrics shows every tier.
+        metrics = httpx.get(f"{second.url}/metrics").text
+        for name in (
+            "hearth_prefix_cache_cells",
+            "hearth_prefix_cache_ram_bytes",
+            "hearth_prefix_cache_ram_restores_total 1.0",
+            "hearth_prefix_cache_ram_hit_tokens_total",
+            "hearth_prefix_cache_disk_loaded_bytes",
+        ):
+            assert name in metrics, name
         assert r2.choices[0].message.content == r1.choices[0].message.content
     finally:
         stop_server(second)

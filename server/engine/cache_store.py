@@ -1,10 +1,15 @@
-"""Persist the prefix cache across restarts, so a restarted server does not start cold.
+"""The prefix cache's third tier: disk, across restarts (restart -> disk -> RAM -> cells).
 
-On shutdown the most recently used cache entries are written with llama.cpp's
-`llama_state_seq_save_file` (KV cells plus the token ids they hold), newest first, until a
-size limit; on start-up they are loaded back and put into the radix tree again (prefixes two
-files share are deduplicated there, as any concurrent computation would be). A manifest
-names the model file the KV belongs to; files made for another model are ignored.
+At shutdown every cache entry, those in the KV cells and those in host RAM, is written
+newest first until a size limit: one file each, the token ids it covers and its KV state
+(llama_state_seq_get_data's bytes). At start-up the files go back into the host-RAM tier
+(nothing enters the cells until a request matches them), or straight into cells when the
+host tier is off. A manifest names the model file and the llama-cpp-python version the
+state belongs to; files made for another are ignored.
+
+The files are written into a fresh directory that then replaces the old one (a crash
+while saving leaves the previous cache whole), readable only by the user (the KV of their
+prompts).
 """
 
 from __future__ import annotations
@@ -13,9 +18,14 @@ import json
 import logging
 import shutil
 import tempfile
+import time
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
+
 from server.engine.scheduler import Scheduler
+from server.engine.stats import DiskStats
 from server.llama.context import LlamaContext
 
 logger = logging.getLogger("hearth.cache")
@@ -25,20 +35,57 @@ MANIFEST = "manifest.json"
 
 def model_identity(ctx: LlamaContext) -> dict[str, object]:
     info = ctx.model.info
-    return {"file": info.path.name, "size": info.size_bytes, "params": info.n_params}
+    return {
+        "file": info.path.name,
+        "size": info.size_bytes,
+        "params": info.n_params,
+        "llama_cpp_python": version("llama-cpp-python"),
+    }
 
 
-def save(ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: int) -> int:
-    """Write entries, most recently used first, within max_bytes; returns how many.
+def _write(path: Path, tokens: list[int], data: bytes) -> int:
+    header = np.array([len(tokens)], dtype="<u4").tobytes()
+    body = np.asarray(tokens, dtype="<i4").tobytes()
+    path.write_bytes(header + body + data)
+    return len(header) + len(body) + len(data)
 
-    Written into a fresh directory beside the old one, which it then replaces: a crash
-    while saving leaves the previous cache whole. Only the user may read the files (the KV
-    of their prompts)."""
+
+def _read(path: Path) -> tuple[list[int], bytes] | None:
+    raw = path.read_bytes()
+    if len(raw) < 4:
+        return None
+    n = int(np.frombuffer(raw[:4], dtype="<u4")[0])
+    if len(raw) < 4 + 4 * n:
+        return None
+    tokens = np.frombuffer(raw[4 : 4 + 4 * n], dtype="<i4").tolist()
+    return tokens, raw[4 + 4 * n :]
+
+
+def save(
+    ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: int, stats: DiskStats
+) -> int:
+    """Write entries, most recently used first, within max_bytes; returns how many."""
+    started = time.perf_counter()
+    cache = scheduler.cache
+    # Newest first: resident entries (in use most recently), then RAM, newest first.
+    entries: list[tuple[list[int], bytes | None, int | None]] = [
+        (tokens, None, seq_id) for seq_id, tokens in scheduler.cache_entries()
+    ]
+    entries += [(e.tokens, e.data, None) for e in reversed(cache.stored_entries())]
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=parent))  # mode 0700
     try:
-        written, total = _write_entries(ctx, scheduler, staging, max_bytes)
+        written: list[str] = []
+        total = 0
+        for tokens, data, seq_id in entries:
+            if data is None and seq_id is not None:
+                data = ctx.save_state(seq_id)
+            if not data or total + len(data) > max_bytes:
+                continue
+            name = f"{len(written):04d}.kv"
+            total += _write(staging / name, tokens, data)
+            written.append(name)
         # Oldest first in the manifest: loading in that order leaves the newest most recent.
         manifest = {"model": model_identity(ctx), "files": list(reversed(written))}
         (staging / MANIFEST).write_text(json.dumps(manifest))
@@ -53,30 +100,17 @@ def save(ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: in
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    stats.saved_entries, stats.saved_bytes = len(written), total
+    stats.save_seconds = time.perf_counter() - started
     logger.info(
         "saved %d prefix cache entries (%.1f MiB) to %s", len(written), total / 2**20, directory
     )
     return len(written)
 
 
-def _write_entries(
-    ctx: LlamaContext, scheduler: Scheduler, directory: Path, max_bytes: int
-) -> tuple[list[str], int]:
-    written: list[str] = []
-    total = 0
-    for seq_id, tokens in scheduler.cache_entries():
-        path = directory / f"{len(written):04d}.kv"
-        size = ctx.save_sequence(path, seq_id, tokens)
-        if size == 0 or total + size > max_bytes:
-            path.unlink(missing_ok=True)
-            break
-        total += size
-        written.append(path.name)
-    return written, total
-
-
-def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path) -> int:
-    """Restore saved entries into an idle engine; returns how many."""
+def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path, stats: DiskStats) -> int:
+    """Restore saved entries into an idle engine (RAM tier, else cells); how many."""
+    started = time.perf_counter()
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -84,19 +118,37 @@ def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path) -> int:
     if manifest.get("model") != model_identity(ctx):
         logger.info("prefix cache in %s was saved for another model; not loading it", directory)
         return 0
+    cache = scheduler.cache
     loaded = 0
     for name in manifest.get("files", []):
-        if not scheduler.free_sequence_ids:
-            break
-        path = directory / name
-        if scheduler.restore_entry(lambda seq_id, p=path: ctx.load_sequence(p, seq_id)):
-            loaded += 1
-        else:
+        try:
+            read = _read(directory / name)
+        except OSError:
+            read = None
+        if read is None or not all(0 <= t < ctx.n_vocab for t in read[0]):
             logger.warning("could not load prefix cache file %s", name)
+            continue
+        tokens, data = read
+        if cache.host.budget > 0:
+            ok = cache.adopt_stored(tokens, data)
+        elif not scheduler.free_sequence_ids:
+            break
+        else:
+            ok = scheduler.restore_entry(
+                lambda seq_id, t=tokens, d=data: t if ctx.load_state(seq_id, d) else None
+            )
+            if not ok:
+                logger.warning("could not load prefix cache file %s", name)
+        if ok:
+            loaded += 1
+            stats.loaded_bytes += len(data)
+    stats.loaded_entries = loaded
+    stats.load_seconds = time.perf_counter() - started
     logger.info(
-        "restored %d prefix cache entries (%d cells) from %s",
+        "restored %d prefix cache entries (%d cells, %.1f MiB in RAM) from %s",
         loaded,
-        scheduler.cache.cells,
+        cache.cells,
+        cache.host.bytes / 2**20,
         directory,
     )
     return loaded

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from server.engine import cache_store
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.host_kv import HostStore
 from server.engine.logprobs import TokenLogprob
 from server.engine.no_cache import NoCache
 from server.engine.prefix_cache import PrefixCache
@@ -62,10 +63,12 @@ class EngineConfig:
     n_batch: int
     n_ubatch: int
     n_threads: int
-    # Prefix cache: sequence ids finished requests may keep (0: no cache), and the most
-    # KV cells they may hold between requests.
+    # Prefix cache: sequence ids finished requests may keep (0: no cache), the most KV
+    # cells they may hold between requests (None: none with a host tier, else half the
+    # context), and the host-RAM tier's budget in bytes (0: no host tier).
     cache_entries: int = 0
-    cache_cells: int = 0
+    cache_cells: int | None = None
+    cache_ram_bytes: int = 0
     # Where the cache is saved at shutdown and restored at start-up (None: not kept).
     cache_dir: Path | None = None
     cache_dir_max_bytes: int = 1 << 30
@@ -102,14 +105,22 @@ class Engine:
         )
         self.context_length = min(config.context_length, self.ctx.n_ctx)
         self.runner = BatchRunner(self.ctx, config.n_batch)
-        cache = PrefixCache(self.ctx) if config.cache_entries > 0 else NoCache(self.ctx)
+        cache: PrefixCache | NoCache
+        if config.cache_entries > 0:
+            cache = PrefixCache(self.ctx, HostStore(config.cache_ram_bytes))
+        else:
+            cache = NoCache(self.ctx)
+        cache_cells = config.cache_cells
+        if cache_cells is None:
+            # Idle cells cost every decode step; with a host tier idle entries wait in RAM.
+            cache_cells = 0 if config.cache_ram_bytes > 0 else self.ctx.n_ctx // 2
         self.scheduler = Scheduler(
             max_running=config.max_running,
             token_budget=config.step_token_budget,
             n_cells=self.ctx.n_ctx,
             cache=cache,
             cache_entries=config.cache_entries,
-            cache_cells=config.cache_cells or self.ctx.n_ctx // 2,
+            cache_cells=cache_cells,
         )
         # Kept across restarts only when there is a cache to keep.
         self._cache_dir = config.cache_dir if isinstance(cache, PrefixCache) else None
@@ -142,7 +153,7 @@ class Engine:
     def start(self) -> None:
         """Restore the saved prefix cache and start the engine thread."""
         if self._cache_dir is not None:
-            cache_store.load(self.ctx, self.scheduler, self._cache_dir)
+            cache_store.load(self.ctx, self.scheduler, self._cache_dir, self.stats.disk)
             self._publish_stats()
         self._worker.start(self._loop, self._answer_all)
 
@@ -151,7 +162,11 @@ class Engine:
         self._worker.stop()
         if self._cache_dir is not None:
             cache_store.save(
-                self.ctx, self.scheduler, self._cache_dir, self.config.cache_dir_max_bytes
+                self.ctx,
+                self.scheduler,
+                self._cache_dir,
+                self.config.cache_dir_max_bytes,
+                self.stats.disk,
             )
         self.runner.close()
         self.ctx.close()
@@ -262,6 +277,10 @@ class Engine:
         self.stats.cache_cells = cache.cells
         self.stats.cache_entries = len(cache.entries)
         self.stats.cache = cache.stats
+        self.stats.ram_bytes = cache.host.bytes
+        self.stats.ram_entries = len(cache.host.entries)
+        self.stats.ram_budget = cache.host.budget
+        self.stats.tier = cache.host.stats
 
     def _take_inbox(self, block: bool) -> None:
         """Take new requests, cancellations and aborts (waiting for one if block)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from server.engine.prefix_cache import CacheStats, KVOps
+from server.engine.host_kv import HostStore
+from server.engine.prefix_cache import CacheStats, KVOps, StoredMatch
 
 
 class NoCache:
@@ -18,11 +19,24 @@ class NoCache:
 
     def __init__(self, kv: KVOps) -> None:
         self.kv = kv
+        self.host = HostStore(0)  # no host tier either
         self.entries: OrderedDict[int, None] = OrderedDict()  # always empty
         self.stats = CacheStats()
 
     def match(self, tokens: list[int], limit: int) -> int:
         return 0
+
+    def match_stored(self, tokens: list[int], limit: int) -> StoredMatch | None:
+        return None
+
+    def restore(self, seq_id: int, tokens: list[int], found: StoredMatch) -> bool:
+        return False
+
+    def stored_entries(self) -> list:  # type: ignore[type-arg]
+        return []
+
+    def adopt_stored(self, tokens: list[int], data: bytes) -> bool:
+        return False
 
     def acquire(self, seq_id: int, tokens: list[int], length: int) -> None:
         self.stats.lookups += 1

@@ -1,41 +1,59 @@
-"""Shared prompt-prefix KV cache: a token-level radix tree over llama.cpp sequence ids.
+"""Shared prompt-prefix KV cache: a token-level radix tree over llama.cpp sequence ids, and
+over a host-RAM tier.
 
-A path from the root spells a token sequence whose KV is resident. Each node knows its
-*holders*: the sequence ids whose KV covers the whole path from position 0 to the node's end.
-All holders of a node share the same cells (kv_unified: `seq_cp` tags cells, it does not
-copy), so a node's cells are counted once and are freed exactly when its last holder lets go.
+A path from the root spells a token sequence whose KV Hearth has somewhere. Each node knows
+its *holders*: the sequence ids whose KV cells cover the whole path from position 0 to the
+node's end (the node is *resident*). All holders of a node share the same cells
+(kv_unified: `seq_cp` tags cells, it does not copy), so a node's cells are counted once and
+are freed exactly when its last holder lets go. A node may also be *stored*: covered by
+host-RAM entries (host_kv.py) holding the KV of a whole path through it. A node stays in
+the tree while it is resident or stored.
 
 Holders are running requests (their prompt is inserted chunk by chunk as it is computed, so
 others can share it before it finishes) and finished requests kept as cache *entries* (their
 prompt and output, for the next turn of a conversation). A request that computed tokens the
-tree already has (two requests prefilling the same text at once) drops its own copy and
-takes the tree's cells instead, so one prefix is held once however it was computed.
+tree already has in cells (two requests prefilling the same text at once) drops its own
+copy and takes the tree's cells instead, so one prefix is held once however it was computed.
 
-Eviction is LRU over entries; a running request's nodes are never evicted, since it holds them.
-Only the engine thread uses this.
+Eviction is LRU over entries: with a host tier, an evicted entry is *spilled* (its KV copied
+to RAM, its cells freed) rather than dropped, and a later request whose prompt runs further
+along a stored path than along resident cells gets it *restored* into its own sequence
+(a copy, milliseconds) instead of computing it again (seconds). A running request's nodes
+are never evicted, since it holds them. Only the engine thread uses this.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
+
+from server.engine.host_kv import HostEntry, HostStore
+
+# A restore must save at least this many tokens of prefill over what the cells already
+# hold to be worth it (restoring costs ~1/200 of computing; below this the bookkeeping
+# is not worth a sequence's whole state copy).
+MIN_RESTORE_TOKENS = 16
 
 
 class KVOps(Protocol):
     def seq_copy(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None: ...
     def seq_remove(self, seq_id: int, p0: int = -1, p1: int = -1) -> None: ...
+    def save_state(self, seq_id: int) -> bytes | None: ...
+    def load_state(self, seq_id: int, data: bytes) -> bool: ...
 
 
 class Node:
-    __slots__ = ("children", "holders", "parent", "start", "tokens")
+    __slots__ = ("children", "holders", "parent", "start", "stored", "tokens")
 
     def __init__(self, tokens: list[int], start: int, parent: Node | None) -> None:
         self.tokens = tokens  # the edge from the parent: positions [start, start + len)
         self.start = start
         self.parent = parent
         self.children: dict[int, Node] = {}
-        self.holders: set[int] = set()
+        self.holders: set[int] = set()  # sequence ids whose cells cover the path
+        self.stored: set[int] = set()  # host entries whose KV covers the path
 
     @property
     def end(self) -> int:
@@ -49,6 +67,7 @@ class Node:
         assert parent is not None
         upper = Node(self.tokens[:k], self.start, parent)
         upper.holders = set(self.holders)
+        upper.stored = set(self.stored)
         parent.children[upper.tokens[0]] = upper
         self.tokens = self.tokens[k:]
         self.start = at
@@ -82,20 +101,32 @@ def common_prefix_length(
 @dataclass
 class CacheStats:
     lookups: int = 0
-    hits: int = 0  # lookups that reused at least one token
+    hits: int = 0  # lookups that reused at least one token (from cells or RAM)
     hit_tokens: int = 0
-    evictions: int = 0
+    ram_hits: int = 0  # of those, served by restoring an entry from host RAM
+    ram_hit_tokens: int = 0
+    evictions: int = 0  # entries taken out of the cells (spilled or dropped)
     deduplicated_tokens: int = 0  # computed twice at once, one copy dropped
+
+
+@dataclass(frozen=True)
+class StoredMatch:
+    """How far a prompt runs along a path held in RAM, and the entry that holds it."""
+
+    length: int
+    entry: HostEntry
 
 
 class PrefixCache:
     shares_prefixes = True  # a request takes what others computed (see no_cache.py: off)
 
-    def __init__(self, kv: KVOps) -> None:
+    def __init__(self, kv: KVOps, host: HostStore | None = None) -> None:
         self.kv = kv
+        self.host = host if host is not None else HostStore(0)
         self.root = Node([], 0, None)
-        self.cells = 0  # KV cells held by the tree: every node's span, counted once
+        self.cells = 0  # KV cells held by the tree: every resident node's span, once
         self._deepest: dict[int, Node] = {}  # seq id → deepest node it holds
+        self._stored_at: dict[int, Node] = {}  # host entry id → deepest node it covers
         self.entries: OrderedDict[int, None] = OrderedDict()  # finished holders, LRU first
         self.stats = CacheStats()
 
@@ -103,17 +134,30 @@ class PrefixCache:
 
     def match(self, tokens: list[int], limit: int) -> int:
         """How many of the first `limit` tokens have resident KV (changes nothing)."""
-        node, pos = self.root, 0
+        return self._walk(tokens, limit, resident=True)[0]
+
+    def match_stored(self, tokens: list[int], limit: int) -> StoredMatch | None:
+        """The longest run of the first `limit` tokens a host entry holds (changes nothing)."""
+        length, node = self._walk(tokens, limit, resident=False)
+        if length == 0 or node is None:
+            return None
+        return StoredMatch(length, self.host.entries[next(iter(node.stored))])
+
+    def _walk(self, tokens: list[int], limit: int, resident: bool) -> tuple[int, Node | None]:
+        """How far tokens[:limit] runs along resident (or stored) nodes, and the node
+        where it ends (None: the root)."""
+        node, pos, last = self.root, 0, None
         while pos < limit:
             child = node.children.get(tokens[pos])
-            if child is None:
+            if child is None or not (child.holders if resident else child.stored):
                 break
             n = common_prefix_length(child.tokens, tokens, pos, limit)
             pos += n
+            last = child
             if n < len(child.tokens):
                 break
             node = child
-        return pos
+        return pos, last
 
     def _walk_to(self, tokens: list[int], length: int) -> Node:
         """The node ending exactly at `length` along tokens (split if needed)."""
@@ -140,6 +184,30 @@ class PrefixCache:
         self._hold_path(seq_id, node)
         self._deepest[seq_id] = node
 
+    def restore(self, seq_id: int, tokens: list[int], found: StoredMatch) -> bool:
+        """Give a fresh sequence tokens[:found.length] from a host entry: its state is
+        copied into the sequence's cells (then cut to the length), the path's resident part
+        is shared as usual. False (and nothing held) when llama.cpp could not load it."""
+        started = time.perf_counter()
+        entry = self.host.get(found.entry.id)
+        if not self.kv.load_state(seq_id, entry.data):
+            self.kv.seq_remove(seq_id, -1, -1)
+            return False
+        if found.length < len(entry.tokens):
+            self.kv.seq_remove(seq_id, found.length, -1)
+        self.stats.lookups += 1
+        self.stats.hits += 1
+        self.stats.hit_tokens += found.length
+        self.stats.ram_hits += 1
+        self.stats.ram_hit_tokens += found.length
+        self._deepest[seq_id] = self.root
+        self.extend(seq_id, tokens, found.length)
+        tier = self.host.stats
+        tier.restores += 1
+        tier.restored_tokens += found.length
+        tier.restore_seconds += time.perf_counter() - started
+        return True
+
     def extend(self, seq_id: int, tokens: list[int], length: int) -> None:
         """seq_id's KV now covers tokens[:length]: put what the tree lacks into it."""
         node = self._deepest[seq_id]
@@ -147,7 +215,12 @@ class PrefixCache:
         if pos >= length:
             return
         # The usual case: a sequence growing its own leaf.
-        if node.holders == {seq_id} and not node.children and node is not self.root:
+        if (
+            node.holders == {seq_id}
+            and not node.stored
+            and not node.children
+            and node is not self.root
+        ):
             node.tokens.extend(tokens[pos:length])
             self.cells += length - pos
             return
@@ -163,10 +236,13 @@ class PrefixCache:
             n = common_prefix_length(child.tokens, tokens, pos, length)
             if n < len(child.tokens):
                 child = child.split(pos + n)
-            # The tree already has these tokens: use its cells, drop our duplicates.
-            self.kv.seq_remove(seq_id, pos, pos + n)
-            self.kv.seq_copy(child.any_holder(), seq_id, pos, pos + n)
-            self.stats.deduplicated_tokens += n
+            if child.holders:
+                # The tree already has these tokens in cells: use them, drop our copy.
+                self.kv.seq_remove(seq_id, pos, pos + n)
+                self.kv.seq_copy(child.any_holder(), seq_id, pos, pos + n)
+                self.stats.deduplicated_tokens += n
+            else:
+                self.cells += n  # a stored-only node: our cells make it resident
             child.holders.add(seq_id)
             node, pos = child, pos + n
         self._deepest[seq_id] = node
@@ -196,27 +272,99 @@ class PrefixCache:
         return released
 
     def release(self, seq_id: int) -> None:
-        """Forget seq_id entirely and drop its KV; nodes nobody else holds are freed."""
+        """Forget seq_id entirely and drop its KV; a node neither held nor stored goes."""
         node: Node | None = self._deepest.pop(seq_id, None)
         self.entries.pop(seq_id, None)
         while node is not None and node is not self.root:
             node.holders.discard(seq_id)
             parent = node.parent
-            if not node.holders:
-                assert parent is not None and not node.children
-                del parent.children[node.tokens[0]]
+            if not node.holders:  # seq_id was its last holder: its cells are freed
                 self.cells -= len(node.tokens)
+                if not node.stored:  # nor in RAM: it goes (its children went before it)
+                    assert parent is not None and not node.children
+                    del parent.children[node.tokens[0]]
             node = parent
         self.kv.seq_remove(seq_id, -1, -1)
 
     def evict_one(self) -> int | None:
-        """Release the least recently used entry; returns its sequence id (now free)."""
+        """Take the least recently used entry out of the cells (spilled to RAM when the
+        host tier takes it, else dropped); returns its sequence id (now free)."""
         if not self.entries:
             return None
         seq_id = next(iter(self.entries))
+        self.spill(seq_id)
         self.release(seq_id)
         self.stats.evictions += 1
         return seq_id
+
+    def spill(self, seq_id: int) -> bool:
+        """Copy an entry's KV to the host tier (its tree nodes become stored); False when
+        the tier is off or the entry does not fit."""
+        tokens = self.path_tokens(seq_id)
+        if len(tokens) < MIN_RESTORE_TOKENS or self.host.budget <= 0:
+            return False
+        started = time.perf_counter()
+        data = self.kv.save_state(seq_id)
+        if data is None or not self.host.fits(len(data)):
+            return False
+        node = self._deepest[seq_id]
+        entry = HostEntry(tokens, data)
+        self._mark_stored(node, entry.id)
+        for dropped in self.host.add(entry):
+            self._unstore(dropped)
+        tier = self.host.stats
+        tier.spills += 1
+        tier.spill_seconds += time.perf_counter() - started
+        return True
+
+    def adopt_stored(self, tokens: list[int], data: bytes) -> bool:
+        """Put a host entry (read from disk at start-up) into the tree without cells."""
+        if len(tokens) < MIN_RESTORE_TOKENS or not self.host.fits(len(data)):
+            return False
+        node, pos = self.root, 0
+        while pos < len(tokens):
+            child = node.children.get(tokens[pos])
+            if child is None:
+                leaf = Node(list(tokens[pos:]), pos, node)
+                node.children[leaf.tokens[0]] = leaf
+                node, pos = leaf, len(tokens)
+                break
+            n = common_prefix_length(child.tokens, tokens, pos, len(tokens))
+            if n < len(child.tokens):
+                child = child.split(pos + n)
+            node, pos = child, pos + n
+        entry = HostEntry(list(tokens), data)
+        self._mark_stored(node, entry.id)
+        for dropped in self.host.add(entry):
+            self._unstore(dropped)
+        return True
+
+    def _mark_stored(self, node: Node, entry_id: int) -> None:
+        self._stored_at[entry_id] = node
+        n: Node | None = node
+        while n is not None and n is not self.root:
+            n.stored.add(entry_id)
+            n = n.parent
+
+    def _unstore(self, entry: HostEntry) -> None:
+        """Forget a host entry: its nodes lose it; those neither held nor stored go."""
+        n: Node | None = self._stored_at.pop(entry.id, None)
+        while n is not None and n is not self.root:
+            n.stored.discard(entry.id)
+            parent = n.parent
+            if not n.holders and not n.stored and not n.children:
+                assert parent is not None
+                del parent.children[n.tokens[0]]
+            n = parent
+
+    def drop_stored(self) -> None:
+        """Empty the host tier."""
+        for entry in self.host.clear():
+            self._unstore(entry)
+
+    def stored_entries(self) -> list[HostEntry]:
+        """Host entries, least recently used first."""
+        return list(self.host.entries.values())
 
     def cells_held_only_by_entries(self) -> int:
         """Cells no running request holds: what the cache keeps between requests."""
@@ -225,7 +373,7 @@ class PrefixCache:
         while stack:
             node = stack.pop()
             for child in node.children.values():
-                if child.holders <= self.entries.keys():
+                if child.holders and child.holders <= self.entries.keys():
                     total += len(child.tokens)
                 stack.append(child)
         return total
@@ -255,7 +403,8 @@ class PrefixCache:
                 self.entries.move_to_end(holder)
 
     def check(self) -> None:
-        """Invariants, for tests: holders nest, cell count adds up, leaves are held."""
+        """Invariants, for tests: holders and stored entries nest, the cell count adds
+        up, every node is held or stored, every stored id is a live host entry."""
         total = 0
         stack = [self.root]
         while stack:
@@ -263,9 +412,15 @@ class PrefixCache:
             for first, child in node.children.items():
                 assert child.tokens and child.tokens[0] == first and child.parent is node
                 assert child.start == node.end
-                assert child.holders, "unheld node left in the tree"
+                assert child.holders or child.stored, "a node neither held nor stored"
+                assert child.stored <= self.host.entries.keys()
                 if node is not self.root:
                     assert child.holders <= node.holders
-                total += len(child.tokens)
+                    assert child.stored <= node.stored
+                if child.holders:
+                    total += len(child.tokens)
                 stack.append(child)
         assert total == self.cells, (total, self.cells)
+        assert self._stored_at.keys() == self.host.entries.keys()
+        for entry_id, node in self._stored_at.items():
+            assert entry_id in node.stored and node.end == len(self.host.entries[entry_id].tokens)

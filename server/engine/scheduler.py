@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.engine.no_cache import NoCache
-from server.engine.prefix_cache import PrefixCache, common_prefix_length
+from server.engine.prefix_cache import MIN_RESTORE_TOKENS, PrefixCache, common_prefix_length
 from server.engine.sequence import Sequence
 
 # A waiting request defers to a prefilling one only for a shared prefix at least this long:
@@ -186,12 +186,7 @@ class Scheduler:
             if not self._free_seq_ids and not self._evict_one():
                 break
             seq_id = self._free_seq_ids.pop()
-            cached = (
-                0
-                if seq.wants_prompt_logprobs
-                else self.cache.match(seq.tokens, len(seq.tokens) - 1)
-            )
-            self.cache.acquire(seq_id, seq.tokens, cached)
+            cached = self._take_prefix(seq, seq_id)
             seq.seq_id = seq_id
             seq.n_computed = seq.n_in_tree = cached
             if seq.n_cached is None:
@@ -206,6 +201,29 @@ class Scheduler:
             del self.waiting[i]
             self.running.append(seq)
             plan.admitted.append(seq)
+
+    def _take_prefix(self, seq: Sequence, seq_id: int) -> int:
+        """Give seq_id the longest cached prefix of seq's prompt: shared from resident cells,
+        or restored from host RAM when that saves enough prefill. Returns its length."""
+        if seq.wants_prompt_logprobs:
+            self.cache.acquire(seq_id, seq.tokens, 0)
+            return 0
+        # The last token is always computed: its logits choose the first new token.
+        limit = len(seq.tokens) - 1
+        cached = self.cache.match(seq.tokens, limit)
+        found = self.cache.match_stored(seq.tokens, limit)
+        if found is not None and found.length - cached >= MIN_RESTORE_TOKENS:
+            # Restoring takes cells for the whole stored path before it is cut to the
+            # prompt: make room from idle entries, or compute it after all.
+            room = len(found.entry.tokens)
+            while self._cells_free_after_running() < room and self._evict_one():
+                pass
+            if self._cells_free_after_running() >= room and self.cache.restore(
+                seq_id, seq.tokens, found
+            ):
+                return found.length
+        self.cache.acquire(seq_id, seq.tokens, cached)
+        return cached
 
     def _cells_free_after_running(self) -> int:
         """Cells left once every running sequence has computed what it has pending."""

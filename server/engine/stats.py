@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from server.engine.host_kv import TierStats
 from server.engine.prefix_cache import CacheStats
+
+
+@dataclass
+class DiskStats:
+    """The disk tier (cache.persist_dir): what start-up read back and shutdown wrote."""
+
+    loaded_entries: int = 0
+    loaded_bytes: int = 0
+    load_seconds: float = 0.0
+    saved_entries: int = 0
+    saved_bytes: int = 0
+    save_seconds: float = 0.0
 
 
 @dataclass
@@ -29,6 +42,12 @@ class EngineStats:
     free_sequence_ids: int = 0
     active: int = 0  # requests submitted and not yet answered (running, waiting, in flight)
     cache: CacheStats = field(default_factory=CacheStats)
+    # The host-RAM tier: what it holds and what moved through it.
+    ram_bytes: int = 0
+    ram_entries: int = 0
+    ram_budget: int = 0
+    tier: TierStats = field(default_factory=TierStats)
+    disk: DiskStats = field(default_factory=DiskStats)
 
     def record_step(
         self, n_sequences: int, n_tokens: int, n_prompt_tokens: int, seconds: float

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from pathlib import Path
 
 import llama_cpp
 import numpy as np
@@ -157,23 +156,19 @@ class LlamaContext:
         if self.memory:
             llama_cpp.llama_memory_clear(self.memory, True)
 
-    # --- a sequence's state on disk ------------------------------------------------------
+    # --- a sequence's state, copied out and back in ----------------------------------------
 
-    def save_sequence(self, path: Path, seq_id: int, tokens: list[int]) -> int:
-        """Write seq_id's KV (and the tokens it holds) to a file; its size, 0 on failure."""
-        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
-        return llama_cpp.llama_state_seq_save_file(
-            self.ptr, str(path).encode(), seq_id, arr, len(tokens)
-        )
-
-    def load_sequence(self, path: Path, seq_id: int) -> list[int] | None:
-        """Load a file written by save_sequence into seq_id; the tokens it holds, or None."""
-        capacity = self.n_ctx
-        tokens = (llama_cpp.llama_token * capacity)()
-        n_tokens = ctypes.c_size_t(0)
-        read = llama_cpp.llama_state_seq_load_file(
-            self.ptr, str(path).encode(), seq_id, tokens, capacity, ctypes.byref(n_tokens)
-        )
-        if read == 0 or n_tokens.value == 0:
+    def save_state(self, seq_id: int) -> bytes | None:
+        """A copy of seq_id's KV and positions (llama_state_seq_get_data); None on failure."""
+        size = llama_cpp.llama_state_seq_get_size(self.ptr, seq_id)
+        if size == 0:
             return None
-        return list(tokens[: n_tokens.value])
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
+        return ctypes.string_at(buf, written) if written else None
+
+    def load_state(self, seq_id: int, data: bytes) -> bool:
+        """Put state from save_state into seq_id (which must hold nothing): it takes free
+        cells for every token. False when llama.cpp could not (no room, bad data)."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return llama_cpp.llama_state_seq_set_data(self.ptr, buf, len(data), seq_id) > 0

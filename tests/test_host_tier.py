@@ -1,0 +1,118 @@
+"""The prefix cache's host-RAM tier, driven step by step over the real model: idle entries
+leave the KV cells for RAM, a matching request gets them back instead of prefilling, the
+budget holds, and nothing leaks when requests are cancelled."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+
+from server.engine.engine import Engine
+from server.engine.request import FinishReason
+from server.llama.model import LlamaModel
+from server.model_files import resolve_chat_model
+from tests.test_engine_steps import idle, make_engine, run_until, submit
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    m = LlamaModel(resolve_chat_model(""))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def tiered(model: LlamaModel) -> Iterator[Engine]:
+    e = make_engine(model, cache_ram_bytes=256 << 20)
+    yield e
+    e.stop()
+
+
+def prompt(engine: Engine, tag: str, words: int = 80) -> list[int]:
+    text = f"Notes of {tag}: " + " ".join(f"{tag}-{i}" for i in range(words))
+    return engine.model.tokenize(text, True)
+
+
+def first_token(engine: Engine, tokens: list[int]) -> tuple[dict[int, float], int]:
+    """The first generated token's top-5 probabilities, and the prompt tokens reused."""
+    _, out = submit(engine, tokens, max_tokens=1, logprobs=5)
+    run_until(engine, out)
+    lp = next(o.logprobs[0] for o in out if o.logprobs)
+    return {t: math.exp(p) for t, p in lp.top}, out.last.cached_tokens
+
+
+def test_idle_entries_wait_in_ram_and_come_back(tiered: Engine, model: LlamaModel) -> None:
+    base = prompt(tiered, "alpha")
+    _, first = submit(tiered, base, max_tokens=4)
+    run_until(tiered, first)
+    idle(tiered)
+    stats = tiered.stats
+    assert stats.cache_cells == 0 and stats.ram_entries == 1  # out of the cells
+    assert stats.ram_bytes > 1000 * len(base)  # ~23 KB a token for this model
+    # A longer prompt along the same path is served from RAM, not prefilled.
+    longer = base + model.tokenize(" and then more", False)
+    restored, cached = first_token(tiered, longer)
+    assert cached >= len(base)
+    assert tiered.stats.cache.ram_hits == 1 and tiered.stats.tier.restores == 1
+    idle(tiered)
+    # The same distribution as computing it all again (batch shapes aside).
+    fresh = make_engine(model, cache_entries=0)
+    try:
+        recomputed, cached = first_token(fresh, longer)
+        assert cached == 0
+    finally:
+        fresh.stop()
+    best = max(recomputed, key=recomputed.get)  # type: ignore[arg-type]
+    assert max(restored, key=restored.get) == best  # type: ignore[arg-type]
+    assert abs(restored[best] - recomputed[best]) < 0.05
+
+
+def test_the_ram_budget_holds_under_a_flood(model: LlamaModel) -> None:
+    engine = make_engine(model, cache_ram_bytes=12 << 20)  # room for ~5 of these entries
+    try:
+        outs = [submit(engine, prompt(engine, f"flood{i}", 40), max_tokens=2)[1] for i in range(16)]
+        run_until(engine, *outs, limit=2000)
+        idle(engine)
+        host = engine.scheduler.cache.host
+        assert 0 < host.bytes <= host.budget
+        assert host.stats.dropped > 0 and len(host.entries) < 16
+        assert host.bytes == sum(e.size for e in host.entries.values())
+        # The newest is still there; the oldest went.
+        _, cached = first_token(engine, prompt(engine, "flood15", 40))
+        assert cached > 40
+        _, cached = first_token(engine, prompt(engine, "flood0", 40))
+        assert cached < 10
+    finally:
+        engine.stop()
+
+
+def test_cancelling_restored_requests_leaks_nothing(tiered: Engine) -> None:
+    base = prompt(tiered, "gamma", 120)
+    _, out = submit(tiered, base, max_tokens=2)
+    run_until(tiered, out)
+    idle(tiered)
+    ram_before = tiered.stats.ram_bytes
+    for _ in range(3):
+        request, out = submit(tiered, [*base, 13, 14, 15], max_tokens=50, ignore_eos=True)
+        tiered.step()  # admitted: restored from RAM, prefill of the rest started
+        assert tiered.stats.tier.restores >= 1
+        tiered.cancel(request)
+        run_until(tiered, out)
+        assert out.last.finish_reason is FinishReason.CANCELLED
+        idle(tiered)
+    host = tiered.scheduler.cache.host
+    assert host.bytes == sum(e.size for e in host.entries.values())
+    assert tiered.stats.cache_cells == 0 and tiered.stats.ram_bytes >= ram_before
+
+
+def test_without_the_tier_idle_entries_keep_their_cells(model: LlamaModel) -> None:
+    engine = make_engine(model)  # cache_ram_bytes 0: the tier is off
+    try:
+        _, out = submit(engine, prompt(engine, "delta"), max_tokens=4)
+        run_until(engine, out)
+        idle(engine)
+        assert engine.stats.cache_cells > 0 and engine.stats.ram_entries == 0
+    finally:
+        engine.stop()
