@@ -33,6 +33,7 @@ from bench.report import kept_sections
 from bench.servers import (
     ROOT,
     ServerProcess,
+    hearth_model_file,
     start_hearth,
     start_llama_cpp_python,
     start_llama_server,
@@ -41,7 +42,7 @@ from bench.servers import (
 from server.chat.template import ChatTemplate
 from server.llama.log import route_llama_logs_to_python
 from server.llama.model import LlamaModel
-from server.model_files import prepare_default_embedding_model, resolve_chat_model
+from server.model_files import packaged_chat_model, prepare_default_embedding_model
 from server.settings import load_settings
 
 # Room for 8 sequences of ~1,100 tokens each even without sharing (llama-server's case).
@@ -177,7 +178,7 @@ def main() -> int:
     route_llama_logs_to_python()
     t0 = time.monotonic()
     threads = os.cpu_count() or 1
-    model_path = resolve_chat_model("")
+    model_path = hearth_model_file()
     model = LlamaModel(model_path)
     print("raw engine loop ...", flush=True)
     raw = measure_raw(model, threads)
@@ -277,7 +278,7 @@ def main() -> int:
         report += render_llama_cpp_python(hearth, llcpp, threads)
     report += render_embeddings(embed_hearth, embed_raw, embed_peer, embed_path)
     report += retrieval_report
-    report += quantization_sweep(model_path)
+    report += quantization_sweep(packaged_chat_model())
     print(report)
     if args.write:
         # Sections other commands keep here (make fuzz, make soak) stay as they are.

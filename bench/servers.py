@@ -7,9 +7,18 @@ from pathlib import Path
 
 from bench.peer_build import llama_server_path
 from server.launch import ROOT, ServerProcess, free_port, start_hearth, start_process
+from server.model_files import resolve_chat_model
+from server.settings import load_settings
 
 # Hearth's own process helpers live in server/launch.py; bench modules take them from here.
 __all__ = ["ROOT", "ServerProcess", "start_hearth", "start_process"]
+
+
+def hearth_model_file() -> Path:
+    """The GGUF a Hearth server started here loads (config, env, and the form of the
+    packaged model `hearth models prepare` chose): peers must run on the very same file."""
+    settings = load_settings()
+    return resolve_chat_model(settings.model.path, settings.storage.resolved_data_dir())
 
 
 def start_llama_server(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.settings import ConfigError, load_settings
+from server.settings import ConfigError, Settings, load_settings
 
 # CLI flag → (config section, key). Flags left unset do not override anything.
 SERVE_FLAGS: dict[str, tuple[str, str]] = {
@@ -134,12 +134,16 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("models", help="prepare and convert model files")
+    p = sub.add_parser("models", help="prepare, list and convert model files")
     actions = p.add_subparsers(dest="action", required=True)
     prepare = actions.add_parser(
-        "prepare", help="convert the packaged default embedding model to GGUF (once)"
+        "prepare",
+        help="convert the packaged embedding model to GGUF, and measure whether the packaged "
+        "chat model serves faster re-quantized to Q8_0 with the same perplexity (once)",
     )
     prepare.add_argument("--config", help="TOML file layered over config/default.toml")
+    listing = actions.add_parser("list", help="model ids --model accepts, and their files")
+    listing.add_argument("--config", help="TOML file layered over config/default.toml")
     convert = actions.add_parser(
         "convert", help="convert a BERT-family sentence-transformers model directory to GGUF"
     )
@@ -150,18 +154,59 @@ def _models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def models(args: argparse.Namespace) -> int:
     from server.bert_gguf import ConversionError, convert
-    from server.model_files import ModelNotFound, prepare_default_embedding_model
+    from server.llama.quantize import QuantizeError
+    from server.model_files import ModelNotFound
 
     try:
         if args.action == "prepare":
-            settings = load_settings(args.config)
-            path = prepare_default_embedding_model(settings.storage.resolved_data_dir())
-        else:
-            path = convert(args.source, args.output, args.name)
-    except (ConfigError, ConversionError, ModelNotFound, OSError) as e:
+            return _prepare_models(load_settings(args.config))
+        if args.action == "list":
+            return _list_models(load_settings(args.config))
+        print(convert(args.source, args.output, args.name))
+    except (ConfigError, ConversionError, ModelNotFound, QuantizeError, OSError) as e:
         print(f"hearth: {e}", file=sys.stderr)
         return 1
-    print(path)
+    return 0
+
+
+def _prepare_models(settings: Settings) -> int:
+    from server.default_chat_model import read_choice
+    from server.llama.log import route_llama_logs_to_python
+    from server.model_files import (
+        models_dir,
+        packaged_chat_model,
+        prepare_default_chat_model,
+        prepare_default_embedding_model,
+    )
+
+    route_llama_logs_to_python()  # llama.cpp's per-tensor lines go to the log, not stderr
+    data_dir = settings.storage.resolved_data_dir()
+    print(f"embedding model: {prepare_default_embedding_model(data_dir)}")
+    if settings.model.path:
+        print(f"chat model: {settings.model.path} (configured)")
+        return 0
+    chosen = prepare_default_chat_model(data_dir, settings.model.n_threads)
+    choice = read_choice(models_dir(data_dir), packaged_chat_model())
+    detail = ""
+    if choice is not None and choice.original and choice.fast and choice.speedup:
+        detail = (
+            f" (Q8_0 {choice.speedup:.2f}x the original's speed, perplexity "
+            f"{choice.fast.perplexity:.2f} vs {choice.original.perplexity:.2f})"
+        )
+    print(f"chat model: {chosen}{detail}")
+    return 0
+
+
+def _list_models(settings: Settings) -> int:
+    from server.model_files import known_chat_models, resolve_chat_model
+
+    data_dir = settings.storage.resolved_data_dir()
+    default = resolve_chat_model(settings.model.path, data_dir)
+    for model_id, path in known_chat_models(data_dir).items():
+        mark = "  (default)" if path == default else ""
+        print(f"{model_id}\t{path}{mark}")
+    if default not in known_chat_models(data_dir).values():
+        print(f"{default.name.removesuffix('.gguf')}\t{default}  (default, configured)")
     return 0
 
 

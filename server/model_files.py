@@ -40,17 +40,66 @@ def packaged_file(distribution: str, file_name: str) -> Path:
     raise ModelNotFound(f"{file_name} is missing from the installed package {distribution!r}")
 
 
-def resolve_chat_model(path: str) -> Path:
-    if path:
-        resolved = Path(path).expanduser()
-        if not resolved.is_file():
-            raise ModelNotFound(f"model file not found: {resolved}")
-        return resolved
+def models_dir(data_dir: Path) -> Path:
+    """Where Hearth writes model files it makes (conversions, re-quantizations)."""
+    return data_dir / "models"
+
+
+def packaged_chat_model() -> Path:
     return packaged_file(DEFAULT_CHAT_DISTRIBUTION, DEFAULT_CHAT_FILE)
 
 
+def known_chat_models(data_dir: Path | None) -> dict[str, Path]:
+    """Model ids a user may name instead of a path: the packaged file and, when prepared,
+    its re-quantized form (ids are file names without .gguf)."""
+    from server.default_chat_model import fast_file_name
+
+    known = {}
+    try:
+        original = packaged_chat_model()
+    except ModelNotFound:
+        return known
+    known[original.name.removesuffix(".gguf")] = original
+    if data_dir is not None:
+        fast = models_dir(data_dir) / fast_file_name(original)
+        if fast.is_file():
+            known[fast.name.removesuffix(".gguf")] = fast
+    return known
+
+
+def resolve_chat_model(path: str, data_dir: Path | None = None) -> Path:
+    """A configured file, or a known model id, or (nothing configured) the packaged model
+    in the form `hearth models prepare` chose for this machine (its original without a
+    data_dir)."""
+    if path:
+        resolved = Path(path).expanduser()
+        if resolved.is_file():
+            return resolved
+        known = known_chat_models(data_dir)
+        if path.removesuffix(".gguf") in known:
+            return known[path.removesuffix(".gguf")]
+        hint = f" (known model ids: {', '.join(known)})" if known else ""
+        raise ModelNotFound(f"model file not found: {resolved}{hint}")
+    original = packaged_chat_model()
+    if data_dir is None:
+        return original
+    from server.default_chat_model import chosen_file
+
+    return chosen_file(models_dir(data_dir), original)
+
+
+def prepare_default_chat_model(data_dir: Path, threads: int = 0) -> Path:
+    """Measure once whether the packaged model is faster re-quantized here, losslessly;
+    returns the file the server will load by default."""
+    from server.default_chat_model import prepare
+
+    original = packaged_chat_model()
+    choice = prepare(models_dir(data_dir), original, threads)
+    return models_dir(data_dir) / choice.chosen if choice.chosen != original.name else original
+
+
 def default_embedding_gguf(data_dir: Path) -> Path:
-    return data_dir / "models" / f"{DEFAULT_EMBEDDING_NAME}-f16.gguf"
+    return models_dir(data_dir) / f"{DEFAULT_EMBEDDING_NAME}-f16.gguf"
 
 
 def prepare_default_embedding_model(data_dir: Path) -> Path:

@@ -32,6 +32,7 @@ from server.llama.model import LlamaModel
 from server.metrics import make_registry
 from server.model_files import (
     DEFAULT_EMBEDDING_NAME,
+    packaged_chat_model,
     resolve_chat_model,
     resolve_embedding_model,
 )
@@ -51,6 +52,9 @@ class Runtime:
     created: int
     embedder: Embedder | None = None
     embedding_model_id: str = ""
+    # Other ids requests may name for the chat model: the packaged model's own id while
+    # its faster re-quantized form is served (clients written for it keep working).
+    model_aliases: tuple[str, ...] = ()
     watcher: FolderWatcher | None = None
     responses: ResponseStore = field(default_factory=ResponseStore)  # previous_response_id
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -58,7 +62,7 @@ class Runtime:
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
-        model, model_id, engine = _chat_engine(settings)
+        model, model_id, aliases, engine = _chat_engine(settings)
         embedder, embedding_model_id = _embedder(settings)
         data_dir = settings.storage.resolved_data_dir()
         rs = settings.retrieval
@@ -81,6 +85,7 @@ class Runtime:
             settings=settings,
             model=model,
             model_id=model_id,
+            model_aliases=aliases,
             prompts=PromptBuilder(model, _template(settings, model)),
             engine=engine,
             retrieval=retrieval,
@@ -137,8 +142,8 @@ class Runtime:
         return out
 
 
-def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, Engine]:
-    path = resolve_chat_model(settings.model.path)
+def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, tuple[str, ...], Engine]:
+    path = resolve_chat_model(settings.model.path, settings.storage.resolved_data_dir())
     model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
     ms, es, cs = settings.model, settings.engine, settings.cache
     context_length = ms.context_length or min(ms.n_ctx, model.info.n_ctx_train or ms.n_ctx)
@@ -161,6 +166,9 @@ def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, Engine]:
         ),
     )
     model_id = ms.alias or path.name.removesuffix(".gguf")
+    aliases: tuple[str, ...] = ()
+    if not ms.path and path != (original := packaged_chat_model()):
+        aliases = (original.name.removesuffix(".gguf"),)
     logger.info(
         "loaded %s (%s): %d KV cells, %d tokens per request, %d parallel sequences",
         model_id,
@@ -169,7 +177,7 @@ def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, Engine]:
         engine.context_length,
         es.max_running,
     )
-    return model, model_id, engine
+    return model, model_id, aliases, engine
 
 
 def _template(settings: Settings, model: LlamaModel) -> ChatTemplate:

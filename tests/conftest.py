@@ -17,7 +17,9 @@ from server.launch import ROOT, ServerProcess, start_hearth
 __all__ = ["ROOT", "RunningServer", "hearth_cli", "start_server", "stop_server"]
 
 
-def hearth_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def hearth_cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the `hearth` command (from this checkout) and capture what it prints."""
     return subprocess.run(
         [sys.executable, "-m", "server.cli", *args],
@@ -25,6 +27,7 @@ def hearth_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 

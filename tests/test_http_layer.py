@@ -133,6 +133,26 @@ def test_chat_answer_shape(client: TestClient) -> None:
     assert body["usage"]["prompt_tokens"] == len(engine(client).submitted[-1].prompt_tokens)
 
 
+def test_an_alias_of_the_chat_model_is_served_under_the_real_id(client: TestClient) -> None:
+    """While the packaged model is served re-quantized, its own id keeps working."""
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime.model_aliases = ("packaged-original",)
+    try:
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": "packaged-original", "messages": HI, "max_tokens": 2},
+        )
+        assert r.status_code == 200 and r.json()["model"] == "fake-model"
+        assert client.get("/v1/models/packaged-original").json()["id"] == "packaged-original"
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert ids == ["fake-model"]  # listed once, under what is really loaded
+    finally:
+        runtime.model_aliases = ()
+    r = client.post("/v1/chat/completions", json={"model": "packaged-original", "messages": HI})
+    assert_error(r, 404, "model")
+    assert_error(client.get("/v1/models/packaged-original"), 404, "model")
+
+
 def test_chat_stream_framing(client: TestClient) -> None:
     body = {
         "messages": HI,

@@ -49,6 +49,10 @@ def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
     return cards
 
 
+def _aliases(runtime: Runtime, card: dict[str, object]) -> tuple[str, ...]:
+    return runtime.model_aliases if card["id"] == runtime.model_id else ()
+
+
 @documented("List models")
 async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": _model_cards(request.app.state.runtime)})
@@ -57,9 +61,10 @@ async def list_models(request: Request) -> Response:
 @documented("Retrieve a model")
 async def retrieve_model(request: Request) -> Response:
     wanted = request.path_params["model"]
-    for card in _model_cards(request.app.state.runtime):
-        if card["id"] == wanted:
-            return JSONResponse({k: v for k, v in card.items() if k != "meta"})
+    runtime = request.app.state.runtime
+    for card in _model_cards(runtime):
+        if card["id"] == wanted or wanted in _aliases(runtime, card):
+            return JSONResponse({**{k: v for k, v in card.items() if k != "meta"}, "id": wanted})
     raise APIError(
         404, f"The model '{wanted}' does not exist", param="model", code="model_not_found"
     )

@@ -17,6 +17,7 @@ class ChatRuntime(Protocol):
     settings: Settings
     model: LlamaModel
     model_id: str
+    model_aliases: tuple[str, ...]
     engine: Engine
     prompts: PromptBuilder
     retrieval: RetrievalService

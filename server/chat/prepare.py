@@ -25,7 +25,7 @@ from server.errors import InvalidRequest, NotFound
 
 def check_model(runtime: ChatRuntime, model: str | None) -> str:
     """The model id to answer with; a name Hearth does not serve is NotFound."""
-    if model is None or model == runtime.model_id:
+    if model is None or model == runtime.model_id or model in runtime.model_aliases:
         return runtime.model_id
     raise NotFound(
         f"The model '{model}' does not exist. This server serves '{runtime.model_id}'.",
