@@ -184,6 +184,10 @@ def _peer_runs(
         )
         return []
     threads = os.cpu_count() or 1
+    # The same number of parallel sequences as the Hearth server runs (a peer with more
+    # slots would be measured on a different configuration).
+    stats = httpx.get(f"{args.url}/stats", timeout=30)
+    parallel = stats.json().get("max_running", max(levels)) if stats.is_success else max(levels)
     # Room for every concurrent request's prompt and output, whichever server shares less.
     n_ctx = max(levels) * 2048
     out = []
@@ -194,7 +198,7 @@ def _peer_runs(
                 if build_llama_server() is None:
                     print("hearth bench: skipping llama-server (no build)", file=sys.stderr)
                     continue
-                server = start_llama_server(Path(logs), Path(path), max(levels), n_ctx, threads)
+                server = start_llama_server(Path(logs), Path(path), parallel, n_ctx, threads)
             else:
                 # One request at a time by design, so its context only needs one.
                 server = start_llama_cpp_python(Path(logs), Path(path), 2048 * 2, threads)

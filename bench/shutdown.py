@@ -73,7 +73,9 @@ def run_shutdown(
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     report.streams[i].append(line)
-                    if len(report.streams[i]) == 1:
+                    # Past the prompt: the chunk after the role chunk (which comes before
+                    # the prefill) holds a token, so the drain times decoding alone.
+                    if len(report.streams[i]) == 2:
                         streaming.wait(timeout=60)
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]

@@ -156,3 +156,31 @@ def test_peer_ratio_lines() -> None:
         "hearth / llama-server at concurrency 1: 1.20x output tokens/s",
         "hearth / llama-server at concurrency 8: 1.20x output tokens/s",
     ]
+
+
+def test_sustained_load_and_tier_workloads(tmp_path: Path) -> None:
+    """bench.tiers end to end at a small scale: sustained load against llama-server (closed
+    and Poisson), idle-cache decode with the tier on and off, returning conversations."""
+    from bench.tiers import main
+
+    report = tmp_path / "benchmarks.md"
+    args = ["--requests", "4", "--concurrency", "3", "--output-tokens", "8", "--rounds", "1"]
+    args += ["--idle-tokens", "1000", "--decode-tokens", "8", "--conversations", "2"]
+    args += ["--write", str(report)]
+    assert main(args) == 0
+    text = report.read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if "|" in line}
+    for key in ("hearth", "llama-server"):
+        assert key in rows
+    assert "closed loop, Hearth / llama-server" in text and "open loop" in text
+
+    def cells_before(tier: str) -> int:
+        row = next(v for k, v in rows.items() if "tokens idle" in k and tier in k)
+        return int(row.split("|")[2].replace(",", ""))
+
+    # Idle entries: in the KV cells without the tier, all in RAM with it.
+    assert cells_before("tier off") > 800 and cells_before("tier on") == 0, text
+    # Returning turns: served from RAM with the tier on (restores > 0), recomputed without.
+    on_row, off_row = rows["tier on"].split("|"), rows["tier off"].split("|")
+    assert int(on_row[3].replace(",", "")) > 1000 and int(on_row[4]) > 0
+    assert int(off_row[4]) == 0

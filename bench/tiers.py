@@ -1,0 +1,300 @@
+"""Sustained load and the prefix cache's host-RAM tier (`make bench` runs it after bench.run).
+
+1. More requests than slots, arriving all the time: 64 distinct ~150-token chat prompts at
+   concurrency 32 (closed loop), and the same as a Poisson stream near saturation (open
+   loop), Hearth and llama-server with the same 8 parallel sequences, same GGUF, same
+   threads, taking turns for two rounds (best of each, since this machine drifts).
+2. What idle cache entries cost decoding: decode throughput on an empty server, and with
+   ~20,000 cached tokens idle, in the KV cells (tier off) or in host RAM (tier on).
+3. Conversations that come back after others: the time to first token of later turns with
+   the tier on and off (the cells hold only a few of the conversations at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.cli import conversations
+from bench.load import TOPICS, LoadResult, Messages, run_load
+from bench.peer_build import build_llama_server
+from bench.report import Summary, summarize, write_section
+from bench.servers import ServerProcess, hearth_model_file, start_hearth, start_llama_server
+
+PARALLEL = 8
+N_CTX = 16384
+PROMPT_WORDS = 100
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each part is (the bench tests run a small one)."""
+
+    requests: int = 64
+    concurrency: int = 32
+    output_tokens: int = 64
+    rounds: int = 2
+    idle_tokens: int = 20_000
+    decode_tokens: int = 64
+    conversations: int = 24
+
+
+def _load(
+    server: ServerProcess,
+    convs: list[Messages],
+    concurrency: int,
+    tokens: int,
+    rate: float | None = None,
+) -> LoadResult:
+    model = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    result = asyncio.run(
+        run_load(server.url, model, convs, tokens, concurrency, rate, extra_body=server.extra_body)
+    )
+    if result.failures:
+        raise RuntimeError(f"{result.failures} of {len(convs)} requests failed on {server.url}")
+    return result
+
+
+def sustained(logs: Path, threads: int, peers: bool, scale: Scale) -> list[tuple[str, Summary]]:
+    model = hearth_model_file()
+    convs = conversations("unique", scale.requests, PROMPT_WORDS)
+    best: dict[str, Summary] = {}
+
+    def keep(label: str, summary: Summary) -> None:
+        if label not in best or summary.output_throughput > best[label].output_throughput:
+            best[label] = summary
+
+    def hearth() -> ServerProcess:
+        return start_hearth(logs, "--parallel", str(PARALLEL), "--n-ctx", str(N_CTX))
+
+    def llama() -> ServerProcess:
+        return start_llama_server(logs, model, PARALLEL, N_CTX, threads)
+
+    starts = [("hearth", hearth)] + ([("llama-server", llama)] if peers else [])
+    for _ in range(scale.rounds):
+        for label, start in starts:
+            print(f"sustained load: {label} ...", flush=True)
+            server = start()
+            try:
+                result = _load(server, convs, scale.concurrency, scale.output_tokens)
+                keep(f"{label} closed", summarize(label, result))
+            finally:
+                server.stop()
+    # Open loop: requests arrive at 90% of what the slower server sustained.
+    rate = 0.9 * min(s.request_throughput for s in best.values())
+    for label, start in starts:
+        print(f"poisson load at {rate:.2f} req/s: {label} ...", flush=True)
+        server = start()
+        try:
+            result = _load(server, convs, scale.concurrency, scale.output_tokens, rate)
+            best[f"{label} open"] = summarize(label, result, rate)
+        finally:
+            server.stop()
+    return list(best.items())
+
+
+def _fill(server: ServerProcess, tokens: int) -> None:
+    """About `tokens` prompt tokens through the server, one distinct ~1,000-token prompt at
+    a time, so that many stay cached when it is idle."""
+    body = " ".join(f"{TOPICS[i % 16]}-note-{i}" for i in range(300))
+    convs = [
+        [{"role": "user", "content": f"Archive {k}: {body}. Summarise archive {k}."}]
+        for k in range(max(1, tokens // 1000))
+    ]
+    _load(server, convs, 1, 2)
+
+
+def idle_cost(logs: Path, scale: Scale) -> list[tuple[str, float, dict]]:
+    """Decode throughput (c=8, distinct short prompts) empty and with idle cached tokens."""
+    decode = [
+        [{"role": "user", "content": f"Request {i}: tell a story about {TOPICS[i % 16]}."}]
+        for i in range(16)
+    ]
+    runs = [
+        ("empty cache", [], False),
+        (
+            f"~{scale.idle_tokens:,} tokens idle in the KV cells (tier off)",
+            ["--cache-ram-mb", "0", "--cache-cells", "24000"],
+            True,
+        ),
+        (f"~{scale.idle_tokens:,} tokens idle in host RAM (tier on)", [], True),
+    ]
+    out = []
+    for label, flags, fill in runs:
+        print(f"idle cost: {label} ...", flush=True)
+        server = start_hearth(
+            logs,
+            "--parallel",
+            str(PARALLEL),
+            "--n-ctx",
+            "32768",
+            "--cache-entries",
+            "32",
+            *flags,
+        )
+        try:
+            if fill:
+                _fill(server, scale.idle_tokens)
+            stats = httpx.get(f"{server.url}/stats", timeout=30).json()
+            result = _load(server, decode, 8, scale.decode_tokens)
+            out.append((label, result.tokens_per_second, stats))
+        finally:
+            server.stop()
+    return out
+
+
+def returning(logs: Path, scale: Scale) -> list[tuple[str, Summary, dict]]:
+    """Conversations over one ~500-token document each, 3 turns, round-robin: each comes
+    back after all the others. TTFT of turns 2 and 3, tier on and off."""
+    n = scale.conversations
+    docs = [" ".join(f"{TOPICS[(c + i) % 16]}-{c}-{i}" for i in range(170)) for c in range(n)]
+
+    def turn(c: int, t: int) -> Messages:
+        messages: Messages = [{"role": "system", "content": f"Document {c}: {docs[c]}"}]
+        for k in range(t):
+            messages += [
+                {"role": "user", "content": f"Question {k} about document {c}?"},
+                {"role": "assistant", "content": f"Answer {k} about document {c}."},
+            ]
+        messages.append({"role": "user", "content": f"Question {t} about document {c}?"})
+        return messages
+
+    out = []
+    for label, flags in (("tier on", []), ("tier off", ["--cache-ram-mb", "0"])):
+        print(f"returning conversations: {label} ...", flush=True)
+        server = start_hearth(logs, "--parallel", str(PARALLEL), "--n-ctx", "8192", *flags)
+        try:
+            _load(server, [turn(c, 0) for c in range(n)], 4, 16)  # first turns
+            later = [turn(c, t) for t in (1, 2) for c in range(n)]
+            result = _load(server, later, 4, 16)
+            stats = httpx.get(f"{server.url}/stats", timeout=30).json()
+            out.append((label, summarize(label, result), stats))
+        finally:
+            server.stop()
+    return out
+
+
+def _ms(summary: Summary, metric: str, p: str) -> str:
+    return f"{summary.latency_ms[metric][p] / 1000:.2f}"
+
+
+def render(
+    load: list[tuple[str, Summary]],
+    idle: list[tuple[str, float, dict]],
+    back: list[tuple[str, Summary, dict]],
+    threads: int,
+    seconds: float,
+    scale: Scale,
+) -> str:
+    c = scale.concurrency
+    lines = [
+        "## Sustained load: more requests than slots",
+        "",
+        f"{scale.requests} distinct ~150-token chat prompts, {scale.output_tokens} output "
+        f"tokens each, {PARALLEL} parallel sequences on both servers, {threads} threads, the "
+        f"same GGUF. Closed loop: concurrency {c}. Open loop: Poisson arrivals at 90% of the "
+        f"slower server's closed-loop rate, at most {c} in flight. Best of "
+        f"{scale.rounds} alternating rounds for the closed loop.",
+        "",
+        "| server | load | output tok/s | TTFT p50 / p90 (s) | TPOT p50 / p90 (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, s in load:
+        label, kind = key.rsplit(" ", 1)
+        shape = f"closed, c={c}" if kind == "closed" else f"Poisson {s.rate:.2f} req/s"
+        lines.append(
+            f"| {label} | {shape} | {s.output_throughput:.1f} | {_ms(s, 'ttft', 'p50')} / "
+            f"{_ms(s, 'ttft', 'p90')} | {_ms(s, 'tpot', 'p50')} / {_ms(s, 'tpot', 'p90')} |"
+        )
+    by = dict(load)
+    for kind in ("closed", "open"):
+        h, p = by.get(f"hearth {kind}"), by.get(f"llama-server {kind}")
+        if h and p:
+            lines.append(
+                f"\n- {kind} loop, Hearth / llama-server: "
+                f"{h.output_throughput / p.output_throughput:.2f}x throughput, TTFT p50 "
+                f"{h.latency_ms['ttft']['p50'] / p.latency_ms['ttft']['p50']:.2f}x"
+            )
+    lines += [
+        "",
+        "## Host-RAM tier: idle cache entries out of the KV cells",
+        "",
+        f"Decode throughput at concurrency 8 (16 distinct short prompts, {scale.decode_tokens} "
+        "tokens each) on a "
+        f"server with 32,768 cells, empty, and after ~{scale.idle_tokens:,} tokens of distinct "
+        "~1,000-token prompts went through it and stayed cached.",
+        "",
+        "| cache | KV cells in use before | host RAM | decode tok/s | vs empty |",
+        "|---|---|---|---|---|",
+    ]
+    empty = idle[0][1] if idle else float("nan")
+    for label, tps, stats in idle:
+        lines.append(
+            f"| {label} | {stats['cells_used']:,} | {stats['ram_bytes'] / 2**20:.0f} MiB | "
+            f"{tps:.1f} | {tps / empty:.2f}x |"
+        )
+    lines += [
+        "",
+        f"{scale.conversations} conversations, each over its own ~500-token document, 3 turns, "
+        f"round-robin (each comes back after the {scale.conversations - 1} others), 8,192 "
+        "cells: time to first token of turns 2 and 3.",
+        "",
+        "| tier | TTFT p50 / p90 (s) | prompt tokens served from RAM | restores | spills |",
+        "|---|---|---|---|---|",
+    ]
+    for label, s, stats in back:
+        lines.append(
+            f"| {label} | {_ms(s, 'ttft', 'p50')} / {_ms(s, 'ttft', 'p90')} | "
+            f"{stats['cache']['ram_hit_tokens']:,} | {stats['tier']['restores']} | "
+            f"{stats['tier']['spills']} |"
+        )
+    lines += ["", f"This section took {seconds:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tiers")
+    parser.add_argument("--write", type=Path, help="put the figures into this Markdown file")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--requests", type=int, default=Scale.requests)
+    parser.add_argument("--concurrency", type=int, default=Scale.concurrency)
+    parser.add_argument("--output-tokens", type=int, default=Scale.output_tokens)
+    parser.add_argument("--rounds", type=int, default=Scale.rounds)
+    parser.add_argument("--idle-tokens", type=int, default=Scale.idle_tokens)
+    parser.add_argument("--decode-tokens", type=int, default=Scale.decode_tokens)
+    parser.add_argument("--conversations", type=int, default=Scale.conversations)
+    args = parser.parse_args(argv)
+    scale = Scale(
+        args.requests,
+        args.concurrency,
+        args.output_tokens,
+        args.rounds,
+        args.idle_tokens,
+        args.decode_tokens,
+        args.conversations,
+    )
+    threads = os.cpu_count() or 1
+    t0 = time.monotonic()
+    peers = not args.no_peers and build_llama_server() is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        load = sustained(logs, threads, peers, scale)
+        idle = idle_cost(logs, scale)
+        back = returning(logs, scale)
+    text = render(load, idle, back, threads, time.monotonic() - t0, scale)
+    print(text)
+    if args.write:
+        write_section(args.write, "tiers", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
