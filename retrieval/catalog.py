@@ -221,6 +221,15 @@ class Catalog:
             ).fetchone()
         return self._file(row) if row else None
 
+    def requeue_completed(self) -> int:
+        """Queue every completed file again (its chunks are to be made anew); how many."""
+        with self._db.tx() as db:
+            return db.execute(
+                "UPDATE vector_store_files SET status = ?, attempts = 0, chunks = 0 "
+                "WHERE status = ?",
+                (IN_PROGRESS, COMPLETED),
+            ).rowcount
+
     def start_attempt(self, job: VectorStoreFile) -> int:
         """Count one more start of the job (0 when it is no longer current). Counted before
         the work, so a start the server did not survive counts too."""

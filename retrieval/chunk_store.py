@@ -1,8 +1,13 @@
 """Chunks of every vector store in one LanceDB table: vectors, text and where they came from.
 
 Rows are keyed by (vector store, file, chunk index), written with merge_insert, so running
-an ingestion job again never duplicates a row. Search is by vector, by LanceDB's native
-full-text index, or both fused with reciprocal rank fusion (hybrid, the default).
+an ingestion job again never duplicates a row. Each row keeps the text shown and cited apart
+from what was embedded and full-text indexed (the chunk's context, then its text). Search is
+by vector, by LanceDB's native full-text index, or both fused with the exact-terms list
+(hybrid, the default; see fusion.py).
+
+The table carries its chunk format in its schema's metadata: a table written by an older
+format is dropped and its files ingested again (RetrievalService does that at start).
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ import numpy as np
 import pyarrow as pa
 
 from retrieval.chunking import Chunk
+from retrieval.fusion import DEFAULT_WEIGHTS, FusionWeights, exact_ranking, exact_terms, fuse
 
 TABLE = "chunks"
 # Older versions stay this long after compaction, for searches still reading them.
 OLD_VERSIONS_KEPT = timedelta(minutes=1)
 # Writes (each a new table version) before compaction is due.
 WRITES_PER_COMPACTION = 8
-# Reciprocal rank fusion constant (Cormack et al.): score = sum 1 / (k + rank).
-RRF_K = 60
+# What a row holds and how it was made; a table of another format is indexed again.
+# 2: context (title, headings, page) embedded and indexed with the text.
+CHUNK_FORMAT = "2"
+_FORMAT_KEY = b"hearth_chunk_format"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,11 @@ class Hit:
     heading: str | None
     attributes: dict[str, Any]
     score: float
+    context: str = ""
+
+    @property
+    def indexed_text(self) -> str:
+        return f"{self.context}\n{self.text}" if self.context else self.text
 
 
 def _quote(value: str) -> str:
@@ -67,10 +80,22 @@ class ChunkStore:
                 pa.field("position", pa.string()),
                 pa.field("heading", pa.string()),
                 pa.field("attributes", pa.string()),
+                pa.field("context", pa.string()),
+                pa.field("search_text", pa.string()),
                 pa.field("vector", pa.list_(pa.float32(), dim)),
-            ]
+            ],
+            metadata={_FORMAT_KEY: CHUNK_FORMAT.encode()},
         )
-        self._table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
+        try:
+            self._table = self._db.open_table(TABLE)
+        except (ValueError, FileNotFoundError):  # LanceDB's "table not found"
+            self._table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
+        metadata = self._table.schema.metadata or {}
+        # Older than this format (or made by another embedding model's width): index again.
+        self.format_outdated = (
+            metadata.get(_FORMAT_KEY) != CHUNK_FORMAT.encode()
+            or self._table.schema.field("vector").type != self._schema.field("vector").type
+        )
         self._lock = threading.Lock()  # one writer at a time; LanceDB commits are versions
         self._fts_stale = True
         self._writes = 0  # since the last compaction
@@ -98,6 +123,8 @@ class ChunkStore:
                 "position": c.position,
                 "heading": c.heading,
                 "attributes": json.dumps(attributes),
+                "context": c.context,
+                "search_text": c.indexed_text,
                 "vector": v.astype(np.float32),
             }
             for c, v in zip(chunks, vectors, strict=True)
@@ -118,6 +145,15 @@ class ChunkStore:
             )
             self._fts_stale = True
             self._writes += 1
+
+    def recreate(self) -> None:
+        """Drop every row and start an empty table of the current format."""
+        with self._lock:
+            self._db.drop_table(TABLE)
+            self._table = self._db.create_table(TABLE, schema=self._schema)
+            self.format_outdated = False
+            self._fts_stale = True
+            self._writes = 0
 
     def delete(self, vector_store_id: str, file_id: str | None = None) -> None:
         where = f"vector_store_id = {_quote(vector_store_id)}"
@@ -158,7 +194,7 @@ class ChunkStore:
     def _ensure_fts(self) -> None:
         with self._lock:
             if self._fts_stale:
-                self._table.create_fts_index("text", use_tantivy=False, replace=True)
+                self._table.create_fts_index("search_text", use_tantivy=False, replace=True)
                 self._fts_stale = False
 
     def search(
@@ -169,13 +205,35 @@ class ChunkStore:
         k: int,
         mode: str = "hybrid",
         where: str | None = None,
+        weights: FusionWeights = DEFAULT_WEIGHTS,
     ) -> list[Hit]:
+        ranked = self.ranked_lists(vector_store_ids, query, vector, max(k * 4, 40), mode, where)
+        rows = {row["id"]: row for rows in ranked.values() for row in rows}
+        if mode == "vector":
+            scored = [(r["id"], 1.0 - float(r.get("_distance", 1.0))) for r in ranked["vector"]]
+        elif mode == "text":
+            scored = [(r["id"], float(r.get("_score", 0.0))) for r in ranked["text"]]
+        else:
+            ids = {name: [r["id"] for r in rows_] for name, rows_ in ranked.items()}
+            scored = fuse(ids, weights)
+        return [_hit(rows[i], score) for i, score in scored[:k]]
+
+    def ranked_lists(
+        self,
+        vector_store_ids: Sequence[str],
+        query: str,
+        vector: np.ndarray | None,
+        depth: int,
+        mode: str = "hybrid",
+        where: str | None = None,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The rows each first-stage list ranks, best first, `depth` deep: vector, text, and
+        (hybrid) exact, the candidates of both that spell the query's exact terms."""
         stores = " OR ".join(f"vector_store_id = {_quote(v)}" for v in vector_store_ids)
         condition = f"({stores})" + (f" AND ({where})" if where else "")
-        depth = max(k * 4, 20)  # candidates per list before fusion
-        ranked: list[list[dict[str, Any]]] = []
+        ranked: dict[str, list[dict[str, Any]]] = {}
         if mode in ("vector", "hybrid") and vector is not None:
-            ranked.append(
+            ranked["vector"] = (
                 self._table.search(vector.astype(np.float32), vector_column_name="vector")
                 .distance_type("cosine")
                 .where(condition, prefilter=True)
@@ -184,42 +242,43 @@ class ChunkStore:
             )
         if mode in ("text", "hybrid") and query.strip():
             self._ensure_fts()
-            ranked.append(
+            ranked["text"] = (
                 self._table.search(query, query_type="fts")
                 .where(condition, prefilter=True)
                 .limit(depth)
                 .to_list()
             )
-        return self._fuse(ranked, k, mode)
+        if mode == "hybrid":
+            rows = {row["id"]: row for rows in ranked.values() for row in rows}
+            order = _interleave([[r["id"] for r in rows_] for rows_ in ranked.values()])
+            exact = exact_ranking(order, lambda i: rows[i]["search_text"], exact_terms(query))
+            ranked["exact"] = [rows[i] for i in exact]
+        return ranked
 
-    @staticmethod
-    def _fuse(ranked: list[list[dict[str, Any]]], k: int, mode: str) -> list[Hit]:
-        scores: dict[str, float] = {}
-        rows: dict[str, dict[str, Any]] = {}
-        for results in ranked:
-            for rank, row in enumerate(results):
-                rows.setdefault(row["id"], row)
-                if mode == "vector":
-                    scores[row["id"]] = 1.0 - float(row.get("_distance", 1.0))
-                elif mode == "text":
-                    scores[row["id"]] = float(row.get("_score", 0.0))
-                else:
-                    scores[row["id"]] = scores.get(row["id"], 0.0) + 1.0 / (RRF_K + rank + 1)
-        best = sorted(scores, key=lambda i: scores[i], reverse=True)[:k]
-        return [
-            Hit(
-                vector_store_id=rows[i]["vector_store_id"],
-                file_id=rows[i]["file_id"],
-                filename=rows[i]["filename"],
-                chunk_index=rows[i]["chunk_index"],
-                text=rows[i]["text"],
-                page=rows[i]["page"],
-                char_start=rows[i]["char_start"],
-                char_end=rows[i]["char_end"],
-                position=rows[i]["position"],
-                heading=rows[i]["heading"],
-                attributes=json.loads(rows[i]["attributes"] or "{}"),
-                score=scores[i],
-            )
-            for i in best
-        ]
+
+def _interleave(lists: list[list[str]]) -> list[str]:
+    """Ids of several ranked lists, rank by rank, each once."""
+    seen: dict[str, None] = {}
+    for rank in range(max((len(x) for x in lists), default=0)):
+        for ids in lists:
+            if rank < len(ids):
+                seen.setdefault(ids[rank])
+    return list(seen)
+
+
+def _hit(row: dict[str, Any], score: float) -> Hit:
+    return Hit(
+        vector_store_id=row["vector_store_id"],
+        file_id=row["file_id"],
+        filename=row["filename"],
+        chunk_index=row["chunk_index"],
+        text=row["text"],
+        page=row["page"],
+        char_start=row["char_start"],
+        char_end=row["char_end"],
+        position=row["position"],
+        heading=row["heading"],
+        attributes=json.loads(row["attributes"] or "{}"),
+        score=score,
+        context=row.get("context") or "",
+    )

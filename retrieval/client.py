@@ -92,10 +92,18 @@ class HearthClient:
             results[a["id"]] | {"filename": p.name} for a, p in zip(attached, files, strict=True)
         ]
 
-    def search(self, query: str, store: str, k: int, mode: str) -> list[dict]:
+    def search(
+        self, query: str, store: str, k: int, mode: str, rerank: bool | None = None
+    ) -> list[dict]:
         store_id = self.store_id(store, create=False)
-        body = {"query": query, "max_num_results": k, "mode": mode}
+        body: dict[str, object] = {"query": query, "max_num_results": k, "mode": mode}
+        if rerank is not None:
+            body["rerank"] = rerank
         return self._call("POST", f"/vector_stores/{store_id}/search", json=body)["data"]
+
+    def has_reranker(self) -> bool:
+        models = self._call("GET", "/models")["data"]
+        return any((m.get("meta") or {}).get("kind") == "rerank" for m in models)
 
     def ask(
         self, question: str, store: str, k: int, mode: str, max_tokens: int

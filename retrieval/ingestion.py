@@ -131,12 +131,17 @@ class IngestionWorker:
             raise Stopping
         return self.embedder.count_tokens(text)
 
-    def _chunk(self, sections: list[Any]) -> tuple[list[Any], list[list[int]]]:
+    def _chunk(self, sections: list[Any], filename: str) -> tuple[list[Any], list[list[int]]]:
         chunks = chunk_sections(
-            sections, self.count_tokens, self.options.max_tokens, self.options.overlap_tokens
+            sections,
+            self.count_tokens,
+            self.options.max_tokens,
+            self.options.overlap_tokens,
+            filename,
         )
         limit = self.embedder.max_tokens
-        return chunks, [self.embedder.tokenize(c.text)[:limit] for c in chunks]
+        # The context goes first: a long chunk loses its tail to the limit, not its title.
+        return chunks, [self.embedder.tokenize(c.indexed_text)[:limit] for c in chunks]
 
     async def _embed(self, inputs: list[list[int]]) -> np.ndarray:
         """Vectors for the inputs; while API requests fill the embedder's queue, wait."""
@@ -167,7 +172,7 @@ class IngestionWorker:
             sections = await self._thread(
                 self.parser.parse, self.files.path(job.file_id), stored.filename
             )
-            chunks, inputs = await self._thread(self._chunk, sections)
+            chunks, inputs = await self._thread(self._chunk, sections, stored.filename)
             parts = [
                 await self._embed(inputs[i : i + EMBED_GROUP])
                 for i in range(0, len(inputs), EMBED_GROUP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,10 @@ from retrieval.files import FileStore
 from retrieval.filters import FilterError, matches, validate
 from retrieval.ingestion import ChunkingOptions, IngestionWorker
 from retrieval.parse_process import ParserProcess
+from retrieval.reranking import Reranking, rerank
 from server.errors import FeatureDisabled, InvalidRequest, NotFound
+
+logger = logging.getLogger("hearth.retrieval")
 
 
 class RetrievalService:
@@ -33,14 +37,24 @@ class RetrievalService:
         options: ChunkingOptions,
         parse_timeout: float = 120.0,
         max_attempts: int = 3,
+        reranker: Reranking | None = None,
+        rerank_candidates: int = 20,
     ) -> None:
         self.files = FileStore(data_dir, max_upload_bytes)
         self.catalog = Catalog(data_dir)
         self.embedder = embedder
+        self.reranker = reranker
+        self.rerank_candidates = rerank_candidates
         self.store: ChunkStore | None = None
         self.worker: IngestionWorker | None = None
         if embedder is not None:
             self.store = ChunkStore(lancedb_uri or str(data_dir / "lancedb"), embedder.dim)
+            if self.store.format_outdated:
+                # Queue first, then drop: a crash between the two finds the old table
+                # again next start and does both again.
+                requeued = self.catalog.requeue_completed()
+                self.store.recreate()
+                logger.info("chunk format changed: indexing %d files again", requeued)
             self.worker = IngestionWorker(
                 self.catalog,
                 self.files,
@@ -138,16 +152,27 @@ class RetrievalService:
         return self.files.delete(file_id)
 
     async def search(
-        self, store_ids: list[str], query: str, k: int, mode: str, filters: dict[str, Any] | None
+        self,
+        store_ids: list[str],
+        query: str,
+        k: int,
+        mode: str,
+        filters: dict[str, Any] | None,
+        use_reranker: bool | None = None,
     ) -> list[Hit]:
+        """The k best chunks: the first stage (vector, text or hybrid), then, when a
+        reranker is loaded and not declined (use_reranker False), its reordering of the
+        first stage's best `rerank_candidates` (at least k)."""
         assert self.store is not None and self.embedder is not None
+        reranking = self.reranker is not None and use_reranker is not False
+        want = max(k, self.rerank_candidates) if reranking else k
         vector = None
         if mode in ("vector", "hybrid"):
             tokens = self.embedder.tokenize(query)[: self.embedder.max_tokens]
             vector = (await asyncio.wrap_future(self.embedder.submit([tokens])))[0]
         # Attribute filters, and chunks of files no longer attached, are dropped from a
-        # deeper candidate list, which is then cut to k.
-        depth = 2 * k + 10 if filters is None else max(k * 5, 50)
+        # deeper candidate list, which is then cut.
+        depth = 2 * want + 10 if filters is None else max(want * 5, 50)
         hits = await asyncio.to_thread(self.store.search, store_ids, query, vector, depth, mode)
         attached = self.catalog.attached(store_ids)
         hits = [h for h in hits if (h.vector_store_id, h.file_id) in attached]
@@ -155,4 +180,7 @@ class RetrievalService:
             hits = [h for h in hits if matches(filters, h.attributes)]
         for store_id in store_ids:
             self.catalog.touch(store_id)
+        hits = hits[:want]
+        if reranking and self.reranker is not None:
+            hits = await rerank(self.reranker, query, hits)
         return hits[:k]

@@ -1,10 +1,17 @@
-"""Convert a BERT-family sentence-transformers model (safetensors + WordPiece vocab) to GGUF.
+"""Convert a BERT-family model (safetensors + WordPiece vocab) to GGUF: a sentence-transformers
+embedding model, or a cross-encoder reranker (BertForSequenceClassification, such as
+cross-encoder/ms-marco-MiniLM-L6-v2).
 
 Only numpy, safetensors and the `gguf` package: no torch, no transformers. Follows what
 llama.cpp's convert_hf_to_gguf.py writes for BertModel with the default 16-bit output
 (2-D weights F16; 1-D tensors, norms, position and token-type embeddings F32; the vocab in
 "phantom space" form), and also records `tokenizer.ggml.normalizer.lowercase`, which the
 gguf package does not write but llama.cpp's WordPiece tokenizer reads.
+
+A cross-encoder keeps its whole head, as transformers computes it: rank pooling takes the
+[CLS] state through the pooler (`cls`, dense + tanh) and the classifier (`cls.output`).
+llama.cpp's own converter drops the pooler of BertForSequenceClassification, which gives
+other scores than the model was trained to give.
 """
 
 from __future__ import annotations
@@ -18,9 +25,28 @@ import gguf
 import numpy as np
 from safetensors.numpy import load_file
 
-SUPPORTED_ARCHITECTURES = {"BertModel", "BertForMaskedLM"}
+EMBEDDING_ARCHITECTURES = {"BertModel", "BertForMaskedLM"}
+RERANKER_ARCHITECTURES = {"BertForSequenceClassification"}
+SUPPORTED_ARCHITECTURES = EMBEDDING_ARCHITECTURES | RERANKER_ARCHITECTURES
+# A cross-encoder's head, by its transformers name.
+_HEAD = {
+    "pooler.dense.weight": "cls.weight",
+    "pooler.dense.bias": "cls.bias",
+    "classifier.weight": "cls.output.weight",
+    "classifier.bias": "cls.output.bias",
+}
 # Dropped as llama.cpp's converter drops them: embeddings only need the encoder.
 _SKIPPED = ("embeddings.position_ids", "pooler.", "cls.")
+
+
+# BERT's markers, for vocabularies that come without tokenizer.json.
+_WORDPIECE_SPECIALS = (
+    ("bos", "[CLS]"),
+    ("sep", "[SEP]"),
+    ("pad", "[PAD]"),
+    ("unk", "[UNK]"),
+    ("mask", "[MASK]"),
+)
 
 
 class ConversionError(ValueError):
@@ -56,10 +82,16 @@ def _vocab(model_dir: Path) -> tuple[list[str], list[int], bool]:
         tokens.pop()
     special: set[str] = set()
     lowercase = True
+    special_map = model_dir / "special_tokens_map.json"
+    if special_map.is_file():
+        for value in _read_json(special_map).values():
+            content = value.get("content") if isinstance(value, dict) else value
+            if isinstance(content, str):
+                special.add(content)
     tokenizer_json = model_dir / "tokenizer.json"
     if tokenizer_json.is_file():
         tok = _read_json(tokenizer_json)
-        special = {t["content"] for t in tok.get("added_tokens", []) if t.get("special")}
+        special |= {t["content"] for t in tok.get("added_tokens", []) if t.get("special")}
         lowercase = bool((tok.get("normalizer") or {}).get("lowercase", True))
     config_file = model_dir / "tokenizer_config.json"
     if config_file.is_file():
@@ -98,6 +130,7 @@ def convert(model_dir: str | Path, out_file: str | Path, name: str | None = None
             f"{model_dir}: architecture {sorted(archs)} is not a BERT model "
             f"(supported: {sorted(SUPPORTED_ARCHITECTURES)})"
         )
+    reranker = bool(archs & RERANKER_ARCHITECTURES)
     n_layers = int(config["num_hidden_layers"])
     tokens, types, lowercase = _vocab(model_dir)
     if len(tokens) != int(config.get("vocab_size", len(tokens))):
@@ -118,7 +151,15 @@ def convert(model_dir: str | Path, out_file: str | Path, name: str | None = None
     writer.add_layer_norm_eps(float(config.get("layer_norm_eps", 1e-12)))
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_causal_attention(False)
-    writer.add_pooling_type(_pooling_type(model_dir))
+    if reranker:
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        labels = config.get("id2label") or {"0": "LABEL_0"}
+        n_labels = int(config.get("num_labels", len(labels)))
+        writer.add_classifier_output_labels(
+            [str(labels.get(str(i), f"LABEL_{i}")) for i in range(n_labels)]
+        )
+    else:
+        writer.add_pooling_type(_pooling_type(model_dir))
     writer.add_token_type_count(int(config.get("type_vocab_size", 1)))
     writer.add_tokenizer_model("bert")
     writer.add_tokenizer_pre("bert-bge")
@@ -135,13 +176,24 @@ def convert(model_dir: str | Path, out_file: str | Path, name: str | None = None
     level = vocab_logger.level
     vocab_logger.setLevel(logging.ERROR)
     try:
-        gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        special_vocab = gguf.SpecialVocab(model_dir, n_vocab=len(tokens))
     finally:
         vocab_logger.setLevel(level)
+    # Without tokenizer.json the ids of [CLS] and [SEP] are not found, and llama.cpp would
+    # fall back to BERT's usual 101 and 102: take them from the vocabulary itself.
+    index = {t: i for i, t in enumerate(tokens)}
+    for kind, token in _WORDPIECE_SPECIALS:
+        if kind not in special_vocab.special_token_ids and token in index:
+            special_vocab.special_token_ids[kind] = index[token]
+    special_vocab.add_to_gguf(writer, quiet=True)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layers)
     for hf_name, array in load_file(str(weights_file)).items():
         hf_name = hf_name.removeprefix("bert.")
+        if reranker and hf_name in _HEAD:
+            head = _HEAD[hf_name]
+            writer.add_tensor(head, array.astype(np.float16 if array.ndim > 1 else np.float32))
+            continue
         if hf_name.startswith(_SKIPPED):
             continue
         hf_name = hf_name.replace(".gamma", ".weight").replace(".beta", ".bias")

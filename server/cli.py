@@ -27,6 +27,7 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "cache_ram_mb": ("cache", "ram_mb"),
     "cache_dir": ("cache", "persist_dir"),
     "data_dir": ("storage", "data_dir"),
+    "rerank_model": ("retrieval", "rerank_model"),
     "host": ("server", "host"),
     "port": ("server", "port"),
     "api_key": ("server", "api_key"),
@@ -69,6 +70,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--cache-dir", help="save the cache here at shutdown, restore it at start")
     p.add_argument("--data-dir", help="converted models, uploaded files, documents")
+    p.add_argument(
+        "--rerank-model", help="cross-encoder GGUF: reorders search results, serves /v1/rerank"
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument(
@@ -145,7 +149,9 @@ def _models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     listing = actions.add_parser("list", help="model ids --model accepts, and their files")
     listing.add_argument("--config", help="TOML file layered over config/default.toml")
     convert = actions.add_parser(
-        "convert", help="convert a BERT-family sentence-transformers model directory to GGUF"
+        "convert",
+        help="convert a BERT-family model directory to GGUF: a sentence-transformers "
+        "embedding model, or a cross-encoder reranker (BertForSequenceClassification)",
     )
     convert.add_argument("source", help="directory with config.json, model.safetensors, vocab.txt")
     convert.add_argument("output", help="GGUF file to write")
@@ -240,9 +246,14 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate = sub.add_parser("eval", help="evaluate retrieval (recall@k, MRR)")
     kinds = evaluate.add_subparsers(dest="kind", required=True)
     retrieval = kinds.add_parser(
-        "retrieval", parents=[common], help="recall@k and MRR of vector, text and hybrid search"
+        "retrieval",
+        parents=[common],
+        help="recall@k, MRR and nDCG@10 of vector, text, hybrid and reranked search",
     )
     retrieval.add_argument("questions", type=Path, help="QA.json (see docs)")
+    retrieval.add_argument(
+        "--misses", action="store_true", help="list the questions not ranked first, per stage"
+    )
     ppl = kinds.add_parser("perplexity", help="perplexity of a model over a text file")
     ppl.add_argument("model", type=Path, help="GGUF model")
     ppl.add_argument("--text", type=Path, required=True, help="UTF-8 text file")
@@ -271,10 +282,13 @@ def client_command(args: argparse.Namespace) -> int:
                 )
             return 1 if failed else 0
         if args.command == "eval":
-            from retrieval.evaluation import evaluate, load_questions, render
+            from retrieval.evaluation import evaluate, load_questions, render, render_misses
 
             questions = load_questions(args.questions)
-            print(render(evaluate(client, questions, args.store)))
+            scores = evaluate(client, questions, args.store)
+            print(render(scores))
+            if args.misses:
+                print("\nnot first in the last stage:\n" + render_misses(scores, questions))
             return 0
         if args.command == "ask":
             _, cited = client.ask(args.question, args.store, args.k, args.mode, args.max_tokens)

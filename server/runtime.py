@@ -28,6 +28,7 @@ from server.chat.response_store import ResponseStore
 from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.embedder import Embedder
 from server.engine.engine import Engine, EngineConfig
+from server.engine.reranker import Reranker
 from server.llama.model import LlamaModel
 from server.metrics import make_registry
 from server.model_files import (
@@ -52,6 +53,8 @@ class Runtime:
     created: int
     embedder: Embedder | None = None
     embedding_model_id: str = ""
+    reranker: Reranker | None = None
+    reranker_model_id: str = ""
     # Other ids requests may name for the chat model: the packaged model's own id while
     # its faster re-quantized form is served (clients written for it keep working).
     model_aliases: tuple[str, ...] = ()
@@ -64,6 +67,7 @@ class Runtime:
     def load(cls, settings: Settings) -> Runtime:
         model, model_id, aliases, engine = _chat_engine(settings)
         embedder, embedding_model_id = _embedder(settings)
+        reranker, reranker_model_id = _reranker(settings)
         data_dir = settings.storage.resolved_data_dir()
         rs = settings.retrieval
         retrieval = RetrievalService(
@@ -74,6 +78,8 @@ class Runtime:
             ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap),
             rs.parse_timeout,
             rs.max_attempts,
+            reranker,
+            rs.rerank_candidates,
         )
         watcher = None
         if rs.watch_dir and retrieval.enabled:
@@ -92,6 +98,8 @@ class Runtime:
             created=int(time.time()),
             embedder=embedder,
             embedding_model_id=embedding_model_id,
+            reranker=reranker,
+            reranker_model_id=reranker_model_id,
             watcher=watcher,
             metrics=make_registry(engine.stats, embedder),
         )
@@ -105,6 +113,8 @@ class Runtime:
         self.engine.start()
         if self.embedder is not None:
             self.embedder.start()
+        if self.reranker is not None:
+            self.reranker.start()
         self.retrieval.start()
         if self.watcher is not None:
             self._watching = asyncio.get_running_loop().create_task(
@@ -121,6 +131,9 @@ class Runtime:
             self.watcher.close()
         await self.retrieval.stop()
         self.engine.stop()
+        if self.reranker is not None:
+            self.reranker.stop()
+            self.reranker.model.close()
         if self.embedder is not None:
             self.embedder.stop()
             self.embedder.model.close()
@@ -135,6 +148,9 @@ class Runtime:
         embedder = self.embedder
         if embedder is not None and (embedder.failure or not embedder.alive):
             out.append(embedder.failure or "the embedding engine is not running")
+        reranker = self.reranker
+        if reranker is not None and (reranker.failure or not reranker.alive):
+            out.append(reranker.failure or "the reranker is not running")
         out += self.retrieval.problems()
         task = self._watching
         if task is not None and task.done() and not task.cancelled():
@@ -203,6 +219,22 @@ def _embedder(settings: Settings) -> tuple[Embedder | None, str]:
     model_id = es.alias or default_name
     logger.info("loaded embedding model %s (%d dimensions)", model_id, embedder.dim)
     return embedder, model_id
+
+
+def _reranker(settings: Settings) -> tuple[Reranker | None, str]:
+    rs = settings.retrieval
+    if not rs.rerank_model:
+        return None, ""
+    path = Path(rs.rerank_model).expanduser()
+    model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
+    try:
+        reranker = Reranker(model, rs.rerank_n_ctx, rs.rerank_n_seq_max, _threads(settings))
+    except Exception:
+        model.close()
+        raise
+    model_id = path.name.removesuffix(".gguf")
+    logger.info("loaded reranker %s (up to %d tokens a pair)", model_id, reranker.max_tokens)
+    return reranker, model_id
 
 
 def _ram_budget(ram_mb: int) -> int:

@@ -108,6 +108,20 @@ class RetrievalSettings(_Section):
     # past it); a job the server did not survive this many times is given up.
     parse_timeout: float = Field(120.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    # A cross-encoder GGUF for the second stage of search and /v1/rerank ("": none).
+    rerank_model: str = ""
+    rerank_candidates: int = Field(20, ge=1, le=200)
+    rerank_n_ctx: int = Field(4096, ge=64)
+    rerank_n_seq_max: int = Field(8, ge=1, le=LLAMA_MAX_SEQ)
+
+    @model_validator(mode="after")
+    def _rerank_batch(self) -> RetrievalSettings:
+        if self.rerank_n_ctx % self.rerank_n_seq_max:
+            raise ValueError(
+                f"rerank_n_ctx ({self.rerank_n_ctx}) must be a multiple of rerank_n_seq_max "
+                f"({self.rerank_n_seq_max})"
+            )
+        return self
 
 
 class StorageSettings(_Section):

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from bench.retrieval_eval import write_corpus
-from retrieval.evaluation import first_rank, hit_matches
+from retrieval.evaluation import first_rank, hit_matches, ndcg
 from tests.conftest import hearth_cli, start_server, stop_server
 
 
 def hit(filename: str, page: int | None, text: str) -> dict:
     return {"filename": filename, "page": page, "content": [{"type": "text", "text": text}]}
+
+
+def test_ndcg_and_whitespace() -> None:
+    item = {"question": "q", "contains": "two  years"}
+    hits = [hit("a", None, "nothing"), hit("a", None, "covered for two\nyears"), hit("b", None, "")]
+    assert first_rank(item, hits) == 2
+    assert ndcg(item, hits) == pytest.approx(1 / math.log2(3))
+    assert ndcg(item, hits[1:2]) == 1.0 and ndcg(item, hits[:1]) == 0.0
 
 
 def test_matching_rules() -> None:
@@ -52,15 +63,18 @@ def test_eval_cli_reports_each_mode(tmp_path: Path) -> None:
     rows = {
         line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:-1]]
         for line in r.stdout.splitlines()
-        if line.startswith("| ") and "mode" not in line
+        if line.startswith("| ") and "stage" not in line
     }
-    assert set(rows) == {"vector", "text", "hybrid"}
+    assert list(rows) == ["vector", "text", "hybrid"]  # no reranker on this server
     for values in rows.values():
-        recalls, mrr = values[:-1], values[-1]
+        recalls, mrr, ndcg = values[:-2], values[-2], values[-1]
         assert all(0 <= v <= 1 for v in values)
         assert recalls == sorted(recalls)  # recall@k grows with k
-        assert mrr <= recalls[-1] + 1e-9
-    assert rows["hybrid"][-2] >= 0.8  # recall@10
+        assert mrr <= recalls[-1] + 1e-9 and ndcg <= recalls[-1] + 1e-9
+    # Hearth's own set: hybrid no worse than either list alone, rank one mostly right.
+    assert rows["hybrid"][2] >= 0.9  # recall@5
+    assert rows["hybrid"][4] >= max(rows["vector"][4], rows["text"][4]) - 0.02  # MRR
+    assert rows["hybrid"][4] >= 0.85
 
 
 def test_eval_rejects_a_bad_question_file(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ ENDPOINTS = (
     "server.api.embeddings",
     "server.api.files",
     "server.api.models",
+    "server.api.rerank",
     "server.api.responses",
     "server.api.status",
     "server.api.tokenize",

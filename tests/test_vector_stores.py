@@ -202,7 +202,7 @@ def test_kill_during_ingestion_then_restart(tmp_path: Path) -> None:
         )
         assert done.status == "completed"
         chunk_count = done.model_extra["chunk_count"]
-        assert chunk_count > 50
+        assert chunk_count > 30  # 400 paragraphs packed ~10 to a 256-token chunk
     finally:
         stop_server(server)
     table = lancedb.connect(str(data / "lancedb")).open_table("chunks")

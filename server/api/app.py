@@ -28,6 +28,7 @@ from server.api.errors import HANDLERS
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
 from server.api.models import list_models, retrieve_model
 from server.api.openapi import openapi
+from server.api.rerank import rerank
 from server.api.status import health, metrics, stats
 from server.api.tokenize import detokenize, tokenize
 from server.runtime import Runtime
@@ -41,6 +42,9 @@ def api_routes() -> list[Route]:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/rerank", rerank, methods=["POST"]),
+        Route("/v1/reranking", rerank, methods=["POST"]),
+        Route("/rerank", rerank, methods=["POST"]),
         Route("/v1/responses", responses.create_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),

@@ -1,4 +1,5 @@
-"""GET /v1/models and /v1/models/{id}: the chat model and the embedding model."""
+"""GET /v1/models and /v1/models/{id}: the chat model, the embedding model and the
+reranker."""
 
 from __future__ import annotations
 
@@ -43,6 +44,22 @@ def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
                     "context_length": emb.max_tokens,
                     "n_params": emb.model.info.n_params,
                     "size": emb.model.info.size_bytes,
+                },
+            }
+        )
+    if runtime.reranker is not None:
+        rr = runtime.reranker
+        cards.append(
+            {
+                "id": runtime.reranker_model_id,
+                "object": "model",
+                "created": runtime.created,
+                "owned_by": "hearth",
+                "meta": {
+                    "kind": "rerank",
+                    "context_length": rr.max_tokens,
+                    "n_params": rr.model.info.n_params,
+                    "size": rr.model.info.size_bytes,
                 },
             }
         )

@@ -48,6 +48,12 @@ class AttachFile(BaseModel):
     attributes: Attributes | None = None
 
 
+class RankingOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    ranker: str | None = None
+    score_threshold: float = Field(0.0, ge=0.0, le=1.0)
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -56,8 +62,13 @@ class SearchRequest(BaseModel):
     query: str | list[str]
     max_num_results: int = Field(10, ge=1, le=50)
     filters: dict[str, Any] | None = None
-    # Hearth extension: how to search (hybrid = vector + full text, fused).
+    # OpenAI's: {"ranker": "auto" | "none" | ..., "score_threshold": 0..1}. "none" skips
+    # the reranker; results scoring below the threshold are dropped.
+    ranking_options: RankingOptions | None = None
+    # Hearth extensions: how to search (hybrid = vector + full text + exact terms, fused),
+    # and whether the reranker (retrieval.rerank_model) reorders the results.
     mode: Literal["hybrid", "vector", "text"] = "hybrid"
+    rerank: bool | None = None
 
 
 class StoreFileListQuery(ListQuery):
@@ -239,7 +250,13 @@ async def search_store(request: Request) -> Response:
     if not query.strip():
         raise bad_request("'query' must not be empty.", param="query")
     retrieval.check_filters(body.filters, "filters")
-    hits = await retrieval.search([store_id], query, body.max_num_results, body.mode, body.filters)
+    ranking = body.ranking_options
+    use_reranker = False if ranking is not None and ranking.ranker == "none" else body.rerank
+    hits = await retrieval.search(
+        [store_id], query, body.max_num_results, body.mode, body.filters, use_reranker
+    )
+    if ranking is not None and ranking.score_threshold > 0:
+        hits = [h for h in hits if h.score >= ranking.score_threshold]
     return JSONResponse(
         {
             "object": "vector_store.search_results.page",

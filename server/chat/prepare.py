@@ -143,7 +143,12 @@ async def _sources(
     if not query.strip():
         return query, []
     hits = await retrieval.search(
-        options.vector_store_ids, query, options.max_num_results, options.mode, options.filters
+        options.vector_store_ids,
+        query,
+        options.max_num_results,
+        options.mode,
+        options.filters,
+        options.rerank,
     )
     return query, order_sources(hits)
 

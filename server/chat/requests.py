@@ -128,6 +128,8 @@ class RetrievalOptions(BaseModel):
     mode: Literal["hybrid", "vector", "text"] = "hybrid"
     query: str | None = None
     filters: dict[str, Any] | None = None
+    # Reorder with the reranker when one is loaded (retrieval.rerank_model); false: don't.
+    rerank: bool | None = None
 
 
 class ChatCompletionRequest(SamplingFields):

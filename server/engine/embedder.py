@@ -62,7 +62,15 @@ def _fail(jobs: set[_Job], error: Exception) -> None:
 
 
 class Embedder:
-    def __init__(self, model: LlamaModel, n_ctx: int, n_seq_max: int, n_threads: int) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        n_ctx: int,
+        n_seq_max: int,
+        n_threads: int,
+        normalize: bool = True,
+        thread: tuple[str, str] = ("hearth-embedder", "the embedding thread"),
+    ) -> None:
         if n_ctx % n_seq_max:
             # llama.cpp aborts the process on this for MEAN pooling; refuse it here instead.
             raise EmbedderError(
@@ -84,11 +92,12 @@ class Embedder:
         )
         self.n_ctx = n_ctx
         self.n_seq_max = n_seq_max
-        self.dim: int = self.ctx.n_embd
+        self.normalize = normalize  # unit vectors; off for a reranker's scores
+        self.dim: int = self.ctx.pooled_size
         # The longest input: the model's trained positions, and what fits in one batch.
         self.max_tokens = min(model.info.n_ctx_train or n_ctx, n_ctx)
         self._batch = TokenBatch(n_ctx)
-        self._worker = WorkerThread("hearth-embedder", "the embedding thread")
+        self._worker = WorkerThread(*thread)  # (name, what /health calls it)
         # Thread only: inputs accepted and not yet computed, and the batch being computed.
         self._pending: deque[tuple[_Job, int]] = deque()
         self._taken: list[tuple[_Job, int]] = []
@@ -211,7 +220,7 @@ class Embedder:
             raise EmbedderError(f"llama.cpp embedding call failed ({status})")
         for seq_id, (job, i) in enumerate(taken):
             vec = self.ctx.sequence_embedding(seq_id)
-            norm = float(np.linalg.norm(vec))
+            norm = float(np.linalg.norm(vec)) if self.normalize else 0.0
             assert job.vectors is not None
             job.vectors[i] = vec / norm if norm > 0 else vec
             job.remaining -= 1

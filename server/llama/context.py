@@ -93,6 +93,13 @@ class LlamaContext:
         self.n_batch: int = params.n_batch
         self.n_vocab = model.n_vocab
         self.n_embd: int = llama_cpp.llama_model_n_embd(model.ptr)
+        self.pooling: int = llama_cpp.llama_pooling_type(self.ptr)
+        # What a pooled sequence gives: a vector, or (rank pooling) one score per class.
+        self.pooled_size: int = (
+            max(1, llama_cpp.llama_model_n_cls_out(model.ptr))
+            if self.pooling == llama_cpp.LLAMA_POOLING_TYPE_RANK
+            else self.n_embd
+        )
         # An encoder-only model (BERT) runs through llama_encode, everything else decode.
         self._encoder_only = bool(
             llama_cpp.llama_model_has_encoder(model.ptr)
@@ -117,12 +124,13 @@ class LlamaContext:
         return run(self.ptr, batch.raw)
 
     def sequence_embedding(self, seq_id: int) -> np.ndarray:
-        """The pooled embedding of a sequence after embed(): a copy."""
+        """The pooled embedding of a sequence after embed() (rank pooling: its scores): a
+        copy."""
         ptr = llama_cpp.llama_get_embeddings_seq(self.ptr, seq_id)
         if not ptr:
             raise ContextError("the model produced no pooled embedding")
         return np.ctypeslib.as_array(
-            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_embd,)
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.pooled_size,)
         ).copy()
 
     def logits(self, batch_index: int) -> np.ndarray:

@@ -118,6 +118,29 @@ class LlamaModel:
     def eos_token(self) -> int | None:
         return self._present(llama_cpp.llama_vocab_eos(self.vocab))
 
+    @property
+    def sep_token(self) -> int | None:
+        return self._present(llama_cpp.llama_vocab_sep(self.vocab))
+
+    @property
+    def adds_eos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_eos(self.vocab)) and self.eos_token is not None
+
+    @property
+    def adds_sep(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_sep(self.vocab)) and self.sep_token is not None
+
+    @property
+    def is_wordpiece(self) -> bool:
+        """BERT's tokenizer: inputs are [CLS] ... [SEP], pairs [CLS] a [SEP] b [SEP]."""
+        return llama_cpp.llama_vocab_type(self.vocab) == llama_cpp.LLAMA_VOCAB_TYPE_WPM
+
+    def named_template(self, name: str) -> str | None:
+        """A named template the GGUF carries (e.g. "rerank": how a reranker wants a
+        query and a document laid out, with {query} and {document})."""
+        raw = llama_cpp.llama_model_chat_template(self.ptr, name.encode())
+        return raw.decode("utf-8", errors="replace") if raw else None
+
     def _present(self, token: int) -> int | None:
         return token if self.is_valid_token(token) else None
 
