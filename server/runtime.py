@@ -29,6 +29,7 @@ from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.embedder import Embedder
 from server.engine.engine import Engine, EngineConfig
 from server.engine.reranker import Reranker
+from server.llama.backend import BackendInfo, backend_info, layers_offloaded
 from server.llama.model import LlamaModel
 from server.metrics import make_registry
 from server.model_files import (
@@ -55,6 +56,9 @@ class Runtime:
     embedding_model_id: str = ""
     reranker: Reranker | None = None
     reranker_model_id: str = ""
+    # What llama.cpp runs on (/health; the start-up line says it too).
+    backend: BackendInfo = field(default_factory=lambda: BackendInfo("cpu"))
+    layers_on_gpu: int = 0
     # Other ids requests may name for the chat model: the packaged model's own id while
     # its faster re-quantized form is served (clients written for it keep working).
     model_aliases: tuple[str, ...] = ()
@@ -65,7 +69,10 @@ class Runtime:
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
-        model, model_id, aliases, engine = _chat_engine(settings)
+        backend = backend_info()
+        model, model_id, aliases, engine = _chat_engine(settings, backend)
+        layers_on_gpu = layers_offloaded(model.n_layer, settings.model.n_gpu_layers, backend)
+        _log_backend(backend, layers_on_gpu, model.n_layer)
         embedder, embedding_model_id = _embedder(settings)
         reranker, reranker_model_id = _reranker(settings)
         data_dir = settings.storage.resolved_data_dir()
@@ -100,6 +107,8 @@ class Runtime:
             embedding_model_id=embedding_model_id,
             reranker=reranker,
             reranker_model_id=reranker_model_id,
+            backend=backend,
+            layers_on_gpu=layers_on_gpu,
             watcher=watcher,
             metrics=make_registry(engine.stats, embedder),
         )
@@ -158,9 +167,12 @@ class Runtime:
         return out
 
 
-def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, tuple[str, ...], Engine]:
+def _chat_engine(
+    settings: Settings, backend: BackendInfo
+) -> tuple[LlamaModel, str, tuple[str, ...], Engine]:
     path = resolve_chat_model(settings.model.path, settings.storage.resolved_data_dir())
     model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
+    on_gpu = layers_offloaded(model.n_layer, settings.model.n_gpu_layers, backend) > 0
     ms, es, cs = settings.model, settings.engine, settings.cache
     context_length = ms.context_length or min(ms.n_ctx, model.info.n_ctx_train or ms.n_ctx)
     engine = Engine(
@@ -179,6 +191,7 @@ def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, tuple[str, ...], 
             cache_ram_bytes=_ram_budget(cs.ram_mb) if cs.enabled else 0,
             cache_dir=Path(cs.persist_dir).expanduser() if cs.persist_dir else None,
             cache_dir_max_bytes=cs.persist_max_mb << 20,
+            on_gpu=on_gpu,
         ),
     )
     model_id = ms.alias or path.name.removesuffix(".gguf")
@@ -194,6 +207,23 @@ def _chat_engine(settings: Settings) -> tuple[LlamaModel, str, tuple[str, ...], 
         es.max_running,
     )
     return model, model_id, aliases, engine
+
+
+def _log_backend(backend: BackendInfo, layers_on_gpu: int, n_layer: int) -> None:
+    if backend.warning:
+        logger.warning(backend.warning)
+    gpus = ", ".join(d.description or d.name for d in backend.gpus)
+    if gpus:
+        logger.info(
+            "backend %s: %s; %d/%d layers on the GPU",
+            backend.backend,
+            gpus,
+            layers_on_gpu,
+            n_layer + 1,
+        )
+    else:
+        cpu = next((d.description for d in backend.devices if d.kind == "cpu"), "")
+        logger.info("backend cpu%s", f": {cpu}" if cpu else "")
 
 
 def _template(settings: Settings, model: LlamaModel) -> ChatTemplate:

@@ -116,3 +116,44 @@ def test_without_the_tier_idle_entries_keep_their_cells(model: LlamaModel) -> No
         assert engine.stats.cache_cells > 0 and engine.stats.ram_entries == 0
     finally:
         engine.stop()
+
+
+def test_spill_only_when_copying_costs_less_than_computing() -> None:
+    from server.engine.host_kv import SpillPolicy
+
+    policy = SpillPolicy()
+    assert policy.worth_spilling()  # nothing measured yet
+    policy.observe_prefill(seconds=0.3, tokens=100)  # CPU-like: 3 ms a token
+    policy.observe_spill(seconds=0.002, tokens=200)  # 10 us a token
+    assert policy.worth_spilling()
+    gpu = SpillPolicy()
+    gpu.observe_prefill(seconds=0.005, tokens=100)  # 50 us a token
+    gpu.observe_spill(seconds=0.09, tokens=250)  # 360 us a token: scattered cells
+    assert not gpu.worth_spilling()
+
+
+def test_entries_not_worth_spilling_are_dropped(model: LlamaModel) -> None:
+    engine = make_engine(model, cache_ram_bytes=256 << 20)
+    try:
+        policy = engine.scheduler.cache.host.policy
+        policy.observe_spill(seconds=1.0, tokens=10)  # as if a copy were very slow here
+        policy.observe_prefill(seconds=0.001, tokens=10)
+        _, out = submit(engine, prompt(engine, "gamma"), max_tokens=4)
+        run_until(engine, out)
+        idle(engine)
+        assert engine.stats.ram_entries == 0 and engine.stats.tier.spills == 0
+        assert engine.stats.tier.not_worth_spilling >= 1
+        assert engine.stats.cache_cells == 0  # dropped, not kept in the cells either
+    finally:
+        engine.stop()
+
+
+def test_on_a_gpu_idle_entries_keep_their_cells(model: LlamaModel) -> None:
+    gpu = make_engine(model, cache_ram_bytes=256 << 20, on_gpu=True)
+    cpu = make_engine(model, cache_ram_bytes=256 << 20)
+    try:
+        assert gpu.scheduler.cache_cells == gpu.ctx.n_ctx // 2
+        assert cpu.scheduler.cache_cells == 0
+    finally:
+        gpu.stop()
+        cpu.stop()

@@ -58,3 +58,38 @@ def test_schema_bounds_reach_the_grammar() -> None:
 def test_bad_schemas(schema: dict) -> None:
     with pytest.raises(SchemaError):
         json_schema_to_gbnf(schema)
+
+
+def test_strings_admit_no_raw_control_characters() -> None:
+    """JSON forbids a raw tab or newline inside a string: llama.cpp's grammar engine,
+    given the converted schema, refuses the token after an open quote."""
+    import numpy as np
+
+    from server.llama.model import LlamaModel
+    from server.llama.sampler import Candidates, grammar_sampler
+    from server.model_files import resolve_chat_model
+
+    gbnf = json_schema_to_gbnf(
+        {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    )
+    model = LlamaModel(resolve_chat_model(""))
+    try:
+        (tab,) = model.tokenize("\t", add_special=False)
+        (letter,) = model.tokenize("a", add_special=False)
+
+        def allowed_after_open_quote(token: int) -> bool:
+            grammar = grammar_sampler(model.vocab, gbnf)
+            try:
+                for t in model.tokenize('{"name": "', add_special=False):
+                    grammar.accept(t)
+                one = Candidates(1)
+                one.one(token)
+                grammar.apply(one)
+                return bool(np.isfinite(one.data["logit"][0]))
+            finally:
+                grammar.close()
+
+        assert allowed_after_open_quote(letter)
+        assert not allowed_after_open_quote(tab)
+    finally:
+        model.close()

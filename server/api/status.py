@@ -26,6 +26,11 @@ async def health(request: Request) -> Response:
         body["reasons"] = problems
     if getattr(request.state, "authenticated", True):
         body["model"] = runtime.model_id
+        body["backend"] = {
+            **runtime.backend.as_dict(),
+            "layers_on_gpu": runtime.layers_on_gpu,
+            "layers": runtime.model.n_layer + 1,
+        }
         body["engine"] = runtime.engine.stats.snapshot()
     return JSONResponse(body, status_code=503 if problems else 200)
 

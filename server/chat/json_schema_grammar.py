@@ -15,6 +15,13 @@ from typing import Any
 from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
 SPACE_RULE = '| " " | "\\n"{1,2} [ \\t]{0,20}'
+# A character inside a JSON string: llama.cpp's C++ converter's rule. The Python converter's
+# `[^"\\]` also admits raw control characters, which JSON forbids there (a sampled tab or
+# newline inside a string made json.loads fail).
+CHAR_RULE = (
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F])"
+)
 # The converter's own limit: integers of at most 16 digits.
 MAX_DIGITS = 16
 # The converter unrolls a repetition {m,n} into m copies and n - m nested optional groups,
@@ -135,6 +142,11 @@ class _Converter(SchemaConverter):
         # llama.cpp's own converter (C++) lets JSON be pretty-printed; the Python one allows
         # a single space only, which pushes models that write indented JSON off course.
         self._rules["space"] = SPACE_RULE
+
+    def _add_primitive(self, name: str, rule: Any) -> str:
+        if name == "char":
+            return self._add_rule(name, CHAR_RULE)
+        return super()._add_primitive(name, rule)
 
     def visit(self, schema: Any, name: str) -> str:
         if isinstance(schema, dict) and schema.get("type") == "integer":

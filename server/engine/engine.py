@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,13 @@ class EngineConfig:
     # Where the cache is saved at shutdown and restored at start-up (None: not kept).
     cache_dir: Path | None = None
     cache_dir_max_bytes: int = 1 << 30
+    # The model runs on a GPU: idle cells cost decoding little there and copying entries
+    # out costs much, so finished requests keep their cells until they are needed.
+    on_gpu: bool = False
+
+
+# Steps with at least this many prompt tokens measure the prefill cost per token.
+PREFILL_SAMPLE_TOKENS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +120,10 @@ class Engine:
             cache = NoCache(self.ctx)
         cache_cells = config.cache_cells
         if cache_cells is None:
-            # Idle cells cost every decode step; with a host tier idle entries wait in RAM.
-            cache_cells = 0 if config.cache_ram_bytes > 0 else self.ctx.n_ctx // 2
+            # Idle cells cost every CPU decode step; with a host tier idle entries wait in
+            # RAM. On a GPU they stay in the cells until the cells are needed.
+            spill_at_once = config.cache_ram_bytes > 0 and not config.on_gpu
+            cache_cells = 0 if spill_at_once else self.ctx.n_ctx // 2
         self.scheduler = Scheduler(
             max_running=config.max_running,
             token_budget=config.step_token_budget,
@@ -324,9 +334,11 @@ class Engine:
         self.scheduler.add(seq)
 
     def _step_batch(self) -> None:
+        t0 = time.perf_counter()
         plan = self.scheduler.schedule()
         if not plan.chunks:
             return
+        t1 = time.perf_counter()
         outcome = self.runner.run(plan, before_decode=self._flush_outbox)
         if outcome.status != DecodeStatus.OK:
             self._on_decode_failure(outcome.status, plan)
@@ -340,7 +352,21 @@ class Engine:
             n_prompt_tokens=outcome.n_prompt_tokens,
             seconds=outcome.seconds,
         )
+        if outcome.n_prompt_tokens >= PREFILL_SAMPLE_TOKENS:
+            # What computing a prompt costs here, for the host tier's spill-or-drop choice.
+            self.scheduler.cache.host.policy.observe_prefill(
+                outcome.seconds + outcome.sample_seconds, outcome.n_tokens
+            )
+        t2 = time.perf_counter()
         self._apply(outcome)
+        profile = self.stats.profile
+        profile.steps += 1
+        profile.schedule += t1 - t0
+        profile.build += outcome.build_seconds
+        profile.flush += outcome.flush_seconds
+        profile.decode += outcome.seconds
+        profile.sample += outcome.sample_seconds
+        profile.apply += time.perf_counter() - t2
 
     def _apply(self, outcome: StepOutcome) -> None:
         for seq, error in outcome.failed:

@@ -36,11 +36,48 @@ class HostEntry:
 @dataclass
 class TierStats:
     spills: int = 0  # entries moved from the cells to RAM
+    spilled_tokens: int = 0
     spill_seconds: float = 0.0
+    # Entries dropped instead of spilled because copying them out costs more than
+    # computing them again (a GPU, cells scattered by batching: see SpillPolicy).
+    not_worth_spilling: int = 0
     restores: int = 0  # entries copied back into cells for a request
     restored_tokens: int = 0
     restore_seconds: float = 0.0
     dropped: int = 0  # entries the RAM budget pushed out
+
+
+class SpillPolicy:
+    """Whether copying an entry to RAM pays: its copy out and back (measured, per token)
+    must cost less than computing its tokens again (measured prefill, per token).
+
+    On 2 CPU cores a spill costs ~10 us a token against ~3 ms of prefill, so everything is
+    kept. On an H200 llama_state_seq_get_data copies every run of contiguous cells of every
+    layer separately, and batching scatters a sequence's cells (one per decode step), so a
+    250-token entry took ~90 ms to copy out while prefilling it again takes a few ms: there
+    it is dropped instead. Until both costs have been seen, entries are spilled."""
+
+    # Weight of a new measurement in the running averages.
+    ALPHA = 0.2
+
+    def __init__(self) -> None:
+        self.spill_per_token: float | None = None
+        self.prefill_per_token: float | None = None
+
+    def observe_spill(self, seconds: float, tokens: int) -> None:
+        self.spill_per_token = self._update(self.spill_per_token, seconds / max(tokens, 1))
+
+    def observe_prefill(self, seconds: float, tokens: int) -> None:
+        self.prefill_per_token = self._update(self.prefill_per_token, seconds / max(tokens, 1))
+
+    def worth_spilling(self) -> bool:
+        if self.spill_per_token is None or self.prefill_per_token is None:
+            return True
+        # A restore copies the same bytes back: count the way out and the way back.
+        return 2 * self.spill_per_token < self.prefill_per_token
+
+    def _update(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.ALPHA) * old + self.ALPHA * new
 
 
 class HostStore:
@@ -48,6 +85,7 @@ class HostStore:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
+        self.policy = SpillPolicy()
         self.bytes = 0
         self.entries: OrderedDict[int, HostEntry] = OrderedDict()
         self.stats = TierStats()

@@ -303,6 +303,9 @@ class PrefixCache:
         tokens = self.path_tokens(seq_id)
         if len(tokens) < MIN_RESTORE_TOKENS or self.host.budget <= 0:
             return False
+        if not self.host.policy.worth_spilling():
+            self.host.stats.not_worth_spilling += 1
+            return False
         started = time.perf_counter()
         data = self.kv.save_state(seq_id)
         if data is None or not self.host.fits(len(data)):
@@ -313,8 +316,11 @@ class PrefixCache:
         for dropped in self.host.add(entry):
             self._unstore(dropped)
         tier = self.host.stats
+        seconds = time.perf_counter() - started
         tier.spills += 1
-        tier.spill_seconds += time.perf_counter() - started
+        tier.spilled_tokens += len(tokens)
+        tier.spill_seconds += seconds
+        self.host.policy.observe_spill(seconds, len(tokens))
         return True
 
     def adopt_stored(self, tokens: list[int], data: bytes) -> bool:

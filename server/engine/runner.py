@@ -27,7 +27,12 @@ class StepOutcome:
     status: int  # llama_decode's (DecodeStatus.OK: the rest is filled)
     n_tokens: int = 0
     n_prompt_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # in llama_decode
+    build_seconds: float = 0.0  # filling the batch
+    flush_seconds: float = 0.0  # handing the last step's outputs to the event loop
+    # Sampling, and scoring prompt tokens. On a GPU llama_decode returns once the graph is
+    # queued; the first logits read waits for it, so that wait lands here.
+    sample_seconds: float = 0.0
     # Each sampled sequence: its next token (None: its grammar allows nothing more) and,
     # when asked, that token's log-probability.
     sampled: list[tuple[Sequence, int | None, TokenLogprob | None]] = field(default_factory=list)
@@ -44,6 +49,7 @@ class BatchRunner:
     def run(self, plan: StepPlan, before_decode: Callable[[], None]) -> StepOutcome:
         """One llama_decode over the plan; before_decode runs just before it (the engine
         hands outputs to the event loop then, so both work while llama.cpp computes)."""
+        t_build = time.perf_counter()
         batch = self.batch
         batch.clear()
         sample_at: list[tuple[Sequence, int]] = []
@@ -67,10 +73,19 @@ class BatchRunner:
                 sample_at.append((seq, index))
             if seq.is_prefilling:
                 n_prompt_tokens += chunk.n_tokens
+        t_flush = time.perf_counter()
         before_decode()
         t0 = time.perf_counter()
         status = self.ctx.decode(batch)
-        outcome = StepOutcome(status, batch.n_tokens, n_prompt_tokens, time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        outcome = StepOutcome(
+            status,
+            batch.n_tokens,
+            n_prompt_tokens,
+            t1 - t0,
+            build_seconds=t_flush - t_build,
+            flush_seconds=t0 - t_flush,
+        )
         if status != DecodeStatus.OK:
             return outcome
         for seq, pos, index, count in score_at:
@@ -93,6 +108,7 @@ class BatchRunner:
             except Exception:
                 logger.exception("sampling request %d failed", seq.request.id)
                 outcome.failed.append((seq, "internal error while sampling"))
+        outcome.sample_seconds = time.perf_counter() - t1
         return outcome
 
     def _score(self, seq: Sequence, pos: int, index: int, count: int) -> list[TokenLogprob]:

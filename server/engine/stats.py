@@ -21,6 +21,29 @@ class DiskStats:
 
 
 @dataclass
+class StepProfile:
+    """Where the engine thread's time goes, summed over steps (seconds): scheduling,
+    filling the batch, handing outputs to the event loop, llama_decode, sampling (on a GPU
+    it includes waiting for the graph), and applying the outcome (detokenizing, stop
+    strings, finishing requests)."""
+
+    steps: int = 0
+    schedule: float = 0.0
+    build: float = 0.0
+    flush: float = 0.0
+    decode: float = 0.0
+    sample: float = 0.0
+    apply: float = 0.0
+
+    def per_step_ms(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        parts = ("schedule", "build", "flush", "decode", "sample", "apply")
+        out = {k: round(getattr(self, k) * 1000 / n, 4) for k in parts}
+        out["total"] = round(sum(out.values()), 4)
+        return out
+
+
+@dataclass
 class EngineStats:
     n_cells: int
     max_running: int
@@ -48,6 +71,7 @@ class EngineStats:
     ram_budget: int = 0
     tier: TierStats = field(default_factory=TierStats)
     disk: DiskStats = field(default_factory=DiskStats)
+    profile: StepProfile = field(default_factory=StepProfile)
 
     def record_step(
         self, n_sequences: int, n_tokens: int, n_prompt_tokens: int, seconds: float
@@ -60,5 +84,7 @@ class EngineStats:
         self.prompt_tokens_processed += n_prompt_tokens
         self.decode_seconds += seconds
 
-    def snapshot(self) -> dict[str, int | float]:
-        return asdict(self)
+    def snapshot(self) -> dict[str, object]:
+        out: dict[str, object] = asdict(self)
+        out["step_ms"] = self.profile.per_step_ms()  # the profile, per step
+        return out

@@ -48,11 +48,13 @@ class LlamaModel:
             raise ModelLoadError(f"model file not found: {self.path}")
         _ensure_backend()
         params = llama_cpp.llama_model_default_params()
-        # -1 means "all layers"; llama.cpp wants a count, and a large one means all.
-        params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+        # Negative means all layers, as llama.h says. (A huge count instead, which older
+        # llama.cpp wanted, makes this one crash while placing layers on a GPU.)
+        params.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
         self.ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.ptr:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (see the log above)")
+        self.n_layer: int = llama_cpp.llama_model_n_layer(self.ptr)
         self.vocab = llama_cpp.llama_model_get_vocab(self.ptr)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.add_bos: bool = (

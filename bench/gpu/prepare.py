@@ -1,0 +1,162 @@
+"""Put together what a GPU machine without network needs to build and measure Hearth, in
+`.gpu/` (ignored by git; the device tool carries it):
+
+- `src.tar.gz`: llama-cpp-python's Python package and its vendored llama.cpp, without what
+  a CUDA build of libllama and llama-server does not use (test models, docs, other GPU
+  backends): ~10 MB instead of the 77 MB sdist;
+- `standin.gguf.gz`: the chat model with every weight zeroed: the same architecture, shapes
+  and quantization, so the same compute, and it compresses to almost nothing (a zero model's
+  logits are all equal, so the benchmark ignores EOS, as it does anyway);
+- `wheels/`: the Python packages Hearth's server needs that the machine's image lacks.
+
+    python -m bench.gpu.prepare            then run bench/gpu/run.sh there
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from bench.servers import ROOT, hearth_model_file
+
+OUT = ROOT / ".gpu"
+LLAMA_CPP_PYTHON = "0.3.36"
+# What the image lacks, at the versions constraints.txt pins (Python 3.12, x86-64).
+WHEELS = [
+    "starlette==1.10.0",
+    "sse-starlette==3.7.0",
+    "uvicorn==0.54.0",
+    "httptools==0.9.0",
+    "pydantic==2.14.4",
+    "pydantic_core==2.50.5",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "python-multipart==0.0.34",
+    "diskcache==5.6.3",
+    "sniffio==1.3.1",
+]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+]
+# Left out of the vendored llama.cpp: not built for a CUDA libllama and llama-server.
+EXCLUDED = (
+    "models",
+    "docs",
+    "benches",
+    "tests",
+    "examples",
+    ".github",
+    "ggml/src/ggml-sycl",
+    "ggml/src/ggml-opencl",
+    "ggml/src/ggml-hexagon",
+    "ggml/src/ggml-vulkan",
+)
+
+
+def source_tarball(target: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+                "-d",
+                tmp,
+            ],
+            check=True,
+        )
+        (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        root = Path(tmp) / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
+        vendored = root / "vendor" / "llama.cpp"
+        with tarfile.open(target, "w:gz") as out:
+            out.add(root / "llama_cpp", "llama_cpp")
+
+            def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+                inside = info.name.removeprefix("llama.cpp").lstrip("/")
+                return None if inside.startswith(EXCLUDED) else info
+
+            out.add(vendored, "llama.cpp", filter=keep)
+
+
+def zero_weights(source: Path, target: Path) -> None:
+    """A copy of a GGUF whose tensor data is all zeros, gzip-compressed."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    ranges = sorted(
+        (int(t.data_offset), int(t.data_offset) + int(t.n_bytes)) for t in reader.tensors
+    )
+    with source.open("rb") as f, gzip.open(target, "wb", compresslevel=6) as out:
+        pos = 0
+        for start, end in ranges:
+            out.write(f.read(start - pos))
+            out.write(bytes(end - start))
+            f.seek(end)
+            pos = end
+        shutil.copyfileobj(f, out)
+
+
+def wheels(target: Path) -> None:
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(target),
+            *WHEELS,
+        ],
+        check=True,
+    )
+
+
+def main() -> int:
+    OUT.mkdir(exist_ok=True)
+    git_dir = subprocess.run(
+        ["git", "rev-parse", "--git-dir"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    if git_dir:
+        exclude = (ROOT / git_dir / "info" / "exclude").resolve()
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        if "/.gpu/" not in (exclude.read_text() if exclude.exists() else ""):
+            with exclude.open("a") as f:
+                f.write("/.gpu/\n")
+    if not (OUT / "src.tar.gz").exists():
+        source_tarball(OUT / "src.tar.gz")
+    model = hearth_model_file()
+    zero_weights(model, OUT / "standin.gguf.gz")
+    (OUT / "standin.name").write_text(model.name + "\n")
+    wheels(OUT / "wheels")
+    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+    print(f"{OUT}: {total / 2**20:.1f} MiB (stand-in for {model.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# On a GPU machine without network (the device tool's H200): build llama.cpp with CUDA once
+# (libllama for llama-cpp-python's bindings, and llama-server from the same source), then
+# measure Hearth against llama-server with bench/gpu/measure.py. Everything it needs comes
+# in .gpu/ (python -m bench.gpu.prepare, here). Results go to $OUT (or ./gpu-results).
+#
+#   bash bench/gpu/run.sh [build|measure|all] [measure.py arguments...]
+#
+# The build is kept in .gpubuild/ (ignored by git, not carried: a carried folder is replaced
+# on every call) and reused while the machine stays warm.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+step=${1:-all}
+shift || true
+OUT=${OUT:-$PWD/gpu-results}
+mkdir -p "$OUT"
+ARCH=${CUDA_ARCHITECTURES:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d .)}
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .gpu/wheels/*.whl
+B=.gpubuild
+if [ ! -d $B/src ]; then
+  mkdir -p $B/src && tar xzf .gpu/src.tar.gz -C $B/src
+fi
+export PYTHONPATH=/tmp/site:$PWD/$B/src
+export LLAMA_CPP_LIB_PATH=$PWD/$B/build/bin
+t_start=$(date +%s)
+
+if [ "$step" = build ] || [ "$step" = all ]; then
+  if [ ! -x $B/build/bin/llama-server ]; then
+    t0=$(date +%s)
+    cmake -S $B/src/llama.cpp -B $B/build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+      -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
+      -DLLAMA_BUILD_EXAMPLES=OFF > "$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
+    cmake --build $B/build -j "$(nproc)" --target llama llama-server > "$OUT/build.log" 2>&1 \
+      || { tail -60 "$OUT/build.log"; exit 1; }
+    echo "built llama.cpp for sm_$ARCH in $(( $(date +%s) - t0 )) s"
+  fi
+  ls $B/build/bin | head -20
+fi
+
+if [ "$step" = measure ] || [ "$step" = all ]; then
+  [ -f $B/standin.gguf ] || gunzip -c .gpu/standin.gguf.gz > $B/standin.gguf
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv > "$OUT/gpu.txt"
+  python3 -c "import llama_cpp, sys; print('llama_cpp', llama_cpp.__version__, sys.version)" \
+    | tee "$OUT/versions.txt"
+  # Two alternated rounds when the build left time for them in a 10-minute call, else one.
+  rounds=2
+  [ $(( $(date +%s) - t_start )) -gt 240 ] && rounds=1
+  PYTHONUNBUFFERED=1 python3 -m bench.gpu.measure --model $B/standin.gguf \
+    --llama-server $B/build/bin/llama-server --out "$OUT" --rounds $rounds "$@"
+fi
