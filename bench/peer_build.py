@@ -53,32 +53,39 @@ def build_llama_server(quiet: bool = False) -> Path | None:
     return binary if binary.exists() else None
 
 
+def unpacked_sdist(version: str, directory: Path) -> Path:
+    """llama-cpp-python's source distribution (its vendored llama.cpp included), downloaded
+    and unpacked into directory; returns its root."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(directory),
+        ],
+        check=True,
+    )
+    (sdist,) = directory.glob("llama_cpp_python-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(directory, filter="data")
+    return directory / f"llama_cpp_python-{version}"
+
+
 def _build(src: Path, quiet: bool) -> None:
     version = metadata.version("llama-cpp-python")
     out = subprocess.DEVNULL if quiet else None
     if not (src / "CMakeLists.txt").exists():
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--no-binary",
-                    ":all:",
-                    "--no-deps",
-                    f"llama-cpp-python=={version}",
-                    "-d",
-                    tmp,
-                ],
-                check=True,
-            )
-            (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
-            with tarfile.open(sdist) as tar:
-                tar.extractall(tmp, filter="data")
+            root = unpacked_sdist(version, Path(tmp))
             shutil.rmtree(src, ignore_errors=True)
-            shutil.move(Path(tmp) / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp", src)
+            shutil.move(root / "vendor" / "llama.cpp", src)
     build = src / "build"
     subprocess.run(
         [

@@ -4,6 +4,7 @@
 - `src.tar.gz`: llama-cpp-python's Python package and its vendored llama.cpp, without what
   a CUDA build of libllama and llama-server does not use (test models, docs, other GPU
   backends): ~10 MB instead of the 77 MB sdist;
+- `sdist/`: the same, as an sdist, for checking there the wheel build `make install` runs;
 - `standin.gguf.gz`: the chat model with every weight zeroed: the same architecture, shapes
   and quantization, so the same compute, and it compresses to almost nothing (a zero model's
   logits are all equal, so the benchmark ignores EOS, as it does anyway);
@@ -22,6 +23,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from bench.peer_build import unpacked_sdist
 from bench.servers import ROOT, hearth_model_file
 
 OUT = ROOT / ".gpu"
@@ -63,27 +65,7 @@ EXCLUDED = (
 
 def source_tarball(target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
-                "-d",
-                tmp,
-            ],
-            check=True,
-        )
-        (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        root = Path(tmp) / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
-        vendored = root / "vendor" / "llama.cpp"
+        root = unpacked_sdist(LLAMA_CPP_PYTHON, Path(tmp))
         with tarfile.open(target, "w:gz") as out:
             out.add(root / "llama_cpp", "llama_cpp")
 
@@ -91,7 +73,28 @@ def source_tarball(target: Path) -> None:
                 inside = info.name.removeprefix("llama.cpp").lstrip("/")
                 return None if inside.startswith(EXCLUDED) else info
 
-            out.add(vendored, "llama.cpp", filter=keep)
+            out.add(root / "vendor" / "llama.cpp", "llama.cpp", filter=keep)
+
+
+def stripped_sdist(target_dir: Path) -> None:
+    """llama-cpp-python's sdist without what the build leaves out (as above), still an
+    sdist `pip wheel` builds: to check there the command `make install` runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = unpacked_sdist(LLAMA_CPP_PYTHON, Path(tmp))
+        target_dir.mkdir(parents=True, exist_ok=True)
+        name = root.name
+
+        def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            inside = info.name.removeprefix(name).lstrip("/")
+            vendored = inside.removeprefix("vendor/llama.cpp").lstrip("/")
+            if inside.startswith(("docs", "tests", "examples")) or "/.git" in f"/{inside}":
+                return None
+            if inside.startswith("vendor/llama.cpp/") and vendored.startswith(EXCLUDED):
+                return None
+            return info
+
+        with tarfile.open(target_dir / f"{name}.tar.gz", "w:gz") as out:
+            out.add(root, name, filter=keep)
 
 
 def zero_weights(source: Path, target: Path) -> None:
@@ -149,6 +152,8 @@ def main() -> int:
                 f.write("/.gpu/\n")
     if not (OUT / "src.tar.gz").exists():
         source_tarball(OUT / "src.tar.gz")
+    if not list((OUT / "sdist").glob("*.tar.gz")):
+        stripped_sdist(OUT / "sdist")
     model = hearth_model_file()
     zero_weights(model, OUT / "standin.gguf.gz")
     (OUT / "standin.name").write_text(model.name + "\n")

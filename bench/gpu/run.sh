@@ -4,7 +4,11 @@
 # measure Hearth against llama-server with bench/gpu/measure.py. Everything it needs comes
 # in .gpu/ (python -m bench.gpu.prepare, here). Results go to $OUT (or ./gpu-results).
 #
-#   bash bench/gpu/run.sh [build|measure|all] [measure.py arguments...]
+#   bash bench/gpu/run.sh [build|measure|all|install-check] [measure.py arguments...]
+#
+# install-check: build the CUDA wheel the way `make install` does with HEARTH_BACKEND=cuda
+# (pip wheel on the sdist; no build isolation, the machine reaches no index), then start
+# Hearth on it and print what /health says of the backend.
 #
 # The build is kept in .gpubuild/ (ignored by git, not carried: a carried folder is replaced
 # on every call) and reused while the machine stays warm.
@@ -38,6 +42,24 @@ if [ "$step" = build ] || [ "$step" = all ]; then
     echo "built llama.cpp for sm_$ARCH in $(( $(date +%s) - t0 )) s"
   fi
   ls $B/build/bin | head -20
+fi
+
+if [ "$step" = install-check ]; then
+  t0=$(date +%s)
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH" python3 -m pip wheel -q \
+    --no-deps --no-cache-dir --no-build-isolation -w /tmp/w .gpu/sdist/*.tar.gz \
+    > "$OUT/wheel.log" 2>&1 || { tail -30 "$OUT/wheel.log"; exit 1; }
+  echo "wheel built in $(( $(date +%s) - t0 )) s: $(ls /tmp/w)"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/wheel-site /tmp/w/*.whl
+  [ -f $B/standin.gguf ] || gunzip -c .gpu/standin.gguf.gz > $B/standin.gguf
+  printf '[embedding]\nenabled = false\n' > /tmp/check.toml
+  env -u LLAMA_CPP_LIB_PATH PYTHONPATH=/tmp/wheel-site:/tmp/site python3 -m server.cli serve \
+    --config /tmp/check.toml --data-dir /tmp/check --model $B/standin.gguf --port 8095 \
+    > "$OUT/install-check.log" 2>&1 &
+  for _ in $(seq 60); do curl -sf localhost:8095/health > /dev/null && break; sleep 1; done
+  curl -s localhost:8095/health
+  kill %1
 fi
 
 if [ "$step" = measure ] || [ "$step" = all ]; then
