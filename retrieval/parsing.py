@@ -258,12 +258,19 @@ _NUMBERED_HEADING = re.compile(r"^(\d{1,3}(?:\.\d{1,3})+)\.?\s+(\S.{1,100})$")
 
 def _numbered_headings(pages: list[str]) -> dict[int, list[tuple[int, str]]]:
     """Headings of a PDF without an outline, from its numbered heading lines (not ones
-    ending in a full stop, which are sentences that happen to start with a number)."""
+    ending in a full stop or going on in lower case, which are sentences that happen to
+    start with a number)."""
     out: dict[int, list[tuple[int, str]]] = {}
     for index, text in enumerate(pages):
         for line in text.split("\n"):
             m = _NUMBERED_HEADING.match(line.strip())
-            if m and not m.group(2).rstrip().endswith((".", ",", ";")) and len(line.split()) <= 16:
+            title = m.group(2) if m else ""
+            if (
+                m
+                and not title.rstrip().endswith((".", ",", ";"))
+                and not title[0].islower()  # "1.2 million users" is a sentence
+                and len(line.split()) <= 16
+            ):
                 depth = m.group(1).count(".")
                 out.setdefault(index, []).append((depth - 1, _short(line)))
     return out

@@ -403,3 +403,15 @@ def test_eval_cli_reports_every_stage(rerank_server: RunningServer, tmp_path: Pa
     for values in rows.values():
         assert len(values) == 6 and all(0 <= v <= 1 for v in values)  # R@1,3,5,10, MRR, nDCG
     assert "| stage | recall@1 |" in r.stdout and "nDCG@10" in r.stdout
+
+
+def test_numbered_headings_stand_in_for_a_missing_outline() -> None:
+    from retrieval.parsing import _numbered_headings
+
+    page = (
+        "3.17. /srv : Data for services\n3.17.1. Purpose\n/srv holds served data.\n"
+        "1.2 million users came.\n2.6 kernels are old\n1. Unpack it"
+    )
+    assert _numbered_headings([page]) == {
+        0: [(0, "3.17. /srv : Data for services"), (1, "3.17.1. Purpose")]
+    }
