@@ -22,12 +22,22 @@ def hearth_model_file() -> Path:
 
 
 def start_llama_server(
-    log_dir: Path, model: Path, parallel: int, n_ctx: int, threads: int, *extra: str
+    log_dir: Path,
+    model: Path,
+    parallel: int,
+    n_ctx: int,
+    threads: int | None,
+    *extra: str,
+    binary: Path | None = None,
+    timeout: float = 180,
 ) -> ServerProcess:
-    """llama.cpp's llama-server on loopback with unified KV, like Hearth's context."""
+    """llama.cpp's llama-server on loopback with unified KV, like Hearth's context.
+    threads None: llama-server's own choice (a GPU run); binary: another build than the
+    one bench.peer_build makes here."""
     port = free_port()
+    thread_args = ["-t", str(threads), "-tb", str(threads)] if threads is not None else []
     cmd = [
-        str(llama_server_path()),
+        str(binary or llama_server_path()),
         "-m",
         str(model),
         "--host",
@@ -38,15 +48,12 @@ def start_llama_server(
         str(parallel),
         "-c",
         str(n_ctx),
-        "-t",
-        str(threads),
-        "-tb",
-        str(threads),
+        *thread_args,
         "--kv-unified",
         "--no-webui",
         *extra,
     ]
-    return start_process(cmd, port, log_dir / f"llama-server-{port}.log")
+    return start_process(cmd, port, log_dir / f"llama-server-{port}.log", timeout=timeout)
 
 
 def start_llama_server_embeddings(

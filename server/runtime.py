@@ -70,8 +70,7 @@ class Runtime:
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
         backend = backend_info()
-        model, model_id, aliases, engine = _chat_engine(settings, backend)
-        layers_on_gpu = layers_offloaded(model.n_layer, settings.model.n_gpu_layers, backend)
+        model, model_id, aliases, engine, layers_on_gpu = _chat_engine(settings, backend)
         _log_backend(backend, layers_on_gpu, model.n_layer)
         embedder, embedding_model_id = _embedder(settings)
         reranker, reranker_model_id = _reranker(settings)
@@ -169,10 +168,11 @@ class Runtime:
 
 def _chat_engine(
     settings: Settings, backend: BackendInfo
-) -> tuple[LlamaModel, str, tuple[str, ...], Engine]:
+) -> tuple[LlamaModel, str, tuple[str, ...], Engine, int]:
+    """The chat model and its engine, its ids, and how many of its layers run on a GPU."""
     path = resolve_chat_model(settings.model.path, settings.storage.resolved_data_dir())
     model = LlamaModel(path, n_gpu_layers=settings.model.n_gpu_layers)
-    on_gpu = layers_offloaded(model.n_layer, settings.model.n_gpu_layers, backend) > 0
+    layers_on_gpu = layers_offloaded(model.n_layer, settings.model.n_gpu_layers, backend)
     ms, es, cs = settings.model, settings.engine, settings.cache
     context_length = ms.context_length or min(ms.n_ctx, model.info.n_ctx_train or ms.n_ctx)
     engine = Engine(
@@ -191,7 +191,7 @@ def _chat_engine(
             cache_ram_bytes=_ram_budget(cs.ram_mb) if cs.enabled else 0,
             cache_dir=Path(cs.persist_dir).expanduser() if cs.persist_dir else None,
             cache_dir_max_bytes=cs.persist_max_mb << 20,
-            on_gpu=on_gpu,
+            on_gpu=layers_on_gpu > 0,
         ),
     )
     model_id = ms.alias or path.name.removesuffix(".gguf")
@@ -206,7 +206,7 @@ def _chat_engine(
         engine.context_length,
         es.max_running,
     )
-    return model, model_id, aliases, engine
+    return model, model_id, aliases, engine, layers_on_gpu
 
 
 def _log_backend(backend: BackendInfo, layers_on_gpu: int, n_layer: int) -> None:

@@ -25,6 +25,7 @@ import httpx
 from bench.cli import conversations
 from bench.load import run_load
 from bench.report import Summary, summarize
+from bench.servers import start_llama_server
 from server.launch import ServerProcess, free_port, start_process
 
 
@@ -78,30 +79,6 @@ def start_hearth_gpu(logs: Path, model: Path, parallel: int, n_ctx: int) -> Serv
     return start_process(cmd, port, logs / f"hearth-{port}.log", timeout=300)
 
 
-def start_llama_server_gpu(
-    logs: Path, binary: Path, model: Path, parallel: int, n_ctx: int
-) -> ServerProcess:
-    port = free_port()
-    cmd = [
-        str(binary),
-        "-m",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-ngl",
-        "99",
-        "-np",
-        str(parallel),
-        "-c",
-        str(n_ctx),
-        "--kv-unified",
-        "--no-webui",
-    ]
-    return start_process(cmd, port, logs / f"llama-server-{port}.log", timeout=300)
-
-
 def visible_token_bias(url: str) -> dict[str, dict[str, float]]:
     """A zero-weight model's logits are all equal, so greedy decoding picks token 0, a
     special token that streams as no text: neither TTFT nor the time per output token could
@@ -148,8 +125,16 @@ def main() -> int:
                 server = (
                     start_hearth_gpu(logs, args.model, args.parallel, n_ctx)
                     if name == "hearth"
-                    else start_llama_server_gpu(
-                        logs, args.llama_server, args.model, args.parallel, n_ctx
+                    else start_llama_server(
+                        logs,
+                        args.model,
+                        args.parallel,
+                        n_ctx,
+                        None,
+                        "-ngl",
+                        "99",
+                        binary=args.llama_server,
+                        timeout=300,
                     )
                 )
                 try:
