@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from server.llama.backend import BackendInfo, Device, backend_info, layers_offloaded
 from tests.conftest import RunningServer
@@ -19,6 +22,10 @@ def test_health_reports_the_backend(server: RunningServer) -> None:
     assert backend["layers"] == 31  # SmolLM2-135M: 30 blocks and the output layer
     if backend["backend"] == "cpu":
         assert backend["layers_on_gpu"] == 0 and "warning" not in backend
+    # all-MiniLM-L6-v2: 6 blocks and the pooling/output layer, offloaded like the chat model
+    embedding = backend["embedding"]
+    assert embedding["layers"] == 7
+    assert embedding["layers_on_gpu"] == (0 if backend["backend"] == "cpu" else 7)
 
 
 def test_a_gpu_build_without_a_gpu_says_so(tmp_path: Path) -> None:
@@ -44,3 +51,13 @@ def test_layers_on_the_gpu() -> None:
     assert layers_offloaded(30, 10, gpu) == 10
     assert layers_offloaded(30, 99, gpu) == 31
     assert layers_offloaded(30, -1, cpu) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux-only measure")
+def test_the_cpp_runtime_is_shared_before_llama_cpp_loads() -> None:
+    """server/__init__.py puts libstdc++ in the global symbol scope (a CUDA llama.cpp
+    crashed beside numpy and LanceDB without it, on the H200 machine): `operator delete`
+    then resolves from the process itself, which it does not after llama_cpp alone."""
+    probe = "import ctypes, server; print(hasattr(ctypes.CDLL(None), '_ZdlPv'))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.stdout.strip() == "True", r.stderr

@@ -10,12 +10,23 @@
   logits are all equal, so the benchmark ignores EOS, as it does anyway);
 - `wheels/`: the Python packages Hearth's server needs that the machine's image lacks.
 
-    python -m bench.gpu.prepare            then run bench/gpu/run.sh there
+For the functional check (functional.py: every feature with the models on the GPU),
+`--functional` adds what retrieval needs, too big for one call, so it travels in two:
+
+- `minilm.gguf.gz` and `reference.json`: the embedding model and the CPU's results for it
+  (carry with the build call);
+- `retrieval.tar.xz`: LanceDB (abi3, so this machine's installed copy runs on the GPU
+  machine's Python 3.12) and the other pure-Python packages retrieval needs, as installed
+  here (~48 MB; carry with the functional call).
+
+    python -m bench.gpu.prepare [--functional]     then run bench/gpu/run.sh there
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -25,6 +36,8 @@ from pathlib import Path
 
 from bench.peer_build import unpacked_sdist
 from bench.servers import ROOT, hearth_model_file
+from server.model_files import resolve_embedding_model
+from server.settings import load_settings
 
 OUT = ROOT / ".gpu"
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -47,6 +60,18 @@ PLATFORMS = [
     "manylinux_2_27_x86_64",
     "manylinux_2_17_x86_64",
     "manylinux2014_x86_64",
+]
+# What retrieval needs beyond the server's wheels, copied from this machine's installation.
+RETRIEVAL_DISTRIBUTIONS = [
+    "lancedb",
+    "lance-namespace",
+    "lance-namespace-urllib3-client",
+    "deprecation",
+    "packaging",
+    "tqdm",
+    "pypdf",
+    "python-dateutil",
+    "urllib3",
 ]
 # Left out of the vendored llama.cpp: not built for a CUDA libllama and llama-server.
 EXCLUDED = (
@@ -139,7 +164,43 @@ def wheels(target: Path) -> None:
     )
 
 
-def main() -> int:
+def retrieval_site(target: Path) -> None:
+    """The installed files of RETRIEVAL_DISTRIBUTIONS (packages and their dist-info), as a
+    tree to put on PYTHONPATH."""
+    partial = target.with_suffix(".partial")
+    with tarfile.open(partial, "w:xz", preset=6) as out:
+        for name in RETRIEVAL_DISTRIBUTIONS:
+            dist = importlib.metadata.distribution(name)
+            for file in dist.files or []:
+                if file.parts[0] in ("..", "__pycache__") or file.suffix == ".pyc":
+                    continue
+                out.add(dist.locate_file(file), str(file), recursive=False)
+    partial.rename(target)
+
+
+def functional_parts(target: Path) -> None:
+    from bench.gpu.functional import main as functional
+
+    settings = load_settings()
+    model = resolve_embedding_model(settings.embedding.path, settings.storage.resolved_data_dir())
+    with model.open("rb") as f, gzip.open(target / "minilm.gguf.gz", "wb", compresslevel=6) as out:
+        shutil.copyfileobj(f, out)
+    standin = target / "standin.gguf"
+    with gzip.open(target / "standin.gguf.gz", "rb") as f, standin.open("wb") as out:
+        shutil.copyfileobj(f, out)
+    # The CPU's vectors and rankings for the same GGUF, for the GPU run to compare with.
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["--chat", str(standin), "--embedding", str(model), "--out", tmp]
+        functional([*argv, "--write-reference", str(target / "reference.json")])
+    standin.unlink()
+    if not (target / "retrieval.tar.xz").exists():
+        retrieval_site(target / "retrieval.tar.xz")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu.prepare")
+    p.add_argument("--functional", action="store_true", help="also what functional.py needs")
+    args = p.parse_args(argv)
     OUT.mkdir(exist_ok=True)
     git_dir = subprocess.run(
         ["git", "rev-parse", "--git-dir"], cwd=ROOT, capture_output=True, text=True
@@ -158,6 +219,8 @@ def main() -> int:
     zero_weights(model, OUT / "standin.gguf.gz")
     (OUT / "standin.name").write_text(model.name + "\n")
     wheels(OUT / "wheels")
+    if args.functional:
+        functional_parts(OUT)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"{OUT}: {total / 2**20:.1f} MiB (stand-in for {model.name})")
     return 0

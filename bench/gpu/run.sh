@@ -4,11 +4,16 @@
 # measure Hearth against llama-server with bench/gpu/measure.py. Everything it needs comes
 # in .gpu/ (python -m bench.gpu.prepare, here). Results go to $OUT (or ./gpu-results).
 #
-#   bash bench/gpu/run.sh [build|measure|all|install-check] [measure.py arguments...]
+#   bash bench/gpu/run.sh [build|measure|all|install-check|functional] [arguments...]
 #
 # install-check: build the CUDA wheel the way `make install` does with HEARTH_BACKEND=cuda
 # (pip wheel on the sdist; no build isolation, the machine reaches no index), then start
 # Hearth on it and print what /health says of the backend.
+#
+# functional: every feature with both models on the GPU (functional.py). What it needs is too
+# big for one call (prepare.py --functional): carry .gpu/minilm.gguf.gz and
+# .gpu/reference.json with the build call, .gpu/retrieval.tar.xz with this one; whatever
+# came is unpacked into .gpubuild/ at the start of every step.
 #
 # The build is kept in .gpubuild/ (ignored by git, not carried: a carried folder is replaced
 # on every call) and reused while the machine stays warm.
@@ -25,6 +30,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 B=.gpubuild
 if [ ! -d $B/src ]; then
   mkdir -p $B/src && tar xzf .gpu/src.tar.gz -C $B/src
+fi
+[ -f .gpu/minilm.gguf.gz ] && gunzip -c .gpu/minilm.gguf.gz > $B/minilm.gguf
+[ -f .gpu/reference.json ] && cp .gpu/reference.json $B/reference.json
+if [ -f .gpu/retrieval.tar.xz ]; then
+  rm -rf $B/retrieval-site && mkdir -p $B/retrieval-site
+  tar xJf .gpu/retrieval.tar.xz -C $B/retrieval-site
 fi
 export PYTHONPATH=/tmp/site:$PWD/$B/src
 export LLAMA_CPP_LIB_PATH=$PWD/$B/build/bin
@@ -72,4 +83,11 @@ if [ "$step" = measure ] || [ "$step" = all ]; then
   [ $(( $(date +%s) - t_start )) -gt 240 ] && rounds=1
   PYTHONUNBUFFERED=1 python3 -m bench.gpu.measure --model $B/standin.gguf \
     --llama-server $B/build/bin/llama-server --out "$OUT" --rounds $rounds "$@"
+fi
+
+if [ "$step" = functional ]; then
+  [ -f $B/standin.gguf ] || gunzip -c .gpu/standin.gguf.gz > $B/standin.gguf
+  PYTHONPATH=$PYTHONPATH:$PWD/$B/retrieval-site PYTHONUNBUFFERED=1 python3 -m bench.gpu.functional \
+    --chat $B/standin.gguf --embedding $B/minilm.gguf --reference $B/reference.json \
+    --out "$OUT" "$@"
 fi

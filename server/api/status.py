@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.openapi import documented
+from server.llama.backend import layers_offloaded
 from server.runtime import Runtime
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -26,11 +27,20 @@ async def health(request: Request) -> Response:
         body["reasons"] = problems
     if getattr(request.state, "authenticated", True):
         body["model"] = runtime.model_id
-        body["backend"] = {
+        backend: dict[str, object] = {
             **runtime.backend.as_dict(),
             "layers_on_gpu": runtime.layers_on_gpu,
             "layers": runtime.model.n_layer + 1,
         }
+        if runtime.embedder is not None:
+            # The embedding model is offloaded as the chat model is (model.n_gpu_layers).
+            n_layer = runtime.embedder.model.n_layer
+            gpu_layers = runtime.settings.model.n_gpu_layers
+            backend["embedding"] = {
+                "layers_on_gpu": layers_offloaded(n_layer, gpu_layers, runtime.backend),
+                "layers": n_layer + 1,
+            }
+        body["backend"] = backend
         body["engine"] = runtime.engine.stats.snapshot()
     return JSONResponse(body, status_code=503 if problems else 200)
 
