@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -135,3 +137,21 @@ def test_hearth_ask_cli(rag) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "Sources:" in r.stdout and "vault.pdf, page 2" in r.stdout
+
+
+def test_ollama_chat_answers_from_the_store(rag) -> None:
+    """The same `retrieval` field on Ollama's /api/chat: sources in the prompt, citations
+    on the last line."""
+    server, store_id, file_id = rag
+    body = {
+        "model": server.model_id(),
+        "messages": [{"role": "user", "content": "What is the access code for the vault?"}],
+        "options": {"temperature": 0, "num_predict": 16},
+        "retrieval": {"vector_store_ids": [store_id], "max_num_results": 2},
+    }
+    with httpx.stream("POST", f"{server.url}/api/chat", json=body, timeout=120) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    last = lines[-1]
+    assert last["done"] and last["prompt_eval_count"] > 60
+    assert any("ZEBRA-4471" in c["snippet"] for c in last["citations"])
+    assert all(c["file_id"] == file_id for c in last["citations"])

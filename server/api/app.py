@@ -27,6 +27,7 @@ from server.api.embeddings import embeddings
 from server.api.errors import HANDLERS
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
 from server.api.models import list_models, retrieve_model
+from server.api.ollama import ollama_routes
 from server.api.openapi import openapi
 from server.api.rerank import rerank
 from server.api.status import health, metrics, stats
@@ -73,6 +74,7 @@ def api_routes() -> list[Route]:
         Route("/stats", stats, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *ollama_routes(),
     ]
 
 

@@ -11,6 +11,7 @@ result and tool calls at its end.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,8 +155,17 @@ class ChoiceResult:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] | None = None
+    # When the first token and the end arrived here (time.monotonic()): the prompt's and the
+    # answer's durations that Ollama's API reports.
+    first_token_at: float | None = None
+    finished_at: float | None = None
 
     def add(self, output: GenerationOutput) -> None:
+        now = time.monotonic()
+        if self.first_token_at is None and output.token_ids:
+            self.first_token_at = now
+        if output.finished:
+            self.finished_at = now
         self.text += output.text
         self.token_ids.extend(output.token_ids)
         if output.logprobs:
@@ -247,13 +257,13 @@ async def events(streams: list[GenerationStream], with_tools: bool = False) -> A
             return
         if output.logprobs:
             pending[index].extend(output.logprobs)
+        results[index].add(output)
         text = output.text if answers is None else answers[index].feed(output.text)
         if not output.finished:
             if text:
                 yield TextDelta(index, text, pending[index])
                 pending[index] = []
             continue
-        results[index].add(output)
         calls = None
         if answers is not None:
             rest, calls = answers[index].finish()

@@ -1,0 +1,49 @@
+"""Ollama's error shape, `{"error": "..."}` with the status, for every /api/ route; and its
+streams: newline-delimited JSON, where a failure midway is one more line, `{"error": ...}`
+(what Ollama's clients raise on)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from server.api.errors import APIError, api_error
+from server.api.sse import dumps
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
+
+
+def ollama_errors(handler: Handler) -> Handler:
+    """Any error of the service layers, answered in Ollama's shape rather than OpenAI's."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as e:
+            return error_response(api_error(e))
+
+    return wrapped
+
+
+def ndjson_response(lines: AsyncIterator[dict[str, Any]], on_close: Callable[[], None]) -> Response:
+    async def body() -> AsyncIterator[str]:
+        # Starlette cancels this generator when the client disconnects; `finally` then
+        # tells the engine, which frees the request's sequence at its next step.
+        try:
+            async for line in lines:
+                yield dumps(line) + "\n"
+        except Exception as e:
+            yield dumps({"error": api_error(e).message}) + "\n"
+        finally:
+            on_close()
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
