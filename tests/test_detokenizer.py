@@ -68,3 +68,11 @@ def _is_partial_utf8(piece: bytes) -> bool:
         return False
     except UnicodeDecodeError:
         return True
+
+
+def test_stop_filter_names_the_stop_string_that_ended_the_text() -> None:
+    f = StopStringFilter(["END", "\n\n", "Q:"])
+    assert f.push("first line") == ("first line", False) and f.matched is None
+    # Two stop strings in one piece: the earlier one ends the text (Anthropic's stop_sequence).
+    assert f.push(" and Q: then END") == (" and ", True)
+    assert f.matched == "Q:"

@@ -235,6 +235,29 @@ def test_every_route_but_health_needs_the_key(keyed: TestClient) -> None:
     assert ok.status_code == 200
 
 
+def test_each_api_is_refused_in_its_own_shape(keyed: TestClient) -> None:
+    """The key (also as Anthropic's x-api-key header), unknown paths and the browser
+    guard answer Ollama's clients and Anthropic's in the shapes they read."""
+    ollama = keyed.get("/api/tags")
+    assert ollama.status_code == 401 and ollama.json() == {"error": "Incorrect API key provided."}
+    anthropic = keyed.post("/v1/messages", json={}, headers={"x-api-key": "wrong"})
+    assert anthropic.status_code == 401
+    assert anthropic.json() == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Incorrect API key provided."},
+    }
+    assert keyed.get("/v1/models", headers={"x-api-key": "k3y"}).status_code == 200
+    assert keyed.get("/api/tags", headers={"x-api-key": "k3y"}).status_code == 200
+    unknown = keyed.get("/api/nothing-here", headers={"x-api-key": "k3y"})
+    assert unknown.status_code == 404 and "Unknown path" in unknown.json()["error"]
+    evil = keyed.post(
+        "/v1/messages",
+        json={},
+        headers={"x-api-key": "k3y", "Origin": "https://evil.example"},
+    )
+    assert evil.status_code == 403 and evil.json()["error"]["type"] == "permission_error"
+
+
 def test_origins_and_hosts(client: TestClient) -> None:
     evil = client.get("/v1/models", headers={"Origin": "https://evil.example"})
     assert assert_error(evil, 403)["code"] == "origin_not_allowed"

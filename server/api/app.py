@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from server.api import responses
 from server.api import vector_stores as vs
+from server.api.anthropic.messages import count_tokens, create_message
 from server.api.auth import APIKeyAuth
 from server.api.body import BodyLimit
 from server.api.browser import BrowserGuard, HostPolicy, OriginPolicy
@@ -27,7 +28,7 @@ from server.api.embeddings import embeddings
 from server.api.errors import HANDLERS
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
 from server.api.models import list_models, retrieve_model
-from server.api.ollama import ollama_routes
+from server.api.ollama.routes import ollama_routes
 from server.api.openapi import openapi
 from server.api.rerank import rerank
 from server.api.status import health, metrics, stats
@@ -46,6 +47,8 @@ def api_routes() -> list[Route]:
         Route("/v1/rerank", rerank, methods=["POST"]),
         Route("/v1/reranking", rerank, methods=["POST"]),
         Route("/rerank", rerank, methods=["POST"]),
+        Route("/v1/messages", create_message, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/responses", responses.create_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.error_shapes import shaped
 from server.api.errors import APIError, from_validation_error
 
 # Containers inside containers; real requests (tool schemas included) stay far below.
@@ -64,7 +65,7 @@ class BodyLimit:
         limit = shown + MULTIPART_FRAMING if upload else shown
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await BodyTooLarge(shown, upload).response()(scope, receive, send)
+            await shaped(scope["path"], BodyTooLarge(shown, upload))(scope, receive, send)
             return
         received = 0
 

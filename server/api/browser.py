@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.error_shapes import shaped
 from server.api.errors import APIError
 from server.settings import is_loopback
 
@@ -107,7 +108,7 @@ class BrowserGuard:
         headers = Headers(scope=scope)
         refusal = self._refusal(headers)
         if refusal is not None:
-            await refusal.response()(scope, receive, send)
+            await shaped(scope["path"], refusal)(scope, receive, send)
             return
 
         async def send_nosniff(message: Message) -> None:

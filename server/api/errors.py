@@ -141,9 +141,12 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    from server.api.error_shapes import shaped  # it builds on this module
+
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     message = exc.detail if exc.status_code != 404 else f"Unknown path: {request.url.path}"
-    return APIError(exc.status_code, str(message), type=kind, headers=exc.headers).response()
+    error = APIError(exc.status_code, str(message), type=kind, headers=exc.headers)
+    return shaped(request.url.path, error)
 
 
 # Exception class -> handler, as Starlette takes them. Exception itself is the catch-all

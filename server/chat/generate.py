@@ -159,6 +159,7 @@ class ChoiceResult:
     # answer's durations that Ollama's API reports.
     first_token_at: float | None = None
     finished_at: float | None = None
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
 
     def add(self, output: GenerationOutput) -> None:
         now = time.monotonic()
@@ -166,6 +167,7 @@ class ChoiceResult:
             self.first_token_at = now
         if output.finished:
             self.finished_at = now
+            self.stop_sequence = output.stop_sequence
         self.text += output.text
         self.token_ids.extend(output.token_ids)
         if output.logprobs:

@@ -15,6 +15,7 @@ class StopStringFilter:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
         self._pending = ""
+        self.matched: str | None = None  # the stop string that ended the text, once one has
 
     def push(self, text: str) -> tuple[str, bool]:
         """Feed new text; returns (text safe to emit, whether a stop string was hit).
@@ -24,8 +25,9 @@ class StopStringFilter:
         if not self.stops:
             return text, False
         pending = self._pending + text
-        hit = min((i for s in self.stops if (i := pending.find(s)) >= 0), default=-1)
-        if hit >= 0:
+        found = [(i, stop) for stop in self.stops if (i := pending.find(stop)) >= 0]
+        if found:
+            hit, self.matched = min(found, key=lambda f: f[0])
             self._pending = ""
             return pending[:hit], True
         hold = self._longest_stop_prefix_suffix(pending)
@@ -53,6 +55,10 @@ class IncrementalDetokenizer:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopStringFilter(stops)
         self.text = ""  # everything emitted so far
+
+    @property
+    def matched_stop(self) -> str | None:
+        return self._stops.matched
 
     def push(self, token: int) -> tuple[str, bool]:
         """Returns (new visible text, stop string hit)."""

@@ -410,6 +410,7 @@ class Engine:
             return
         out.text, stopped = seq.detokenizer.push(token)
         if stopped:
+            out.stop_sequence = seq.detokenizer.matched_stop
             self._finish(seq, FinishReason.STOP, out)
         elif seq.n_generated >= request.max_tokens or len(seq.tokens) >= self.context_length:
             out.text += seq.detokenizer.finish()

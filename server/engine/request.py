@@ -37,6 +37,8 @@ class GenerationOutput:
     logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked
     # With the first generated token, when asked: one per prompt token after the first.
     prompt_logprobs: list[TokenLogprob] | None = None
+    # The stop string that ended the output (finish_reason STOP), if one did.
+    stop_sequence: str | None = None
 
     @property
     def finished(self) -> bool:
