@@ -25,7 +25,7 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(HOME)/.cache/hearth/wheels/$(HEARTH_BACKEND)
 STAMP  := $(VENV)/.hearth-installed-$(HEARTH_BACKEND)
 
-.PHONY: install models serve test lint bench fuzz soak chaos clean
+.PHONY: install models clients serve test lint bench fuzz soak chaos clean
 
 install: $(STAMP)
 
@@ -63,7 +63,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: models lint
+# The clients whose own dependencies clash with the suite's (LlamaIndex's OpenAI
+# integration needs openai<3) get their own environment; tests run them as subprocesses.
+CLIENTS_VENV := .venv-llamaindex
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+clients: $(CLIENTS_STAMP)
+
+$(CLIENTS_STAMP): tests/clients/llamaindex-constraints.txt
+	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -c tests/clients/llamaindex-constraints.txt \
+	  llama-index-core llama-index-llms-openai-like llama-index-embeddings-openai-like
+	touch $@
+
+test: models lint clients
 	$(BIN)/python -m pytest -ra
 
 bench: models
@@ -86,4 +98,4 @@ soak: models
 	$(BIN)/python -m bench.soak --requests 2000 --concurrency 32 --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .ruff_cache
