@@ -25,7 +25,7 @@ LLAMA_CPP_VERSION := 0.3.36
 WHEELS := $(HOME)/.cache/hearth/wheels/$(HEARTH_BACKEND)
 STAMP  := $(VENV)/.hearth-installed-$(HEARTH_BACKEND)
 
-.PHONY: install models clients serve test lint bench fuzz soak chaos clean
+.PHONY: install models clients browser screenshots serve test lint bench fuzz soak chaos clean
 
 install: $(STAMP)
 
@@ -75,7 +75,24 @@ $(CLIENTS_STAMP): tests/clients/llamaindex-constraints.txt
 	  llama-index-core llama-index-llms-openai-like llama-index-embeddings-openai-like
 	touch $@
 
-test: models lint clients
+# The chat page's tests drive Debian's Chromium (packages chromium and chromium-driver).
+# Installed here when this runs as root with apt (CI does); elsewhere the browser tests
+# are skipped, and pytest -ra prints why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     chromium chromium-driver >/dev/null \
+	   || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends chromium chromium-driver >/dev/null)) \
+	  || echo "Chromium could not be installed: the browser tests will be skipped"; \
+	else echo "No Chromium and no root apt to install it: the browser tests will be skipped"; fi
+
+# The chat page's screenshots in docs/ (light and dark), taken by the browser tests.
+screenshots: models browser
+	HEARTH_SCREENSHOT_DIR=docs $(BIN)/python -m pytest -q tests/test_browser.py
+
+test: models lint clients browser
 	$(BIN)/python -m pytest -ra
 
 bench: models
