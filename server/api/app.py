@@ -25,7 +25,7 @@ from server.api.chat import chat_completions
 from server.api.chat_page import chat_page
 from server.api.completions import completions
 from server.api.embeddings import embeddings
-from server.api.errors import HANDLERS
+from server.api.error_shapes import HANDLERS
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
 from server.api.models import list_models, retrieve_model
 from server.api.ollama.routes import ollama_routes

@@ -2,8 +2,9 @@
 
 The one place where the service layers' errors meet HTTP: `api_error` maps each domain
 error (server/errors.py) and each engine's own (busy, gone, context too long) to a status
-and that shape; `HANDLERS` is what the app registers, and the SSE streams use the same
-mapping for an error event.
+and that shape; `HANDLERS` are the handlers for them (error_shapes.py adds Starlette's own
+HTTP errors and registers both), and the SSE streams use the same mapping for an error
+event.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -139,20 +139,9 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     return api_error(exc).response()
 
 
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    from server.api.error_shapes import shaped  # it builds on this module
-
-    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    message = exc.detail if exc.status_code != 404 else f"Unknown path: {request.url.path}"
-    error = APIError(exc.status_code, str(message), type=kind, headers=exc.headers)
-    return shaped(request.url.path, error)
-
-
 # Exception class -> handler, as Starlette takes them. Exception itself is the catch-all
 # (Starlette's outermost middleware answers it).
 HANDLERS = {
-    HTTPException: handle_http_exception,
     **dict.fromkeys(
         (
             APIError,
