@@ -60,6 +60,38 @@ class ModelSettings(_Section):
         return self
 
 
+class ModelEntry(_Section):
+    """One `[[models.entries]]` table: a GGUF served beside the default model."""
+
+    path: str
+    alias: str = ""
+    n_ctx: int = Field(0, ge=0)  # 0: model.n_ctx
+    context_length: int = Field(0, ge=0)  # 0: min(n_ctx, the model's training context)
+    max_running: int = Field(0, ge=0, le=LLAMA_MAX_SEQ)  # 0: engine.max_running
+    n_gpu_layers: int | None = Field(None, ge=-1)  # None: model.n_gpu_layers
+    chat_template: str = ""
+    pinned: bool = False
+    keep_alive: float | None = None  # seconds; None: models.keep_alive
+
+    @model_validator(mode="after")
+    def _context(self) -> ModelEntry:
+        if self.n_ctx and self.context_length > self.n_ctx:
+            raise ValueError(
+                f"context_length ({self.context_length}) must not exceed n_ctx ({self.n_ctx})"
+            )
+        return self
+
+
+class ModelsSettings(_Section):
+    """More chat models than the default: loaded on demand, unloaded when idle."""
+
+    dir: str = ""
+    max_loaded: int = Field(3, ge=1)
+    keep_alive: float = 300.0
+    memory_budget_mb: int = Field(0, ge=0)
+    entries: list[ModelEntry] = Field(default_factory=list)
+
+
 class EngineSettings(_Section):
     max_running: int = Field(8, ge=1, le=LLAMA_MAX_SEQ)
     max_waiting: int = Field(1024, ge=0)
@@ -209,6 +241,7 @@ class ServerSettings(_Section):
 
 class Settings(_Section):
     model: ModelSettings = ModelSettings()
+    models: ModelsSettings = ModelsSettings()
     engine: EngineSettings = EngineSettings()
     cache: CacheSettings = CacheSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()

@@ -16,8 +16,11 @@ from server.engine.engine import ContextLengthExceeded, EngineBusy
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
 from server.engine.stats import EngineStats
+from server.llama.backend import BackendInfo
 from server.llama.model import LlamaModel
 from server.metrics import make_registry
+from server.model_pool import LoadedModel, ModelPool
+from server.model_specs import ModelSpec
 from server.runtime import Runtime
 from server.settings import Settings
 
@@ -33,6 +36,7 @@ class FakeEngine:
         self.draining: str | None = None
         self.failure: str | None = None
         self.alive = True
+        self.active_requests = 0  # answered at once: never any in flight
         self.submitted: list[GenerationRequest] = []
         # Set to fail every request the engine is given (an error event / a 500).
         self.fail_with: str | None = None
@@ -101,13 +105,36 @@ def fake_runtime(model: LlamaModel, settings: Settings, data_dir: Path) -> Runti
     """A Runtime over the real model and a FakeEngine; retrieval without an embedding
     model (its endpoints answer 503)."""
     engine = FakeEngine(model)
+    retrieval = RetrievalService(data_dir, "", 1 << 20, None, ChunkingOptions())
+    spec = ModelSpec(
+        id="fake-model",
+        path=model.path,
+        pinned=True,
+        default=True,
+        source="default",
+        names=frozenset({"fake-model"}),
+    )
+
+    def build(spec: ModelSpec) -> LoadedModel:
+        prompts = PromptBuilder(model, ChatTemplate(CHATML_TEMPLATE))
+        return LoadedModel(
+            spec,
+            model,
+            engine,
+            prompts,
+            settings,
+            retrieval,
+            0,
+            2048,
+            0.0,  # type: ignore[arg-type]
+        )
+
+    models = ModelPool({spec.id: spec}, settings, BackendInfo("cpu"), retrieval, build=build)
+    models.load_default()
     return Runtime(
         settings=settings,
-        model=model,
-        model_id="fake-model",
-        prompts=PromptBuilder(model, ChatTemplate(CHATML_TEMPLATE)),
-        engine=engine,  # type: ignore[arg-type]
-        retrieval=RetrievalService(data_dir, "", 1 << 20, None, ChunkingOptions()),
+        models=models,
+        retrieval=retrieval,
         created=0,
         metrics=make_registry(engine.stats, None),  # type: ignore[arg-type]
     )

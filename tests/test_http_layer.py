@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,16 @@ def test_chat_answer_shape(client: TestClient) -> None:
     assert body["usage"]["prompt_tokens"] == len(engine(client).submitted[-1].prompt_tokens)
 
 
+def set_aliases(client: TestClient, aliases: tuple[str, ...]) -> None:
+    pool = client.app.state.runtime.models  # type: ignore[attr-defined]
+    spec = pool.specs["fake-model"]
+    spec = replace(spec, aliases=aliases, names=frozenset({spec.id, *aliases}))
+    pool.specs[spec.id] = pool.loaded[spec.id].spec = spec
+
+
 def test_an_alias_of_the_chat_model_is_served_under_the_real_id(client: TestClient) -> None:
     """While the packaged model is served re-quantized, its own id keeps working."""
-    runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    runtime.model_aliases = ("packaged-original",)
+    set_aliases(client, ("packaged-original",))
     try:
         r = client.post(
             "/v1/chat/completions",
@@ -147,7 +154,7 @@ def test_an_alias_of_the_chat_model_is_served_under_the_real_id(client: TestClie
         ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
         assert ids == ["fake-model"]  # listed once, under what is really loaded
     finally:
-        runtime.model_aliases = ()
+        set_aliases(client, ())
     r = client.post("/v1/chat/completions", json={"model": "packaged-original", "messages": HI})
     assert_error(r, 404, "model")
     assert_error(client.get("/v1/models/packaged-original"), 404, "model")

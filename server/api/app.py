@@ -27,7 +27,7 @@ from server.api.completions import completions
 from server.api.embeddings import embeddings
 from server.api.error_shapes import HANDLERS
 from server.api.files import create_file, delete_file, file_content, list_files, retrieve_file
-from server.api.models import list_models, retrieve_model
+from server.api.models import list_models, load_model, retrieve_model, unload_model
 from server.api.ollama.routes import ollama_routes
 from server.api.openapi import openapi
 from server.api.rerank import rerank
@@ -71,6 +71,8 @@ def api_routes() -> list[Route]:
         Route("/v1/vector_stores/{store_id}/search", vs.search_store, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+        Route("/models/load", load_model, methods=["POST"]),
+        Route("/models/unload", unload_model, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),
         Route("/health", health, methods=["GET"]),

@@ -29,6 +29,7 @@ from server.chat.generate import (
 from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.requests import ChatCompletionRequest
 from server.chat.tools import parse_answer
+from server.model_pool import LoadedModel
 from server.runtime import Runtime
 
 
@@ -36,21 +37,24 @@ from server.runtime import Runtime
 async def chat_completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(ChatCompletionRequest, await read_json(request))
-    prepared = await prepare_chat(runtime, req)
-    logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    streams = start_streams(
-        runtime, req, [prepared.prompt], [prepared.max_tokens], logprobs, prepared.grammar
-    )
-    envelope = Envelope.new("chatcmpl-", "chat.completion", prepared.model_id)
-    if req.stream:
-        chunks = stream_chunks(runtime, streams, req, prepared, envelope)
-        return sse_response(chunks, on_close=lambda: cancel_all(streams))
-    results = await collect(streams, request.is_disconnected)
-    return JSONResponse(response_body(runtime, results, req, prepared, envelope))
+    lease = await runtime.models.acquire(req.model)
+    with lease as chat:
+        prepared = await prepare_chat(chat, req)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        streams = start_streams(
+            chat, req, [prepared.prompt], [prepared.max_tokens], logprobs, prepared.grammar
+        )
+        envelope = Envelope.new("chatcmpl-", "chat.completion", prepared.model_id)
+        if req.stream:
+            chunks = stream_chunks(chat, streams, req, prepared, envelope)
+            release = lease.hand_over()
+            return sse_response(chunks, on_close=lambda: (cancel_all(streams), release()))
+        results = await collect(streams, request.is_disconnected)
+        return JSONResponse(response_body(chat, results, req, prepared, envelope))
 
 
 def response_body(
-    runtime: Runtime,
+    runtime: LoadedModel,
     results: list[ChoiceResult],
     req: ChatCompletionRequest,
     prepared: PreparedChat,
@@ -78,7 +82,7 @@ def response_body(
 
 
 async def stream_chunks(
-    runtime: Runtime,
+    runtime: LoadedModel,
     streams: list[GenerationStream],
     req: ChatCompletionRequest,
     prepared: PreparedChat,

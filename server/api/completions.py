@@ -28,6 +28,7 @@ from server.chat.generate import (
 from server.chat.prepare import PreparedCompletion, prepare_completion
 from server.chat.requests import CompletionRequest
 from server.engine.request import FinishReason
+from server.model_pool import Lease, LoadedModel
 from server.runtime import Runtime
 
 
@@ -35,6 +36,14 @@ from server.runtime import Runtime
 async def completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(CompletionRequest, await read_json(request))
+    lease = await runtime.models.acquire(req.model)
+    with lease as chat:
+        return await complete(request, chat, req, lease)
+
+
+async def complete(
+    request: Request, runtime: LoadedModel, req: CompletionRequest, lease: Lease
+) -> Response:
     prepared = await prepare_completion(runtime, req)
     envelope = Envelope.new("cmpl-", "text_completion", prepared.model_id)
     if req.echo and req.logprobs is not None:
@@ -57,7 +66,8 @@ async def completions(request: Request) -> Response:
     echoes = [t for t in texts for _ in range(req.n)] if req.echo else None
     if req.stream:
         chunks = stream_chunks(runtime, streams, req, echoes, envelope)
-        return sse_response(chunks, on_close=lambda: cancel_all(streams))
+        release = lease.hand_over()
+        return sse_response(chunks, on_close=lambda: (cancel_all(streams), release()))
     results = await collect(streams, request.is_disconnected)
     if echoes:
         for r, echo in zip(results, echoes, strict=True):
@@ -71,7 +81,7 @@ async def completions(request: Request) -> Response:
 
 async def scored_prompts(
     request: Request,
-    runtime: Runtime,
+    runtime: LoadedModel,
     req: CompletionRequest,
     prepared: PreparedCompletion,
     envelope: Envelope,
@@ -111,7 +121,7 @@ def response_body(results: list[ChoiceResult], n: int, envelope: Envelope) -> di
 
 
 async def stream_chunks(
-    runtime: Runtime,
+    runtime: LoadedModel,
     streams: list[GenerationStream],
     req: CompletionRequest,
     echoes: list[str] | None,

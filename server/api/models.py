@@ -1,35 +1,63 @@
-"""GET /v1/models and /v1/models/{id}: the chat model, the embedding model and the
-reranker."""
+"""GET /v1/models and /v1/models/{id}: the chat models (loaded or not, and why one cannot
+be served), the embedding model and the reranker; POST /models/load and /models/unload."""
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server.api.body import read_json, validate_body
 from server.api.errors import APIError
 from server.api.openapi import documented
+from server.model_specs import ModelSpec
 from server.runtime import Runtime
 
 
+def _status(runtime: Runtime, spec: ModelSpec) -> str:
+    if spec.problem is not None:
+        return "unusable"
+    if spec.id in runtime.models.loaded:
+        return "loaded"
+    return "loading" if runtime.models.is_loading(spec.id) else "unloaded"
+
+
+def chat_card(runtime: Runtime, spec: ModelSpec) -> dict[str, object]:
+    loaded = runtime.models.loaded.get(spec.id)
+    meta: dict[str, object] = {
+        "kind": spec.kind,
+        "path": str(spec.path),
+        "status": _status(runtime, spec),
+        "loaded": loaded is not None,
+        "pinned": spec.pinned,
+        "size": spec.size_bytes,
+        "quantization": spec.quantization,
+        "architecture": spec.architecture,
+        "n_ctx_train": spec.n_ctx_train,
+        "n_params": spec.n_params,
+    }
+    if spec.problem is not None:
+        meta["problem"] = spec.problem
+    failure = runtime.models.failures.get(spec.id)
+    if failure is not None:
+        meta["load_error"] = failure
+    if loaded is not None:
+        meta["context_length"] = loaded.engine.context_length
+        meta["n_vocab"] = loaded.model.info.n_vocab
+        meta["memory_estimate"] = loaded.memory_estimate
+        meta["load_seconds"] = round(loaded.load_seconds, 3)
+        meta["requests_running"] = loaded.engine.active_requests
+    return {
+        "id": spec.id,
+        "object": "model",
+        "created": runtime.created,
+        "owned_by": "hearth",
+        "meta": meta,
+    }
+
+
 def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
-    info = runtime.model.info
-    cards: list[dict[str, object]] = [
-        {
-            "id": runtime.model_id,
-            "object": "model",
-            "created": runtime.created,
-            "owned_by": "hearth",
-            "meta": {
-                "kind": "chat",
-                "path": str(info.path),
-                "n_ctx_train": info.n_ctx_train,
-                "context_length": runtime.engine.context_length,
-                "n_vocab": info.n_vocab,
-                "n_params": info.n_params,
-                "size": info.size_bytes,
-            },
-        }
-    ]
+    cards = [chat_card(runtime, spec) for spec in runtime.models.specs.values()]
     if runtime.embedder is not None:
         emb = runtime.embedder
         cards.append(
@@ -67,7 +95,8 @@ def _model_cards(runtime: Runtime) -> list[dict[str, object]]:
 
 
 def _aliases(runtime: Runtime, card: dict[str, object]) -> tuple[str, ...]:
-    return runtime.model_aliases if card["id"] == runtime.model_id else ()
+    spec = runtime.models.specs.get(str(card["id"]))
+    return spec.aliases if spec is not None else ()
 
 
 @documented("List models")
@@ -85,3 +114,43 @@ async def retrieve_model(request: Request) -> Response:
     raise APIError(
         404, f"The model '{wanted}' does not exist", param="model", code="model_not_found"
     )
+
+
+class ModelName(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+
+
+@documented("Load a chat model (llama-server's router name)", body=ModelName)
+async def load_model(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    req = validate_body(ModelName, await read_json(request))
+    spec = runtime.models.find(req.model)
+    with await runtime.models.acquire(req.model):
+        pass
+    return JSONResponse({"success": True, **chat_card(runtime, spec)})
+
+
+@documented("Unload a chat model (llama-server's router name)", body=ModelName)
+async def unload_model(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    req = validate_body(ModelName, await read_json(request))
+    spec = runtime.models.find(req.model)
+    if spec.pinned:
+        raise APIError(
+            400,
+            f"'{spec.id}' is pinned{' (the default model)' if spec.default else ''}: it stays "
+            "loaded.",
+            param="model",
+            code="model_pinned",
+        )
+    if spec.id in runtime.models.loaded and not await runtime.models.unload(spec.id):
+        loaded = runtime.models.loaded[spec.id]
+        raise APIError(
+            409,
+            f"'{spec.id}' is serving {loaded.engine.active_requests + loaded.leases} requests; "
+            "it can be unloaded when they finish.",
+            param="model",
+            code="model_busy",
+        )
+    return JSONResponse({"success": True, **chat_card(runtime, spec)})

@@ -160,6 +160,12 @@ class Engine:
         """Why the engine thread ended, when it ended by an error (for /health)."""
         return self._worker.failure
 
+    @property
+    def active_requests(self) -> int:
+        """Requests submitted and not yet answered in full (waiting or running)."""
+        with self._lock:
+            return self._n_active
+
     def start(self) -> None:
         """Restore the saved prefix cache and start the engine thread."""
         if self._cache_dir is not None:

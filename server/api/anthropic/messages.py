@@ -32,10 +32,11 @@ from server.chat.generate import (
     events,
     start_streams,
 )
-from server.chat.prepare import PreparedChat, check_model, prepare_chat
+from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.tools import parse_answer
 from server.engine.request import FinishReason
 from server.ids import new_id
+from server.model_pool import Lease, LoadedModel
 from server.runtime import Runtime
 
 
@@ -44,15 +45,26 @@ from server.runtime import Runtime
 async def create_message(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(MessagesRequest, await read_json(request))
-    body = req.chat_request(check_model(runtime, req.model))
-    prepared = await prepare_chat(runtime, body)
+    lease = await runtime.models.acquire(req.model)
+    with lease as model:
+        return await _reply(request, model, lease, req)
+
+
+async def _reply(
+    request: Request, model: LoadedModel, lease: Lease, req: MessagesRequest
+) -> Response:
+    body = req.chat_request(model.model_id)
+    prepared = await prepare_chat(model, body)
     streams = start_streams(
-        runtime, body, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
+        model, body, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
     )
     message = {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": req.model}
     if req.stream:
         events = stream_events(streams, prepared, message)
-        return sse_response(events, on_close=lambda: cancel_all(streams), on_error=error_events)
+        release = lease.hand_over()
+        return sse_response(
+            events, on_close=lambda: (cancel_all(streams), release()), on_error=error_events
+        )
     (result,) = await collect(streams, request.is_disconnected)
     text, calls = parse_answer(result.text) if prepared.tools else (result.text, None)
     blocks = [{"type": "text", "text": text}] if text else []
@@ -75,7 +87,8 @@ async def create_message(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(CountTokensRequest, await read_json(request))
-    prepared = await prepare_chat(runtime, req.to_openai(check_model(runtime, req.model)))
+    with await runtime.models.acquire(req.model) as model:
+        prepared = await prepare_chat(model, req.to_openai(model.model_id))
     return JSONResponse({"input_tokens": len(prepared.prompt)})
 
 

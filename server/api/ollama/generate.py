@@ -23,7 +23,7 @@ from server.api.body import read_json, validate_body
 from server.api.errors import APIError
 from server.api.ollama.catalog import find_model, iso_time
 from server.api.ollama.errors import ndjson_response, ollama_errors
-from server.api.ollama.wire import ChatRequest, GenerateRequest
+from server.api.ollama.wire import ChatRequest, GenerateRequest, parse_keep_alive
 from server.api.openapi import documented
 from server.async_engine import GenerationStream
 from server.chat.generate import (
@@ -40,6 +40,7 @@ from server.chat.prepare import PreparedChat, prepare_chat, prepare_completion
 from server.chat.requests import SamplingFields
 from server.chat.tools import parse_answer
 from server.engine.request import FinishReason
+from server.model_pool import Lease, LoadedModel
 from server.runtime import Runtime
 
 
@@ -94,7 +95,7 @@ def ollama_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _start(
-    runtime: Runtime, body: SamplingFields, prompt: list[int], limit: int, grammar: str | None
+    runtime: LoadedModel, body: SamplingFields, prompt: list[int], limit: int, grammar: str | None
 ) -> tuple[list[GenerationStream], float]:
     streams = start_streams(runtime, body, [prompt], [limit], None, grammar)
     return streams, time.monotonic()
@@ -107,16 +108,27 @@ async def chat(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(ChatRequest, await read_json(request))
     model = find_model(runtime, req.model, kind="chat")
-    if not req.messages:  # how Ollama's clients load a model: nothing to answer
-        reply = Reply(req.model, received, received)
-        message = {"role": "assistant", "content": ""}
-        return JSONResponse(reply.line(message=message, done=True, done_reason="load"))
-    body = req.to_openai(model.id)
+    lease = await runtime.models.acquire(model.id)
+    with lease as loaded:
+        keep_alive(loaded, req.keep_alive)
+        if not req.messages:  # how Ollama's clients load a model: nothing to answer
+            reply = Reply(req.model, received, received)
+            message = {"role": "assistant", "content": ""}
+            return JSONResponse(reply.line(message=message, done=True, done_reason="load"))
+        return await _chat(request, loaded, lease, req, received)
+
+
+async def _chat(
+    request: Request, runtime: LoadedModel, lease: Lease, req: ChatRequest, received: float
+) -> Response:
+    body = req.to_openai(runtime.model_id)
     prepared = await prepare_chat(runtime, body)
     streams, queued = _start(runtime, body, prepared.prompt, prepared.max_tokens, prepared.grammar)
     reply = Reply(req.model, received, queued, prepared.citations())
     if req.stream:
-        return ndjson_response(_chat_lines(streams, prepared, reply), lambda: cancel_all(streams))
+        release = lease.hand_over()
+        lines = _chat_lines(streams, prepared, reply)
+        return ndjson_response(lines, lambda: (cancel_all(streams), release()))
     (result,) = await collect(streams, request.is_disconnected)
     message: dict[str, Any] = {"role": "assistant", "content": result.text}
     if prepared.tools is not None:
@@ -155,17 +167,31 @@ async def generate(request: Request) -> Response:
     model = find_model(runtime, req.model, kind="chat")
     req.check()
     if not req.prompt and not req.context:  # a load (or, with keep_alive 0, an unload)
-        reason = "unload" if req.keep_alive in (0, "0", "0s") else "load"
         reply = Reply(req.model, received, received)
-        return JSONResponse(reply.line(response="", done=True, done_reason=reason))
+        if parse_keep_alive(req.keep_alive) == 0:
+            await runtime.models.unload(model.id)
+            return JSONResponse(reply.line(response="", done=True, done_reason="unload"))
+        with await runtime.models.acquire(model.id) as loaded:
+            keep_alive(loaded, req.keep_alive)
+        return JSONResponse(reply.line(response="", done=True, done_reason="load"))
+    lease = await runtime.models.acquire(model.id)
+    with lease as loaded:
+        keep_alive(loaded, req.keep_alive)
+        return await _generate(request, loaded, lease, req, received)
+
+
+async def _generate(
+    request: Request, runtime: LoadedModel, lease: Lease, req: GenerateRequest, received: float
+) -> Response:
+    model_id = runtime.model_id
     prepared: PreparedChat | None = None
     if req.raw:
-        completion = req.to_completion(model.id)
+        completion = req.to_completion(model_id)
         body: SamplingFields = completion
         prepared_text = await prepare_completion(runtime, completion)
         prompt, grammar = prepared_text.prompts[0], prepared_text.grammar
     else:
-        chat_body = req.to_chat(model.id)
+        chat_body = req.to_chat(model_id)
         body = chat_body
         prepared = await prepare_chat(runtime, chat_body)
         prompt, grammar = prepared.prompt, prepared.grammar
@@ -178,13 +204,23 @@ async def generate(request: Request) -> Response:
     cited = prepared.citations() if prepared is not None else None
     reply = Reply(req.model, received, queued, cited)
     if req.stream:
-        return ndjson_response(_generate_lines(streams, prompt, reply), lambda: cancel_all(streams))
+        release = lease.hand_over()
+        lines = _generate_lines(streams, prompt, reply)
+        return ndjson_response(lines, lambda: (cancel_all(streams), release()))
     (result,) = await collect(streams, request.is_disconnected)
     context = prompt + result.token_ids
     return JSONResponse(reply.final(result, response=result.text, context=context))
 
 
-def _with_context(runtime: Runtime, context: list[int], prompt: list[int]) -> list[int]:
+def keep_alive(loaded: LoadedModel, value: int | float | str | None) -> None:
+    """A request's keep_alive sets how long its model stays loaded after it (as in Ollama,
+    until another request sets it again)."""
+    seconds = parse_keep_alive(value)
+    if seconds is not None:
+        loaded.keep_alive = seconds
+
+
+def _with_context(runtime: LoadedModel, context: list[int], prompt: list[int]) -> list[int]:
     """The conversation so far (token ids an earlier answer returned), then this prompt."""
     bad = [t for t in context if not runtime.model.is_valid_token(t)]
     if bad:

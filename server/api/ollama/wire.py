@@ -12,6 +12,7 @@ ignored: Hearth's context and offload are the server's configuration.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +21,28 @@ from server.chat.requests import ChatCompletionRequest, CompletionRequest, Retri
 from server.errors import InvalidRequest
 
 OLLAMA_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1}
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: int | float | str | None) -> float | None:
+    """Ollama's keep_alive in seconds: a number of seconds or a Go duration ("5m", "1h30m",
+    "300ms"); negative: for ever; None: not given. A bad value is a 400."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    rest, total = text.lstrip("+-"), 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", rest):
+        total += float(number) * _UNITS[unit]
+    if not rest or re.sub(r"(\d+(?:\.\d+)?)(ms|s|m|h)", "", rest):
+        raise InvalidRequest(f"keep_alive {value!r} is not a duration", param="keep_alive")
+    return sign * total
 
 
 class Options(BaseModel):

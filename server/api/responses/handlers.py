@@ -16,7 +16,9 @@ from server.api.responses.wire import ResponsesRequest, chat_request, input_item
 from server.api.sse import sse_response
 from server.chat.generate import cancel_all, collect, start_streams
 from server.chat.prepare import prepare_chat
+from server.chat.requests import ChatCompletionRequest
 from server.chat.response_store import StoredResponse
+from server.model_pool import Lease, LoadedModel
 from server.runtime import Runtime
 
 
@@ -37,9 +39,23 @@ async def create_response(request: Request) -> Response:
             )
         history = previous.items
     chat = chat_request(req, history)
-    prepared = await prepare_chat(runtime, chat)
+    lease = await runtime.models.acquire(req.model)
+    with lease as model:
+        return await _respond(request, model, lease, req, chat, history)
+
+
+async def _respond(
+    request: Request,
+    model: LoadedModel,
+    lease: Lease,
+    req: ResponsesRequest,
+    chat: ChatCompletionRequest,
+    history: list[dict[str, Any]],
+) -> Response:
+    store = request.app.state.runtime.responses
+    prepared = await prepare_chat(model, chat)
     streams = start_streams(
-        runtime, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
+        model, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
     )
     builder = ResponseBuilder(req, prepared.model_id)
     history_items = [*history, *input_items(req)]
@@ -54,7 +70,10 @@ async def create_response(request: Request) -> Response:
 
     if req.stream:
         events = stream_events(builder, streams, prepared, remember)
-        return sse_response(events, on_close=lambda: cancel_all(streams), on_error=error_events)
+        release = lease.hand_over()
+        return sse_response(
+            events, on_close=lambda: (cancel_all(streams), release()), on_error=error_events
+        )
     (result,) = await collect(streams, request.is_disconnected)
     output = output_items(result, prepared.tools is not None, prepared.sources, prepared.query)
     called = any(o["type"] == "function_call" for o in output)

@@ -1,0 +1,176 @@
+"""Many chat models, one server (issue 18): models from a folder and from config, loaded on
+demand, unloaded least-recently-used past models.max_loaded and after keep_alive, pinned
+ones kept, an unusable file listed with its reason; all against live servers on real
+GGUFs that need no download (the default Q8_0, the packaged Q4_1 under another id, and a
+Q4_0 made from it by `hearth quantize`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from server.llama.quantize import quantize
+from server.model_files import packaged_chat_model
+from tests.conftest import RunningServer, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """smol-q4 (the packaged Q4_1), smol-q40 (re-quantized to Q4_0), and a broken file."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "smol-q4.gguf").symlink_to(packaged_chat_model())
+    (folder / "more").mkdir()
+    quantize(packaged_chat_model(), folder / "more" / "smol-q40.gguf", "Q4_0", 2, False)
+    (folder / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    return folder
+
+
+def serve(tmp: Path, folder: Path, config: str) -> RunningServer:
+    toml = tmp / "models.toml"
+    toml.write_text(f'[models]\ndir = "{folder}"\n{config}')
+    # The default data directory: where `make models` put the Q8_0 default model.
+    return start_server(tmp, "--config", str(toml))
+
+
+@pytest.fixture(scope="module")
+def server2(tmp_path_factory: pytest.TempPathFactory, folder: Path) -> Iterator[RunningServer]:
+    """The default model (pinned) and room for one more: max_loaded = 2, never idle out."""
+    s = serve(tmp_path_factory.mktemp("two"), folder, "max_loaded = 2\nkeep_alive = -1\n")
+    yield s
+    stop_server(s)
+
+
+def listing(server: RunningServer) -> dict[str, dict]:
+    data = httpx.get(f"{server.base_url}/models").json()["data"]
+    return {m["id"]: m["meta"] for m in data}
+
+
+def ask(server: RunningServer, model: str, seed: int = 7, **kw: object):
+    return server.client().chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Tell me a short fact about owls."}],
+        max_tokens=16,
+        temperature=1.0,
+        seed=seed,
+        **kw,
+    )
+
+
+def test_the_folder_is_listed_with_what_can_be_served(server2: RunningServer) -> None:
+    models = listing(server2)
+    default = server2.model_id()
+    assert models[default]["loaded"] and models[default]["pinned"]
+    for name in ("smol-q4", "smol-q40"):
+        assert models[name]["kind"] == "chat" and not models[name]["loaded"]
+        assert models[name]["size"] > 50_000_000 and models[name]["status"] == "unloaded"
+    assert models["smol-q40"]["quantization"] == "Q4_0"
+    broken = models["broken"]
+    assert broken["status"] == "unusable" and "GGUF" in broken["problem"]
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(server2, "broken")
+    assert "cannot be served" in e.value.message
+    assert ask(server2, default).choices[0].message.content  # the others are unharmed
+
+
+def test_each_model_answers_for_itself(server2: RunningServer) -> None:
+    default = server2.model_id()
+    a, b = ask(server2, default), ask(server2, "smol-q4")
+    assert (a.model, b.model) == (default, "smol-q4")
+    assert a.choices[0].message.content != b.choices[0].message.content
+    assert listing(server2)["smol-q4"]["loaded"]
+
+
+def test_least_recently_used_makes_room(server2: RunningServer) -> None:
+    ask(server2, "smol-q4")
+    ask(server2, "smol-q40")  # max_loaded 2: the default is pinned, so smol-q4 goes
+    models = listing(server2)
+    assert models["smol-q40"]["loaded"] and not models["smol-q4"]["loaded"]
+    assert models[server2.model_id()]["loaded"]
+    ask(server2, "smol-q4")  # and comes back, sending smol-q40 away
+    models = listing(server2)
+    assert models["smol-q4"]["loaded"] and not models["smol-q40"]["loaded"]
+
+
+def test_a_load_does_not_stall_other_streams(server2: RunningServer) -> None:
+    httpx.post(f"{server2.url}/models/unload", json={"model": "smol-q40"})
+    arrivals: list[float] = []
+
+    def stream() -> None:
+        chunks = server2.client().chat.completions.create(
+            model=server2.model_id(),
+            messages=[{"role": "user", "content": "Write a long poem about the sea."}],
+            max_tokens=200,
+            extra_body={"ignore_eos": True},
+            stream=True,
+        )
+        for _ in chunks:
+            arrivals.append(time.monotonic())
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    while len(arrivals) < 5:
+        time.sleep(0.01)
+    began = time.monotonic()
+    loaded = httpx.post(f"{server2.url}/models/load", json={"model": "smol-q40"}, timeout=120)
+    ended = time.monotonic()
+    streaming.join()
+    assert loaded.status_code == 200 and loaded.json()["meta"]["loaded"], loaded.text
+    during = [t for t in arrivals if began <= t <= ended]
+    # Tokens kept coming while the other model loaded (a stalled stream would show none).
+    assert len(during) >= max(2, int((ended - began) / 0.5)), (ended - began, len(during))
+
+
+def test_sixteen_requests_over_two_models(server2: RunningServer) -> None:
+    models = [server2.model_id(), "smol-q40"] * 8
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda m: ask(server2, m), models))
+    assert [a.model for a in answers] == models
+    assert all(a.choices[0].message.content for a in answers)
+
+
+def test_explicit_load_and_unload(server2: RunningServer) -> None:
+    r = httpx.post(f"{server2.url}/models/unload", json={"model": server2.model_id()})
+    assert r.status_code == 400 and "pinned" in r.json()["error"]["message"]
+    r = httpx.post(f"{server2.url}/models/load", json={"model": "nope"})
+    assert r.status_code == 404
+    r = httpx.post(f"{server2.url}/models/load", json={"model": "smol-q4"}, timeout=120)
+    assert r.status_code == 200 and r.json()["meta"]["loaded"]
+    r = httpx.post(f"{server2.url}/models/unload", json={"model": "smol-q4"})
+    assert r.status_code == 200 and not r.json()["meta"]["loaded"]
+    ps = httpx.get(f"{server2.url}/api/ps").json()["models"]
+    assert "smol-q4:latest" not in [m["name"] for m in ps]
+    running = next(m for m in ps if m["name"] == f"{server2.model_id()}:latest")
+    assert running["requests_running"] == 0 and running["idle_seconds"] >= 0
+
+
+def test_keep_alive_unloads_and_pinned_stays(tmp_path: Path, folder: Path) -> None:
+    config = (
+        "keep_alive = 1.0\n"
+        "[[models.entries]]\n"
+        f'path = "{folder / "more" / "smol-q40.gguf"}"\n'
+        'alias = "kept"\n'
+        "pinned = true\n"
+    )
+    s = serve(tmp_path, folder, config)
+    try:
+        ask(s, "smol-q4")
+        ask(s, "kept")
+        assert listing(s)["smol-q4"]["loaded"]
+        deadline = time.monotonic() + 15
+        while listing(s)["smol-q4"]["loaded"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        models = listing(s)
+        assert not models["smol-q4"]["loaded"]  # idle past keep_alive: gone
+        assert models["kept"]["loaded"] and models["kept"]["pinned"]  # pinned: stays
+        tags = {m["name"] for m in httpx.get(f"{s.url}/api/tags").json()["models"]}
+        # The entry's file is listed once, under its configured alias.
+        assert {"smol-q4:latest", "kept:latest"} <= tags and "smol-q40:latest" not in tags
+    finally:
+        stop_server(s)
