@@ -204,7 +204,11 @@ def _prepare_models(settings: Settings) -> int:
 
 
 def _list_models(settings: Settings) -> int:
+    """The packaged ids, then every chat model the server would serve (models.dir and
+    models.entries) with its size and, when a server answers on the configured address,
+    whether it is loaded."""
     from server.model_files import known_chat_models, resolve_chat_model
+    from server.model_specs import discover
 
     data_dir = settings.storage.resolved_data_dir()
     default = resolve_chat_model(settings.model.path, data_dir)
@@ -213,7 +217,39 @@ def _list_models(settings: Settings) -> int:
         print(f"{model_id}\t{path}{mark}")
     if default not in known_chat_models(data_dir).values():
         print(f"{default.name.removesuffix('.gguf')}\t{default}  (default, configured)")
+    others = [s for s in discover(settings).values() if not s.default]
+    if not others:
+        return 0
+    states = _served_states(settings)
+    print(f"\n{'id':<32} {'kind':<9} {'MiB':>7} {'quant':<7} {'state':<9} path")
+    for spec in others:
+        state = "unusable" if spec.problem else states.get(spec.id, "-")
+        print(
+            f"{spec.id:<32} {spec.kind:<9} {spec.size_bytes / 2**20:>7.0f} "
+            f"{spec.quantization or '?':<7} {state:<9} {spec.path}"
+        )
+        if spec.problem:
+            print(f"{'':<32} {spec.problem}")
+    if not states:
+        print("\n(no server answers on the configured address: load states unknown)")
     return 0
+
+
+def _served_states(settings: Settings) -> dict[str, str]:
+    """Each chat model's status as the running server reports it (empty: none answers)."""
+    import httpx
+
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    headers = (
+        {"Authorization": f"Bearer {settings.server.api_key}"} if settings.server.api_key else {}
+    )
+    try:
+        r = httpx.get(f"http://{host}:{settings.server.port}/v1/models", headers=headers, timeout=2)
+        cards = r.json()["data"] if r.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, KeyError):
+        return {}
+    return {c["id"]: str(c.get("meta", {}).get("status", "")) for c in cards}
 
 
 def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

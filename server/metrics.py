@@ -1,9 +1,9 @@
 """The engines' counters as Prometheus metrics, read at scrape time (GET /metrics renders
-them)."""
+them): one series per loaded chat model (label `model`), and the embedding engine's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 from prometheus_client import CollectorRegistry
@@ -50,40 +50,66 @@ _CACHE_COUNTERS = {
 }
 
 
+# What the collector reads at each scrape: (model id, its engine's stats) for every
+# loaded chat model.
+EngineStatsSource = Callable[[], list[tuple[str, EngineStats]]]
+
+
 class EngineCollector(Collector):
-    def __init__(self, stats: EngineStats, embedder: Embedder | None) -> None:
-        self.stats = stats
+    """Every loaded chat model's engine counters, labelled with its id (`model`)."""
+
+    def __init__(self, engines: EngineStatsSource, embedder: Embedder | None) -> None:
+        self.engines = engines
         self.embedder = embedder
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.stats
+        engines = self.engines()
+
+        def family(
+            kind: type[Metric], name: str, doc: str, value: Callable[[EngineStats], float]
+        ) -> Metric:
+            metric = kind(name, doc, labels=["model"])
+            for model_id, stats in engines:
+                metric.add_metric([model_id], value(stats))  # type: ignore[attr-defined]
+            return metric
+
         for field, (name, doc) in _COUNTERS.items():
-            yield CounterMetricFamily(name, doc, value=getattr(stats, field))
+            yield family(CounterMetricFamily, name, doc, lambda s, f=field: getattr(s, f))
         for field, (name, doc) in _GAUGES.items():
-            yield GaugeMetricFamily(name, doc, value=getattr(stats, field))
+            yield family(GaugeMetricFamily, name, doc, lambda s, f=field: getattr(s, f))
         for field, doc in _CACHE_COUNTERS.items():
-            yield CounterMetricFamily(
-                f"hearth_prefix_cache_{field}", doc, value=getattr(stats.cache, field)
+            yield family(
+                CounterMetricFamily,
+                f"hearth_prefix_cache_{field}",
+                doc,
+                lambda s, f=field: getattr(s.cache, f),
             )
-        for field, value in asdict(stats.tier).items():
-            yield CounterMetricFamily(
-                f"hearth_prefix_cache_ram_{field}", f"host-RAM tier: {field}", value=value
-            )
-        for field, value in asdict(stats.disk).items():
-            yield GaugeMetricFamily(
-                f"hearth_prefix_cache_disk_{field}",
-                f"disk tier (cache.persist_dir): {field.replace('_', ' ')}",
-                value=value,
-            )
+        if engines:
+            for field in asdict(engines[0][1].tier):
+                yield family(
+                    CounterMetricFamily,
+                    f"hearth_prefix_cache_ram_{field}",
+                    f"host-RAM tier: {field}",
+                    lambda s, f=field: getattr(s.tier, f),
+                )
+            for field in asdict(engines[0][1].disk):
+                yield family(
+                    GaugeMetricFamily,
+                    f"hearth_prefix_cache_disk_{field}",
+                    f"disk tier (cache.persist_dir): {field.replace('_', ' ')}",
+                    lambda s, f=field: getattr(s.disk, f),
+                )
         parts = CounterMetricFamily(
             "hearth_engine_step_seconds",
             "engine-thread time per part of a step (schedule, build, flush, decode, sample, apply)",
-            labels=["part"],
+            labels=["model", "part"],
         )
-        for part, value in asdict(stats.profile).items():
-            if part != "steps":
-                parts.add_metric([part], value)
+        for model_id, stats in engines:
+            for part, value in asdict(stats.profile).items():
+                if part != "steps":
+                    parts.add_metric([model_id, part], value)
         yield parts
+        yield GaugeMetricFamily("hearth_models_loaded", "chat models in memory", value=len(engines))
         if self.embedder is not None:
             for field, value in asdict(self.embedder.stats).items():
                 yield CounterMetricFamily(
@@ -91,7 +117,7 @@ class EngineCollector(Collector):
                 )
 
 
-def make_registry(stats: EngineStats, embedder: Embedder | None) -> CollectorRegistry:
+def make_registry(engines: EngineStatsSource, embedder: Embedder | None) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(EngineCollector(stats, embedder))
+    registry.register(EngineCollector(engines, embedder))
     return registry

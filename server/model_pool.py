@@ -27,6 +27,7 @@ from retrieval.service import RetrievalService
 from server.chat.prompt import PromptBuilder
 from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.engine import Engine, EngineConfig
+from server.engine.stats import EngineStats
 from server.errors import InvalidRequest, NotFound, RequestError
 from server.host_resources import ram_budget, threads
 from server.llama.backend import BackendInfo, layers_offloaded
@@ -175,6 +176,10 @@ class ModelPool:
             loaded = await self.load(spec.id)
         loaded.last_used = time.monotonic()
         return Lease(loaded)
+
+    def engine_stats(self) -> list[tuple[str, EngineStats]]:
+        """(id, engine counters) of every loaded model, for /metrics."""
+        return [(m.model_id, m.engine.stats) for m in list(self.loaded.values())]
 
     def is_loading(self, model_id: str) -> bool:
         return model_id in self._loading

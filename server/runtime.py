@@ -104,7 +104,7 @@ class Runtime:
             reranker_model_id=reranker_model_id,
             backend=backend,
             watcher=watcher,
-            metrics=make_registry(default.engine.stats, embedder),
+            metrics=make_registry(models.engine_stats, embedder),
         )
 
     # The default chat model: what requests naming no model, and the single-model parts

@@ -136,5 +136,5 @@ def fake_runtime(model: LlamaModel, settings: Settings, data_dir: Path) -> Runti
         models=models,
         retrieval=retrieval,
         created=0,
-        metrics=make_registry(engine.stats, None),  # type: ignore[arg-type]
+        metrics=make_registry(models.engine_stats, None),
     )

@@ -117,7 +117,9 @@ def test_prometheus_metrics(server: RunningServer) -> None:
         if line and not line.startswith("#")
     }
     stats = server.stats()
-    assert lines["hearth_engine_steps_total"] >= 1
-    assert lines["hearth_kv_cells"] == stats["n_cells"]
-    assert "hearth_prefix_cache_hit_tokens_total" in lines
+    model = f'{{model="{server.model_id()}"}}'  # each loaded chat model's own series
+    assert lines[f"hearth_engine_steps_total{model}"] >= 1
+    assert lines[f"hearth_kv_cells{model}"] == stats["n_cells"]
+    assert f"hearth_prefix_cache_hit_tokens_total{model}" in lines
+    assert lines["hearth_models_loaded"] >= 1
     assert "hearth_embedding_inputs_total" in lines

@@ -6,6 +6,7 @@ Q4_0 made from it by `hearth quantize`)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from server.llama.quantize import quantize
 from server.model_files import packaged_chat_model
-from tests.conftest import RunningServer, start_server, stop_server
+from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,9 @@ def test_sixteen_requests_over_two_models(server2: RunningServer) -> None:
         answers = list(pool.map(lambda m: ask(server2, m), models))
     assert [a.model for a in answers] == models
     assert all(a.choices[0].message.content for a in answers)
+    metrics = httpx.get(f"{server2.url}/metrics").text
+    for model in set(models):  # per-model series
+        assert f'hearth_requests_finished_total{{model="{model}"}}' in metrics
 
 
 def test_explicit_load_and_unload(server2: RunningServer) -> None:
@@ -174,3 +178,12 @@ def test_keep_alive_unloads_and_pinned_stays(tmp_path: Path, folder: Path) -> No
         assert {"smol-q4:latest", "kept:latest"} <= tags and "smol-q40:latest" not in tags
     finally:
         stop_server(s)
+
+
+def test_cli_lists_the_folder(folder: Path) -> None:
+    env = {**os.environ, "HEARTH_MODELS__DIR": str(folder), "HEARTH_SERVER__PORT": "9"}
+    r = hearth_cli("models", "list", env=env)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("smol")}
+    assert set(rows) == {"smol-q4", "smol-q40"} and " Q4_0 " in rows["smol-q40"]
+    assert "unusable" in r.stdout and "load states unknown" in r.stdout

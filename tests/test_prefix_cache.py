@@ -196,7 +196,7 @@ def test_cache_survives_a_restart(tmp_path_factory: pytest.TempPathFactory) -> N
         for name in (
             "hearth_prefix_cache_cells",
             "hearth_prefix_cache_ram_bytes",
-            "hearth_prefix_cache_ram_restores_total 1.0",
+            f'hearth_prefix_cache_ram_restores_total{{model="{second.model_id()}"}} 1.0',
             "hearth_prefix_cache_ram_hit_tokens_total",
             "hearth_prefix_cache_disk_loaded_bytes",
         ):
