@@ -187,3 +187,26 @@ def test_cli_lists_the_folder(folder: Path) -> None:
     rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("smol")}
     assert set(rows) == {"smol-q4", "smol-q40"} and " Q4_0 " in rows["smol-q40"]
     assert "unusable" in r.stdout and "load states unknown" in r.stdout
+
+
+def test_an_unloaded_models_prefix_cache_comes_back(tmp_path: Path, folder: Path) -> None:
+    """With cache.persist_dir, unloading saves the model's prefix cache (in a folder of its
+    own) and loading restores it: the same long prompt is served from the cache again."""
+    config = f'keep_alive = -1\n[cache]\npersist_dir = "{tmp_path / "kv"}"\n'
+    s = serve(tmp_path, folder, config)
+    try:
+        messages = [{"role": "user", "content": "Remember this list: " + "apples, " * 120}]
+
+        def cached() -> int:
+            r = s.client().chat.completions.create(
+                model="smol-q4", messages=messages, max_tokens=2, temperature=0
+            )
+            return r.usage.prompt_tokens_details.cached_tokens
+
+        assert cached() == 0
+        r = httpx.post(f"{s.url}/models/unload", json={"model": "smol-q4"}, timeout=60)
+        assert r.status_code == 200 and not r.json()["meta"]["loaded"]
+        assert any((tmp_path / "kv" / "smol-q4").iterdir())
+        assert cached() > 200
+    finally:
+        stop_server(s)
