@@ -31,5 +31,10 @@ class FeatureDisabled(RequestError):
     """The request needs a part of the server that is switched off (HTTP 503)."""
 
 
+class Unavailable(RequestError):
+    """The request cannot be served now, but may be later: no room to load the model it
+    names, or its load failed (HTTP 503)."""
+
+
 class GenerationFailed(Exception):
     """The engine failed this request (HTTP 500; a stream ends with an error event)."""

@@ -28,7 +28,7 @@ from server.chat.prompt import PromptBuilder
 from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.engine import Engine, EngineConfig
 from server.engine.stats import EngineStats
-from server.errors import InvalidRequest, NotFound, RequestError
+from server.errors import InvalidRequest, NotFound, RequestError, Unavailable
 from server.host_resources import ram_budget, threads
 from server.llama.backend import BackendInfo, layers_offloaded
 from server.llama.model import LlamaModel
@@ -40,7 +40,7 @@ logger = logging.getLogger("hearth")
 REAP_INTERVAL = 1.0
 
 
-class ModelUnavailable(RequestError):
+class ModelUnavailable(Unavailable):
     """No room to load a model (every loaded one is busy or pinned), or its load failed:
     503, the request may be retried."""
 

@@ -30,6 +30,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "more").mkdir()
     quantize(packaged_chat_model(), folder / "more" / "smol-q40.gguf", "Q4_0", 2, False)
     (folder / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    # A whole header, cut data: it lists as a model and fails only when llama.cpp loads it.
+    with packaged_chat_model().open("rb") as f:
+        (folder / "truncated.gguf").write_bytes(f.read(20_000_000))
     return folder
 
 
@@ -77,6 +80,10 @@ def test_the_folder_is_listed_with_what_can_be_served(server2: RunningServer) ->
     with pytest.raises(openai.BadRequestError) as e:
         ask(server2, "broken")
     assert "cannot be served" in e.value.message
+    with pytest.raises(openai.InternalServerError) as e:  # 503: the load failed
+        ask(server2, "truncated")
+    assert "could not be loaded" in e.value.message
+    assert "could not load" in listing(server2)["truncated"]["load_error"]
     assert ask(server2, default).choices[0].message.content  # the others are unharmed
 
 
@@ -156,7 +163,7 @@ def test_explicit_load_and_unload(server2: RunningServer) -> None:
 
 def test_keep_alive_unloads_and_pinned_stays(tmp_path: Path, folder: Path) -> None:
     config = (
-        "keep_alive = 1.0\n"
+        "keep_alive = 2.0\n"
         "[[models.entries]]\n"
         f'path = "{folder / "more" / "smol-q40.gguf"}"\n'
         'alias = "kept"\n'
@@ -164,9 +171,9 @@ def test_keep_alive_unloads_and_pinned_stays(tmp_path: Path, folder: Path) -> No
     )
     s = serve(tmp_path, folder, config)
     try:
-        ask(s, "smol-q4")
         ask(s, "kept")
-        assert listing(s)["smol-q4"]["loaded"]
+        ask(s, "smol-q4")
+        assert listing(s)["smol-q4"]["loaded"]  # within its 2 s
         deadline = time.monotonic() + 15
         while listing(s)["smol-q4"]["loaded"] and time.monotonic() < deadline:
             time.sleep(0.2)

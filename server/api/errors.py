@@ -23,6 +23,7 @@ from server.errors import (
     InvalidRequest,
     NotFound,
     RequestError,
+    Unavailable,
 )
 
 logger = logging.getLogger("hearth.api")
@@ -119,7 +120,7 @@ def api_error(exc: Exception) -> APIError:
             return APIError(400, exc.message, param=exc.param, code=exc.code)
         case NotFound():
             return APIError(404, exc.message, param=exc.param, code=exc.code)
-        case FeatureDisabled():
+        case FeatureDisabled() | Unavailable():
             return APIError(503, exc.message, type="server_error", code=exc.code)
         case ContextLengthExceeded():
             return APIError(400, str(exc), param="messages", code="context_length_exceeded")
