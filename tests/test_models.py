@@ -37,6 +37,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def serve(tmp: Path, folder: Path, config: str) -> RunningServer:
+    tmp.mkdir(parents=True, exist_ok=True)
     toml = tmp / "models.toml"
     toml.write_text(f'[models]\ndir = "{folder}"\n{config}')
     # The default data directory: where `make models` put the Q8_0 default model.
@@ -168,6 +169,8 @@ def test_keep_alive_unloads_and_pinned_stays(tmp_path: Path, folder: Path) -> No
         f'path = "{folder / "more" / "smol-q40.gguf"}"\n'
         'alias = "kept"\n'
         "pinned = true\n"
+        "n_ctx = 2048\n"
+        "max_running = 2\n"
     )
     s = serve(tmp_path, folder, config)
     try:
@@ -180,6 +183,7 @@ def test_keep_alive_unloads_and_pinned_stays(tmp_path: Path, folder: Path) -> No
         models = listing(s)
         assert not models["smol-q4"]["loaded"]  # idle past keep_alive: gone
         assert models["kept"]["loaded"] and models["kept"]["pinned"]  # pinned: stays
+        assert models["kept"]["context_length"] == 2048  # its own n_ctx
         tags = {m["name"] for m in httpx.get(f"{s.url}/api/tags").json()["models"]}
         # The entry's file is listed once, under its configured alias.
         assert {"smol-q4:latest", "kept:latest"} <= tags and "smol-q40:latest" not in tags
@@ -217,3 +221,34 @@ def test_an_unloaded_models_prefix_cache_comes_back(tmp_path: Path, folder: Path
         assert cached() > 200
     finally:
         stop_server(s)
+
+
+def test_the_memory_budget_makes_room_and_refuses_what_cannot_fit(
+    tmp_path: Path, folder: Path
+) -> None:
+    """models.memory_budget_mb counts each model's GGUF and KV cache (/v1/models shows the
+    estimate): with room for the default and one more, a third sends the idle one away;
+    a model larger than the whole budget is a 503 that says so."""
+    probe = serve(tmp_path / "probe", folder, "")
+    try:
+        default_mb = listing(probe)[probe.model_id()]["memory_estimate"] >> 20
+        ask(probe, "smol-q4")
+        other_mb = listing(probe)["smol-q4"]["memory_estimate"] >> 20
+    finally:
+        stop_server(probe)
+    budget = default_mb + other_mb + 20  # the default and one other, not two others
+    s = serve(tmp_path / "budget", folder, f"keep_alive = -1\nmemory_budget_mb = {budget}\n")
+    try:
+        ask(s, "smol-q4")
+        ask(s, "smol-q40")
+        models = listing(s)
+        assert models["smol-q40"]["loaded"] and not models["smol-q4"]["loaded"]
+    finally:
+        stop_server(s)
+    tiny = serve(tmp_path / "tiny", folder, f"memory_budget_mb = {default_mb + 10}\n")
+    try:
+        with pytest.raises(openai.InternalServerError) as e:
+            ask(tiny, "smol-q4")
+        assert "models.memory_budget_mb" in e.value.message
+    finally:
+        stop_server(tiny)
