@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +37,8 @@ from typing import Any
 
 import httpx
 
-from server.launch import ServerProcess, free_port, start_process
+from bench.gpu.measure import start_hearth_gpu
+from server.launch import ServerProcess
 
 DOCUMENTS = {
     "sourdough.txt": (
@@ -119,30 +119,8 @@ class Checks:
 
 
 def start(out: Path, chat: Path, embedding: Path, data: Path) -> ServerProcess:
-    port = free_port()
-    config = out / "functional.toml"
-    config.write_text(f'[embedding]\npath = "{embedding}"\n')
-    cmd = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--data-dir",
-        str(data),
-        "--model",
-        str(chat),
-        "--port",
-        str(port),
-        "--parallel",
-        "8",
-        "--n-ctx",
-        "16384",
-        "--n-gpu-layers",
-        "-1",
-    ]
-    return start_process(cmd, port, out / "functional-server.log", timeout=300)
+    config = f'[embedding]\npath = "{embedding}"\n'
+    return start_hearth_gpu(out, chat, 8, 16384, config_text=config, data_dir=data)
 
 
 # The served models' ids (from /health and /v1/models once the server is up).

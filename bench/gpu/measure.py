@@ -48,12 +48,19 @@ WORKLOADS = [
 ]
 
 
-def start_hearth_gpu(logs: Path, model: Path, parallel: int, n_ctx: int) -> ServerProcess:
+def start_hearth_gpu(
+    logs: Path,
+    model: Path,
+    parallel: int,
+    n_ctx: int,
+    config_text: str = "[embedding]\nenabled = false\n",
+    data_dir: Path | None = None,
+) -> ServerProcess:
+    """Hearth with every layer on the GPU. By default the chat model alone: embeddings and
+    retrieval are not what measure.py measures (functional.py passes its own config)."""
     port = free_port()
-    # The chat model alone: embeddings and retrieval are not what is measured (and LanceDB
-    # is not on the machine).
     config = logs / "gpu.toml"
-    config.write_text("[embedding]\nenabled = false\n")
+    config.write_text(config_text)
     cmd = [
         sys.executable,
         "-m",
@@ -62,7 +69,7 @@ def start_hearth_gpu(logs: Path, model: Path, parallel: int, n_ctx: int) -> Serv
         "--config",
         str(config),
         "--data-dir",
-        str(logs / "data"),
+        str(data_dir or logs / "data"),
         "--model",
         str(model),
         "--port",

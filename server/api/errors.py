@@ -9,7 +9,9 @@ event.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -134,6 +136,26 @@ def api_error(exc: Exception) -> APIError:
     return APIError(
         500, "The server had an error while processing your request.", type="server_error"
     )
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def errors_answered_with(render: Callable[[APIError], Response]) -> Callable[[Handler], Handler]:
+    """A handler decorator for the other APIs (Ollama's, Anthropic's): any error of the
+    service layers, mapped as above, answered in the shape `render` gives it."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as e:
+                return render(api_error(e))
+
+        return wrapped
+
+    return decorate
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:

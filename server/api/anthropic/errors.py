@@ -3,16 +3,11 @@ Messages API routes, with the error types its SDKs map from the status."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
-from server.api.errors import APIError, api_error
-
-Handler = Callable[[Request], Awaitable[Response]]
+from server.api.errors import APIError, errors_answered_with
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -35,14 +30,5 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
-def anthropic_errors(handler: Handler) -> Handler:
-    """Any error of the service layers, answered in Anthropic's shape."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as e:
-            return error_response(api_error(e))
-
-    return wrapped
+# Any error of the service layers, answered in Anthropic's shape.
+anthropic_errors = errors_answered_with(error_response)

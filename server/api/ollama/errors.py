@@ -4,34 +4,21 @@ streams: newline-delimited JSON, where a failure midway is one more line, `{"err
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from server.api.errors import APIError, api_error
+from server.api.errors import APIError, api_error, errors_answered_with
 from server.api.sse import dumps
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
 
 
-def ollama_errors(handler: Handler) -> Handler:
-    """Any error of the service layers, answered in Ollama's shape rather than OpenAI's."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as e:
-            return error_response(api_error(e))
-
-    return wrapped
+# Any error of the service layers, answered in Ollama's shape rather than OpenAI's.
+ollama_errors = errors_answered_with(error_response)
 
 
 def ndjson_response(lines: AsyncIterator[dict[str, Any]], on_close: Callable[[], None]) -> Response:
