@@ -198,3 +198,10 @@ def test_errors_in_ollama_shape(
     )
     assert r.status_code == 400 and isinstance(r.json()["error"], str)
     assert "temperature" in r.json()["error"]
+    # Checked where the request is turned into the chat service's: still a 400.
+    stops = {"stop": [f"s{i}" for i in range(40)]}
+    r = httpx.post(
+        f"{server.url}/api/chat",
+        json={"model": names["chat"], "messages": messages, "options": stops},
+    )
+    assert r.status_code == 400 and "stop" in r.json()["error"], r.text

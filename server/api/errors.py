@@ -118,6 +118,8 @@ def api_error(exc: Exception) -> APIError:
     match exc:
         case APIError():
             return exc
+        case ValidationError():  # a request another API's fields were turned into
+            return from_validation_error(exc)
         case InvalidRequest():
             return APIError(400, exc.message, param=exc.param, code=exc.code)
         case NotFound():
