@@ -4,8 +4,10 @@ room, never under a request.
 Each loaded model has its own engine (context, thread, prefix cache, scheduler), so
 requests to one model are never held up by another's load: a load runs in a worker thread
 while the event loop keeps serving. Concurrent requests for a model being loaded wait for
-that one load. A request holds a lease on its model from the moment it names it until
-its response is complete (streamed or not); a model with a lease out is never unloaded.
+that one load; loads of different models take turns, each making room for itself (waiting
+up to ROOM_WAIT for a model to finish its requests). A request holds a lease on its model
+from the moment it names it until its response is complete (streamed or not); a model
+with a lease out, or used in the last IDLE_GRACE seconds, is never unloaded.
 
 What makes room, in order: idle models past their keep_alive go (a background task looks
 every second); loading one more than `models.max_loaded`, or past
@@ -38,6 +40,12 @@ from server.settings import Settings
 logger = logging.getLogger("hearth")
 
 REAP_INTERVAL = 1.0
+# A model used this recently is not unloaded, even past a keep_alive of 0 or to make room:
+# a request whose model has just loaded takes its lease a moment after the load completes.
+IDLE_GRACE = 1.0
+# How long a load waits for a loaded model to become idle (requests finishing) when it
+# needs that model's room, before answering 503.
+ROOM_WAIT = 30.0
 
 
 class ModelUnavailable(Unavailable):
@@ -88,6 +96,10 @@ class LoadedModel:
     def busy(self) -> bool:
         return self.leases > 0 or self.engine.active_requests > 0
 
+    def idle(self, now: float) -> bool:
+        """Nobody is using it, and nobody has for IDLE_GRACE seconds."""
+        return not self.busy() and now - self.last_used >= IDLE_GRACE
+
 
 class Lease:
     """A request's hold on a loaded model, released (once) when its response is done.
@@ -131,6 +143,7 @@ class ModelPool:
     loaded: dict[str, LoadedModel] = field(default_factory=dict)
     _loading: dict[str, asyncio.Future[LoadedModel]] = field(default_factory=dict)
     _reaper: asyncio.Task[None] | None = None
+    _load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Why a model's last load failed, by id (shown in listings until a load succeeds).
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -202,11 +215,13 @@ class ModelPool:
     async def _load(self, model_id: str, done: asyncio.Future[LoadedModel]) -> None:
         spec = self.specs[model_id]
         try:
-            await self._make_room(spec)
-            build = self.build or self._build
-            loaded = await asyncio.to_thread(build, spec)
-            loaded.engine.start()
-            self.loaded[model_id] = loaded
+            # One load at a time: each counts the room the previous ones took.
+            async with self._load_lock:
+                await self._make_room(spec)
+                build = self.build or self._build
+                loaded = await asyncio.to_thread(build, spec)
+                loaded.engine.start()
+                self.loaded[model_id] = loaded
             self.failures.pop(model_id, None)
             logger.info("loaded %s in %.2f s", model_id, loaded.load_seconds)
             done.set_result(loaded)
@@ -240,8 +255,13 @@ class ModelPool:
                 f"The model '{spec.id}' needs about {spec.memory_estimate(n_ctx) >> 20} MiB "
                 f"(file and KV cache), more than models.memory_budget_mb ({budget >> 20})."
             )
+        deadline = time.monotonic() + ROOM_WAIT
         while not self._fits(spec, n_ctx):
-            idle = [m for m in self.loaded.values() if not m.spec.pinned and not m.busy()]
+            now = time.monotonic()
+            idle = [m for m in self.loaded.values() if not m.spec.pinned and m.idle(now)]
+            if not idle and now < deadline and any(not m.spec.pinned for m in self.loaded.values()):
+                await asyncio.sleep(0.1)  # an unpinned model may finish its requests
+                continue
             if not idle:
                 raise ModelUnavailable(
                     f"Loading '{spec.id}' needs room (models.max_loaded = "
@@ -278,7 +298,7 @@ class ModelPool:
         now = time.monotonic()
         for loaded in list(self.loaded.values()):
             keep = self.keep_alive(loaded)
-            if loaded.spec.pinned or keep < 0 or loaded.busy():
+            if loaded.spec.pinned or keep < 0 or not loaded.idle(now):
                 continue
             if now - loaded.last_used >= keep:
                 await self.unload(loaded.model_id)

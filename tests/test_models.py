@@ -252,3 +252,35 @@ def test_the_memory_budget_makes_room_and_refuses_what_cannot_fit(
         assert "models.memory_budget_mb" in e.value.message
     finally:
         stop_server(tiny)
+
+
+def test_two_new_models_at_once_never_exceed_max_loaded(server2: RunningServer) -> None:
+    """Both loads start together; with room for one beside the pinned default, the second
+    waits until the first model's request is done, then takes its place."""
+    for name in ("smol-q4", "smol-q40"):
+        httpx.post(f"{server2.url}/models/unload", json={"model": name}, timeout=60)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda m: ask(server2, m), ["smol-q4", "smol-q40"]))
+    assert [a.model for a in answers] == ["smol-q4", "smol-q40"]
+    loaded = [name for name, meta in listing(server2).items() if meta.get("loaded")]
+    assert len(loaded) == 2 and server2.model_id() in loaded
+
+
+def test_ollama_keep_alive_zero_unloads_after_the_request(server2: RunningServer) -> None:
+    body = {
+        "model": "smol-q4",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "options": {"num_predict": 4},
+        "keep_alive": 0,
+        "stream": False,
+    }
+    r = httpx.post(f"{server2.url}/api/chat", json=body, timeout=120)
+    assert r.status_code == 200 and r.json()["done"]
+    deadline = time.monotonic() + 10
+    while listing(server2)["smol-q4"]["loaded"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not listing(server2)["smol-q4"]["loaded"]
+    body["keep_alive"] = "5m"  # the next request sets it back
+    assert httpx.post(f"{server2.url}/api/chat", json=body, timeout=120).status_code == 200
+    time.sleep(2.5)
+    assert listing(server2)["smol-q4"]["loaded"]
