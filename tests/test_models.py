@@ -284,3 +284,23 @@ def test_ollama_keep_alive_zero_unloads_after_the_request(server2: RunningServer
     assert httpx.post(f"{server2.url}/api/chat", json=body, timeout=120).status_code == 200
     time.sleep(2.5)
     assert listing(server2)["smol-q4"]["loaded"]
+
+
+def test_other_apis_name_models_too(server2: RunningServer) -> None:
+    """The Responses API, Ollama's and Anthropic's reach a folder model by name; Ollama's
+    show reads an unloaded model's template from its file."""
+    httpx.post(f"{server2.url}/models/unload", json={"model": "smol-q40"}, timeout=60)
+    shown = httpx.post(f"{server2.url}/api/show", json={"model": "smol-q40"}).json()
+    assert "{%" in shown["template"] and shown["details"]["quantization_level"] == "Q4_0"
+    r = server2.client().responses.create(model="smol-q40", input="Hello", max_output_tokens=8)
+    assert r.model == "smol-q40" and r.output_text
+    body = {"model": "smol-q4:latest", "prompt": "Hello", "stream": False}
+    body["options"] = {"num_predict": 4}
+    assert httpx.post(f"{server2.url}/api/generate", json=body, timeout=120).json()["done"]
+    messages = {
+        "model": "smol-q40",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Hello"}],
+    }
+    m = httpx.post(f"{server2.url}/v1/messages", json=messages, timeout=120).json()
+    assert m["model"] == "smol-q40" and m["usage"]["output_tokens"] >= 1
