@@ -24,6 +24,8 @@ _COUNTERS = {
     "prompt_tokens_processed": ("hearth_engine_prompt_tokens", "prompt tokens computed"),
     "decode_seconds": ("hearth_engine_decode_seconds", "time spent in llama_decode"),
     "preemptions": ("hearth_engine_preemptions", "sequences preempted for KV cells"),
+    "draft_tokens": ("hearth_draft_tokens", "prompt-lookup draft tokens verified"),
+    "draft_accepted": ("hearth_draft_accepted_tokens", "draft tokens the model accepted"),
     "requests_finished": ("hearth_requests_finished", "generation requests finished"),
 }
 _GAUGES = {

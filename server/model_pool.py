@@ -380,6 +380,7 @@ class ModelPool:
                     cache_dir=persist,
                     cache_dir_max_bytes=cs.persist_max_mb << 20,
                     on_gpu=layers_on_gpu > 0,
+                    max_draft=es.max_draft,
                 ),
             )
             prompts = PromptBuilder(model, _template(spec, model))

@@ -97,6 +97,8 @@ class EngineSettings(_Section):
     max_waiting: int = Field(1024, ge=0)
     step_token_budget: int = Field(512, ge=1)
     default_max_tokens: int = Field(0, ge=0)
+    # Prompt-lookup drafting: draft tokens per decoding sequence and step (0: off).
+    max_draft: int = Field(0, ge=0, le=64)
 
 
 class CacheSettings(_Section):

@@ -1,13 +1,23 @@
-"""Prompt-lookup drafting's index and policy (server/engine/drafting.py), alone: the
-engine's use of it is issue 19's next step."""
+"""Prompt-lookup drafting (issue 19): the index and policy (server/engine/drafting.py)
+alone, then the engine verifying drafts in its one llama_decode: greedy output unchanged,
+no rejected-token cells left behind, requests that cannot draft unaffected."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 
+from server.chat.prompt import PromptBuilder
+from server.chat.template import ChatTemplate
 from server.engine.drafting import DraftStats, PromptLookup, draft_length
+from server.engine.engine import Engine
+from server.engine.request import FinishReason
+from server.llama.model import LlamaModel
+from server.llama.sampler import SamplingParams
+from server.model_files import resolve_chat_model
+from tests.test_engine_steps import Outputs, idle, make_engine, run_until, submit
 
 
 def test_a_quoted_span_is_proposed_from_the_prompt() -> None:
@@ -68,3 +78,99 @@ def test_drafting_stops_where_it_does_not_pay() -> None:
     assert draft_length(stats, max_draft=8, batch_tokens=1, budget=512) == 0
     with pytest.raises(ValueError):
         PromptLookup(max_ngram=1, min_ngram=2)
+
+
+# --- the engine, drafting (one synchronous step() at a time, the real model) -------------
+
+PASSAGE = (
+    "The lighthouse keeper climbed the spiral stairs every evening at dusk. He lit the great "
+    "lamp, wound the clockwork that turned the lens, and wrote the weather in a leather "
+    "logbook. Ships passing the rocky point saw the beam sweep across the water every ten "
+    "seconds."
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaModel]:
+    m = LlamaModel(resolve_chat_model(""))
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(model: LlamaModel) -> list[list[int]]:
+    template = ChatTemplate(
+        model.metadata("tokenizer.chat_template") or "",
+        bos_token=model.token_text(model.bos_token),
+        eos_token=model.token_text(model.eos_token),
+    )
+    builder = PromptBuilder(model, template)
+    asks = [
+        f"Repeat this text exactly:\n\n{PASSAGE}",
+        f"{PASSAGE}\n\nQuote the first two sentences of the text above.",
+        "Write a short poem about autumn.",
+    ]
+    return [builder.chat([{"role": "user", "content": a}]) for a in asks]
+
+
+def generate(engine: Engine, prompts: list[list[int]], **kw: object) -> list[Outputs]:
+    """Each prompt alone, one after the other (batch shapes then match with or without
+    drafting but for the draft tokens themselves)."""
+    outs = []
+    for p in prompts:
+        _, out = submit(engine, p, **kw)
+        run_until(engine, out)
+        outs.append(out)
+    idle(engine)
+    cells_match(engine)
+    return outs
+
+
+def cells_match(engine: Engine) -> None:
+    """What llama.cpp holds under each sequence id is what the prefix cache says the id
+    holds: no rejected draft token's cell was left behind."""
+    cache = engine.scheduler.cache
+    for seq_id in range(engine.scheduler.n_sequence_ids):
+        held = cache.held_length(seq_id) if seq_id in cache._deepest else 0
+        assert engine.ctx.seq_pos_max(seq_id) + 1 == held, seq_id
+
+
+def test_greedy_output_is_the_same_with_drafts(model: LlamaModel, prompts) -> None:
+    plain, drafting = make_engine(model), make_engine(model, max_draft=8)
+    try:
+        for kw in ({"max_tokens": 96}, {"max_tokens": 40, "stop": [" every"]}):
+            a = generate(plain, prompts, **kw)
+            b = generate(drafting, prompts, **kw)
+            assert [o.text for o in a] == [o.text for o in b]
+            assert [o.last.finish_reason for o in a] == [o.last.finish_reason for o in b]
+            assert [o.last.completion_tokens for o in a] == [o.last.completion_tokens for o in b]
+        stats = drafting.stats
+        assert stats.draft_accepted > 50 and stats.draft_tokens >= stats.draft_accepted
+        assert stats.steps < plain.stats.steps  # more than one token a step
+        assert plain.stats.draft_tokens == 0
+    finally:
+        plain.stop()
+        drafting.stop()
+
+
+def test_cancelled_and_sampled_requests_leave_no_draft_cells(model: LlamaModel, prompts) -> None:
+    engine = make_engine(model, max_draft=8)
+    try:
+        for i in range(10):
+            request, out = submit(engine, prompts[i % 2], max_tokens=64)
+            for _ in range(3 + i % 4):
+                engine.step()
+            engine.cancel(request)
+            engine.step()
+            assert out.done and out.last.finish_reason is FinishReason.CANCELLED
+        idle(engine)
+        cells_match(engine)
+        # Requests that sample, or ask for logprobs, do not draft and still work.
+        sampled = SamplingParams(temperature=0.8, seed=3)
+        outs = generate(engine, prompts[:1], max_tokens=24, sampling=sampled)
+        again = generate(engine, prompts[:1], max_tokens=24, sampling=sampled)
+        assert outs[0].text == again[0].text  # seeds stay meaningful
+        scored = generate(engine, prompts[:1], max_tokens=8, logprobs=2)
+        assert all(o.logprobs for o in scored[0] if o.token_ids)
+    finally:
+        engine.stop()

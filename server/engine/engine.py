@@ -23,6 +23,7 @@ from pathlib import Path
 
 from server.engine import cache_store
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.drafting import PromptLookup
 from server.engine.host_kv import HostStore
 from server.engine.logprobs import TokenLogprob
 from server.engine.no_cache import NoCache
@@ -76,6 +77,11 @@ class EngineConfig:
     # The model runs on a GPU: idle cells cost decoding little there and copying entries
     # out costs much, so finished requests keep their cells until they are needed.
     on_gpu: bool = False
+    # Prompt-lookup drafting: draft tokens per decoding sequence and step (0: off), and the
+    # n-gram lengths looked up (drafting.py).
+    max_draft: int = 0
+    draft_ngram_max: int = 3
+    draft_ngram_min: int = 2
 
 
 # Steps with at least this many prompt tokens measure the prefill cost per token.
@@ -131,6 +137,7 @@ class Engine:
             cache=cache,
             cache_entries=config.cache_entries,
             cache_cells=cache_cells,
+            max_draft=config.max_draft,
         )
         # Kept across restarts only when there is a cache to keep.
         self._cache_dir = config.cache_dir if isinstance(cache, PrefixCache) else None
@@ -336,6 +343,14 @@ class Engine:
             )
             return
         seq = Sequence(request, sampler, detok)
+        if (
+            self.config.max_draft
+            and sampler.plain_greedy
+            and request.logprobs is None
+            and request.prompt_logprobs is None
+        ):
+            c = self.config
+            seq.drafter = PromptLookup(c.draft_ngram_max, c.draft_ngram_min)
         self._sequences[request.id] = seq
         self.scheduler.add(seq)
 
@@ -380,6 +395,14 @@ class Engine:
         for seq, scores in outcome.scored:
             if seq.prompt_logprobs is not None:
                 seq.prompt_logprobs.extend(scores)
+        for seq, tokens, accepted, drafted in outcome.verified:
+            if self._sequences.get(seq.request.id) is not seq:
+                continue
+            try:
+                self._accept_verified(seq, tokens, accepted, drafted)
+            except Exception:
+                logger.exception("accepting drafted tokens of request %d failed", seq.request.id)
+                self._close(seq, FinishReason.ERROR, "internal error while sampling")
         for seq, token, logprob in outcome.sampled:
             if self._sequences.get(seq.request.id) is not seq:
                 continue  # failed or finished meanwhile
@@ -392,6 +415,36 @@ class Engine:
             except Exception:
                 logger.exception("accepting a token of request %d failed", seq.request.id)
                 self._close(seq, FinishReason.ERROR, "internal error while sampling")
+
+    def _accept_verified(
+        self, seq: Sequence, tokens: list[int], accepted: int, drafted: int
+    ) -> None:
+        """A verified draft: `accepted` draft tokens kept and the model's next token after
+        them. Their KV was computed in this step; the rejected draft tokens' cells go now.
+        The accepted ones keep theirs when nothing can end the output inside the run (a
+        stop string, an end-of-generation token, max_tokens, the context); else their cells
+        go too and they are computed again in the next step, so a finished sequence never
+        holds cells past its computed tokens."""
+        seq.draft_stats.record(drafted, accepted)
+        self.stats.draft_tokens += drafted
+        self.stats.draft_accepted += accepted
+        start = seq.n_computed  # where the draft's first token went
+        assert seq.seq_id is not None
+        request = seq.request
+        run = tokens[:-1]  # every produced token but the last is an accepted draft token
+        keep = not request.stop and (
+            request.ignore_eos or not any(t in self.model.eog_tokens for t in run)
+        )
+        keep = keep and seq.n_generated + len(tokens) <= request.max_tokens
+        keep = keep and len(seq.tokens) + len(tokens) <= self.context_length
+        kept = accepted if keep else 0
+        self.ctx.seq_remove(seq.seq_id, start + kept, -1)
+        for i, token in enumerate(tokens):
+            if self._sequences.get(request.id) is not seq:
+                return  # finished by the token before
+            if 0 < i <= kept:
+                seq.n_computed += 1  # the token before this one was a draft, computed
+            self._accept(seq, token, None)
 
     def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
         if status == DecodeStatus.NO_KV_SLOT and self.scheduler.make_room():

@@ -39,6 +39,10 @@ class StepOutcome:
     # Log-probabilities of prompt tokens scored in this step, per sequence, in order.
     scored: list[tuple[Sequence, list[TokenLogprob]]] = field(default_factory=list)
     failed: list[tuple[Sequence, str]] = field(default_factory=list)
+    # Each sequence that verified a draft: the tokens it produced this step (the accepted
+    # draft tokens, then the model's own next one), how many draft tokens were accepted,
+    # and how many were drafted.
+    verified: list[tuple[Sequence, list[int], int, int]] = field(default_factory=list)
 
 
 class BatchRunner:
@@ -53,6 +57,8 @@ class BatchRunner:
         batch = self.batch
         batch.clear()
         sample_at: list[tuple[Sequence, int]] = []
+        # (sequence, batch index of its last token, the draft after it)
+        verify_at: list[tuple[Sequence, int, list[int]]] = []
         # (sequence, first position, its batch index, count) of prompt tokens to score.
         score_at: list[tuple[Sequence, int, int, int]] = []
         n_prompt_tokens = 0
@@ -69,7 +75,13 @@ class BatchRunner:
                 index = batch.add(tokens[pos], pos, seq.seq_id, pos == last or pos < scored_end)
             if scored_end > start:
                 score_at.append((seq, start, first, scored_end - start))
-            if end - 1 == last:
+            if chunk.draft:
+                # Each draft token is fed after the last one, with logits at every position:
+                # the logits at the last token check the first draft token, and so on.
+                for k, token in enumerate(chunk.draft):
+                    batch.add(token, end + k, seq.seq_id, True)
+                verify_at.append((seq, index, chunk.draft))
+            elif end - 1 == last:
                 sample_at.append((seq, index))
             if seq.is_prefilling:
                 n_prompt_tokens += chunk.n_tokens
@@ -108,8 +120,31 @@ class BatchRunner:
             except Exception:
                 logger.exception("sampling request %d failed", seq.request.id)
                 outcome.failed.append((seq, "internal error while sampling"))
+        for seq, index, draft in verify_at:
+            if seq.request.cancelled.is_set() or id(seq) in failed:
+                continue
+            try:
+                tokens, accepted = self._verify(seq, index, draft)
+                outcome.verified.append((seq, tokens, accepted, len(draft)))
+            except Exception:
+                logger.exception("verifying a draft of request %d failed", seq.request.id)
+                outcome.failed.append((seq, "internal error while sampling"))
         outcome.sample_seconds = time.perf_counter() - t1
         return outcome
+
+    def _verify(self, seq: Sequence, index: int, draft: list[int]) -> tuple[list[int], int]:
+        """The tokens the model chooses at the last token and at each accepted draft token:
+        draft tokens are kept while they are what it chooses; the first choice that differs
+        (or the one after the whole draft) ends the run. Plain argmax: the same tokens as
+        without the draft."""
+        out: list[int] = []
+        for k in range(len(draft) + 1):
+            token = seq.sampler.sample(self.ctx, index + k)
+            assert token is not None  # plain greedy: no grammar to end the output
+            out.append(token)
+            if k == len(draft) or token != draft[k]:
+                return out, k
+        raise AssertionError("unreachable")
 
     def _score(self, seq: Sequence, pos: int, index: int, count: int) -> list[TokenLogprob]:
         """Log-probabilities of prompt tokens pos+1 .. pos+count not scored before (a

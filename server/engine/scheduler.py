@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from server.engine.drafting import draft_length
 from server.engine.no_cache import NoCache
 from server.engine.prefix_cache import MIN_RESTORE_TOKENS, PrefixCache, common_prefix_length
 from server.engine.sequence import Sequence
@@ -35,6 +36,8 @@ DEFER_MIN_TOKENS = 32
 class Chunk:
     seq: Sequence
     n_tokens: int
+    # Draft tokens to verify after a decode chunk's one token (prompt lookup).
+    draft: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -45,7 +48,7 @@ class StepPlan:
 
     @property
     def n_tokens(self) -> int:
-        return sum(c.n_tokens for c in self.chunks)
+        return sum(c.n_tokens + len(c.draft) for c in self.chunks)
 
 
 class Scheduler:
@@ -57,10 +60,12 @@ class Scheduler:
         cache: PrefixCache | NoCache,
         cache_entries: int = 0,
         cache_cells: int | None = None,
+        max_draft: int = 0,
     ) -> None:
         """cache_entries: sequence ids beyond max_running that finished requests may keep
         holding; cache_cells: most cells those entries may hold between requests."""
         self.max_running = max_running
+        self.max_draft = max_draft  # draft tokens per decoding sequence and step (0: none)
         self.token_budget = token_budget
         self.n_cells = n_cells
         self.cache = cache
@@ -132,7 +137,24 @@ class Scheduler:
                 plan.chunks.append(Chunk(seq, n))
                 budget -= n
                 cells_free -= n
+        if self.max_draft:
+            self._add_drafts(plan, budget, cells_free)
         return plan
+
+    def _add_drafts(self, plan: StepPlan, budget: int, cells_free: int) -> None:
+        """Draft tokens for decoding sequences, from what the step's budget and the free
+        cells have left after every decode and prompt chunk (drafts never delay those)."""
+        planned = plan.n_tokens
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            if seq.drafter is None or seq.is_prefilling:
+                continue
+            room = min(budget, cells_free)
+            k = draft_length(seq.draft_stats, self.max_draft, planned, planned + room)
+            chunk.draft = seq.propose(k)
+            budget -= len(chunk.draft)
+            cells_free -= len(chunk.draft)
+            planned += len(chunk.draft)
 
     def cache_entries(self) -> list[tuple[int, list[int]]]:
         """(sequence id, tokens it holds KV for) of every cache entry, newest first."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.engine.detokenizer import IncrementalDetokenizer
+from server.engine.drafting import DraftStats, PromptLookup
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import GenerationRequest
 from server.engine.sampling import TokenSampler
@@ -11,6 +12,8 @@ from server.engine.sampling import TokenSampler
 class Sequence:
     __slots__ = (
         "detokenizer",
+        "draft_stats",
+        "drafter",
         "n_cached",
         "n_computed",
         "n_in_tree",
@@ -45,6 +48,17 @@ class Sequence:
         self.prompt_logprobs: list[TokenLogprob] | None = (
             None if request.prompt_logprobs is None else []
         )
+        # Prompt-lookup drafting (drafting.py), for sequences whose next token is a plain
+        # argmax; None: this sequence does not draft.
+        self.drafter: PromptLookup | None = None
+        self.draft_stats = DraftStats()
+
+    def propose(self, k: int) -> list[int]:
+        """Up to k draft tokens for the step after the last one (empty: none)."""
+        if self.drafter is None or k <= 0 or self.n_uncomputed != 1:
+            return []
+        self.drafter.extend(self.tokens[len(self.drafter.tokens) :])
+        return self.drafter.propose(k)
 
     @property
     def n_generated(self) -> int:

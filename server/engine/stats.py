@@ -55,6 +55,9 @@ class EngineStats:
     prompt_tokens_processed: int = 0
     decode_seconds: float = 0.0
     preemptions: int = 0
+    # Prompt-lookup drafting: draft tokens verified, and how many were accepted.
+    draft_tokens: int = 0
+    draft_accepted: int = 0
     requests_finished: int = 0
     running: int = 0
     waiting: int = 0
