@@ -72,10 +72,14 @@ def test_drafting_stops_where_it_does_not_pay() -> None:
     assert draft_length(stats, max_draft=8, batch_tokens=1, budget=512) == 8
     assert draft_length(stats, max_draft=8, batch_tokens=508, budget=512) == 4
     assert draft_length(stats, max_draft=8, batch_tokens=600, budget=512) == 0
+    assert draft_length(stats, max_draft=8, batch_tokens=8, budget=512, n_decoding=8) == 0
+    good = DraftStats()
     for _ in range(4):
         stats.record(drafted=8, accepted=1)
+        good.record(drafted=4, accepted=3)
     assert stats.acceptance == 0.125
     assert draft_length(stats, max_draft=8, batch_tokens=1, budget=512) == 0
+    assert draft_length(good, max_draft=8, batch_tokens=1, budget=512) == 6  # ~2x accepted
     with pytest.raises(ValueError):
         PromptLookup(max_ngram=1, min_ngram=2)
 

@@ -145,12 +145,13 @@ class Scheduler:
         """Draft tokens for decoding sequences, from what the step's budget and the free
         cells have left after every decode and prompt chunk (drafts never delay those)."""
         planned = plan.n_tokens
+        n_decoding = sum(1 for c in plan.chunks if not c.seq.is_prefilling)
         for chunk in plan.chunks:
             seq = chunk.seq
             if seq.drafter is None or seq.is_prefilling:
                 continue
             room = min(budget, cells_free)
-            k = draft_length(seq.draft_stats, self.max_draft, planned, planned + room)
+            k = draft_length(seq.draft_stats, self.max_draft, planned, planned + room, n_decoding)
             chunk.draft = seq.propose(k)
             budget -= len(chunk.draft)
             cells_free -= len(chunk.draft)
