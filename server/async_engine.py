@@ -68,6 +68,7 @@ class GenerationStream:
         ignore_eos: bool = False,
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
+        speculative: bool = True,
     ) -> None:
         self._engine = engine
         self._queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
@@ -82,6 +83,7 @@ class GenerationStream:
             ignore_eos=ignore_eos,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            speculative=speculative,
         )
         engine.submit(self.request)  # raises before anything is queued
 

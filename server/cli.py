@@ -21,6 +21,7 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "chat_template": ("model", "chat_template"),
     "parallel": ("engine", "max_running"),
     "max_waiting": ("engine", "max_waiting"),
+    "speculative": ("speculative", "enabled"),
     "cache": ("cache", "enabled"),
     "cache_entries": ("cache", "max_entries"),
     "cache_cells": ("cache", "max_cells"),
@@ -51,6 +52,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--chat-template", help="Jinja chat template overriding the GGUF's")
     p.add_argument("--parallel", "-np", type=int, help="sequences decoded together")
     p.add_argument("--max-waiting", type=int, help="queued requests before 429")
+    p.add_argument(
+        "--speculative",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draft tokens from the prompt and verify them in one step (same output, faster)",
+    )
     p.add_argument(
         "--cache",
         action=argparse.BooleanOptionalAction,

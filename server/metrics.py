@@ -26,6 +26,7 @@ _COUNTERS = {
     "preemptions": ("hearth_engine_preemptions", "sequences preempted for KV cells"),
     "draft_tokens": ("hearth_draft_tokens", "prompt-lookup draft tokens verified"),
     "draft_accepted": ("hearth_draft_accepted_tokens", "draft tokens the model accepted"),
+    "draft_steps": ("hearth_draft_verifications", "drafts verified (one per sequence and step)"),
     "requests_finished": ("hearth_requests_finished", "generation requests finished"),
 }
 _GAUGES = {
@@ -40,6 +41,11 @@ _GAUGES = {
     "ram_bytes": ("hearth_prefix_cache_ram_bytes", "bytes of KV the host-RAM tier holds"),
     "ram_entries": ("hearth_prefix_cache_ram_entries", "entries the host-RAM tier holds"),
     "ram_budget": ("hearth_prefix_cache_ram_budget_bytes", "the host-RAM tier's byte budget"),
+    "draft_acceptance": ("hearth_draft_acceptance_ratio", "share of draft tokens accepted"),
+    "tokens_per_draft_step": (
+        "hearth_draft_tokens_per_verification",
+        "output tokens a draft verification produced on average",
+    ),
 }
 _CACHE_COUNTERS = {
     "lookups": "prefix cache lookups",

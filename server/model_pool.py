@@ -352,7 +352,7 @@ class ModelPool:
     def _build(self, spec: ModelSpec) -> LoadedModel:
         started = time.monotonic()
         settings = self.settings
-        ms, es, cs = settings.model, settings.engine, settings.cache
+        ms, es, cs, sp = settings.model, settings.engine, settings.cache, settings.speculative
         gpu_layers = ms.n_gpu_layers if spec.n_gpu_layers is None else spec.n_gpu_layers
         model = LlamaModel(spec.path, n_gpu_layers=gpu_layers)
         try:
@@ -380,7 +380,9 @@ class ModelPool:
                     cache_dir=persist,
                     cache_dir_max_bytes=cs.persist_max_mb << 20,
                     on_gpu=layers_on_gpu > 0,
-                    max_draft=es.max_draft,
+                    max_draft=sp.max_draft if sp.enabled else 0,
+                    draft_ngram_max=sp.ngram_max,
+                    draft_ngram_min=sp.ngram_min,
                 ),
             )
             prompts = PromptBuilder(model, _template(spec, model))

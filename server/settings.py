@@ -97,8 +97,22 @@ class EngineSettings(_Section):
     max_waiting: int = Field(1024, ge=0)
     step_token_budget: int = Field(512, ge=1)
     default_max_tokens: int = Field(0, ge=0)
-    # Prompt-lookup drafting: draft tokens per decoding sequence and step (0: off).
-    max_draft: int = Field(0, ge=0, le=64)
+
+
+class SpeculativeSettings(_Section):
+    """Prompt-lookup drafting: a sequence's next tokens guessed from its own earlier text
+    and verified in the step's one llama_decode (server/engine/drafting.py)."""
+
+    enabled: bool = False
+    max_draft: int = Field(8, ge=1, le=64)  # draft tokens per sequence and step
+    ngram_max: int = Field(3, ge=1, le=8)  # n-gram lengths looked up, longest first
+    ngram_min: int = Field(2, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _ngrams(self) -> SpeculativeSettings:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("speculative.ngram_min must not exceed speculative.ngram_max")
+        return self
 
 
 class CacheSettings(_Section):
@@ -245,6 +259,7 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     models: ModelsSettings = ModelsSettings()
     engine: EngineSettings = EngineSettings()
+    speculative: SpeculativeSettings = SpeculativeSettings()
     cache: CacheSettings = CacheSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     storage: StorageSettings = StorageSettings()

@@ -4,12 +4,14 @@ no rejected-token cells left behind, requests that cannot draft unaffected."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 
 import pytest
 
 from server.chat.prompt import PromptBuilder
+from server.chat.structured import schema_grammar
 from server.chat.template import ChatTemplate
 from server.engine.drafting import DraftStats, PromptLookup, draft_length
 from server.engine.engine import Engine
@@ -157,7 +159,7 @@ def test_greedy_output_is_the_same_with_drafts(model: LlamaModel, prompts) -> No
         drafting.stop()
 
 
-def test_cancelled_and_sampled_requests_leave_no_draft_cells(model: LlamaModel, prompts) -> None:
+def test_cancelled_requests_leave_no_draft_cells(model: LlamaModel, prompts) -> None:
     engine = make_engine(model, max_draft=8)
     try:
         for i in range(10):
@@ -169,12 +171,118 @@ def test_cancelled_and_sampled_requests_leave_no_draft_cells(model: LlamaModel, 
             assert out.done and out.last.finish_reason is FinishReason.CANCELLED
         idle(engine)
         cells_match(engine)
-        # Requests that sample, or ask for logprobs, do not draft and still work.
-        sampled = SamplingParams(temperature=0.8, seed=3)
-        outs = generate(engine, prompts[:1], max_tokens=24, sampling=sampled)
-        again = generate(engine, prompts[:1], max_tokens=24, sampling=sampled)
-        assert outs[0].text == again[0].text  # seeds stay meaningful
-        scored = generate(engine, prompts[:1], max_tokens=8, logprobs=2)
-        assert all(o.logprobs for o in scored[0] if o.token_ids)
+        assert engine.stats.draft_accepted > 0
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="module")
+def engines(model: LlamaModel) -> Iterator[tuple[Engine, Engine]]:
+    plain, drafting = make_engine(model), make_engine(model, max_draft=8)
+    yield plain, drafting
+    plain.stop()
+    drafting.stop()
+
+
+def same_choices_on_same_logits(a: Outputs, b: Outputs) -> int:
+    """Two runs of one seeded request choose the same tokens wherever the model's
+    log-probabilities so far were bit-identical. (Past the first difference, a different
+    batch shape's float noise may change a sampled token, which is no fault of drafting:
+    a request batched beside another one differs as often.) Returns how many tokens were
+    compared."""
+    rows_a = [lp for o in a for lp in o.logprobs or []]
+    rows_b = [lp for o in b for lp in o.logprobs or []]
+    compared = 0
+    for x, y in zip(rows_a, rows_b, strict=False):
+        if x.top != y.top:
+            break  # the logits differ from here on: noise, not a choice
+        assert x.token == y.token, compared
+        compared += 1
+    return compared
+
+
+def test_sampled_choices_are_the_same_with_drafts(engines, prompts) -> None:
+    """Each draft token is kept only where the request's own sampler (penalties, top-k,
+    top-p, its seeded random stream) chooses it, one choice per position in order: on the
+    same logits the output is the one the request gets without drafting."""
+    plain, drafting = engines
+    before = drafting.stats.draft_accepted
+    compared = 0
+    for seed in range(1, 7):
+        sampling = SamplingParams(
+            temperature=0.7, top_k=40, top_p=0.95, repeat_penalty=1.05, seed=seed
+        )
+        a = generate(plain, prompts[:2], max_tokens=80, sampling=sampling, logprobs=3)
+        b = generate(drafting, prompts[:2], max_tokens=80, sampling=sampling, logprobs=3)
+        compared += sum(same_choices_on_same_logits(x, y) for x, y in zip(a, b, strict=True))
+    assert compared > 300
+    assert drafting.stats.draft_accepted - before > 100  # the drafts were used
+
+
+def test_a_seeded_sampled_request_is_reproducible_with_drafts(model: LlamaModel, prompts) -> None:
+    """The same seeded requests on two servers in the same state (here: fresh) give the
+    same text: what drafts are made and kept depends on nothing outside the request.
+    (The same holds without drafting; a server whose cache has changed in between can
+    differ by float noise either way.)"""
+    texts = []
+    for _ in range(2):
+        engine = make_engine(model, max_draft=8)
+        try:
+            outs = [
+                generate(
+                    engine,
+                    prompts[:2],
+                    max_tokens=64,
+                    sampling=SamplingParams(temperature=0.9, seed=s),
+                )
+                for s in range(3)
+            ]
+            texts.append([o.text for batch in outs for o in batch])
+            assert engine.stats.draft_accepted > 0
+        finally:
+            engine.stop()
+    assert texts[0] == texts[1]
+
+
+def test_grammar_output_with_drafts(engines, prompts) -> None:
+    """Drafted tokens go through the grammar like sampled ones: a token it forbids is never
+    kept, and the output ends where the grammar completes."""
+    plain, drafting = engines
+    schema = {
+        "type": "object",
+        "properties": {"quote": {"type": "string", "maxLength": 120}},
+        "required": ["quote"],
+    }
+    grammar = schema_grammar(schema, "response_format")
+    before = drafting.stats.draft_accepted
+    greedy = SamplingParams(temperature=0.0, grammar=grammar)
+    a = generate(plain, prompts[:2], max_tokens=120, sampling=greedy)
+    b = generate(drafting, prompts[:2], max_tokens=120, sampling=greedy)
+    assert [o.text for o in a] == [o.text for o in b]
+    for seed in range(3):
+        sampled = SamplingParams(temperature=0.8, seed=seed, grammar=grammar)
+        a = generate(plain, prompts[:2], max_tokens=120, sampling=sampled, logprobs=1)
+        b = generate(drafting, prompts[:2], max_tokens=120, sampling=sampled, logprobs=1)
+        for x, y in zip(a, b, strict=True):
+            same_choices_on_same_logits(x, y)
+            assert y.last.finish_reason is FinishReason.STOP  # the grammar completed
+            assert isinstance(json.loads(y.text)["quote"], str)
+    assert drafting.stats.draft_accepted > before
+
+
+def test_logprobs_and_opting_out_with_drafts(engines, prompts) -> None:
+    plain, drafting = engines
+    a = generate(plain, prompts[:1], max_tokens=48, logprobs=2)[0]
+    b = generate(drafting, prompts[:1], max_tokens=48, logprobs=2)[0]
+    assert a.text == b.text
+    pa = [lp for o in a for lp in o.logprobs or []]
+    pb = [lp for o in b for lp in o.logprobs or []]
+    assert len(pb) == len(pa) == a.last.completion_tokens
+    for x, y in zip(pa, pb, strict=True):
+        assert x.token == y.token and len(y.top) == 2
+        assert abs(x.logprob - y.logprob) < 0.05  # batch-shape noise only
+    # A request that opts out is never drafted for.
+    before = drafting.stats.draft_steps
+    out = generate(drafting, prompts[:1], max_tokens=48, speculative=False)[0]
+    assert out.text == a.text
+    assert drafting.stats.draft_steps == before

@@ -107,6 +107,7 @@ def start_streams(
                         ignore_eos=body.ignore_eos,
                         logprobs=logprobs,
                         prompt_logprobs=prompt_logprobs,
+                        speculative=body.speculative,
                     )
                 )
     except BaseException:

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI endpoints, validated with pydantic.
 
 Unknown fields are accepted and ignored, as OpenAI-compatible servers do, so newer clients
-keep working. Hearth's extensions (top_k, min_p, repeat_penalty, ignore_eos) follow the
+keep working. Hearth's extensions (top_k, min_p, repeat_penalty, ignore_eos, speculative) follow the
 names llama-server and vLLM use.
 """
 
@@ -55,6 +55,9 @@ class SamplingFields(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
     ignore_eos: bool = False
+    # false: never draft this request's tokens from its prompt (engine.max_draft); the
+    # output is the same either way, only its speed differs.
+    speculative: bool = True
     # DRY repetition penalty (llama-server's names; 0: off).
     dry_multiplier: float = Field(0.0, ge=0.0)
     dry_base: float = Field(1.75, ge=1.0)

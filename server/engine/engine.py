@@ -29,7 +29,7 @@ from server.engine.logprobs import TokenLogprob
 from server.engine.no_cache import NoCache
 from server.engine.prefix_cache import PrefixCache
 from server.engine.request import FinishReason, GenerationOutput, GenerationRequest
-from server.engine.runner import BatchRunner, StepOutcome
+from server.engine.runner import BatchRunner, StepOutcome, Verified
 from server.engine.sampling import TokenSampler
 from server.engine.scheduler import Scheduler, StepPlan
 from server.engine.sequence import Sequence
@@ -343,12 +343,7 @@ class Engine:
             )
             return
         seq = Sequence(request, sampler, detok)
-        if (
-            self.config.max_draft
-            and sampler.plain_greedy
-            and request.logprobs is None
-            and request.prompt_logprobs is None
-        ):
+        if self.config.max_draft and request.speculative:
             c = self.config
             seq.drafter = PromptLookup(c.draft_ngram_max, c.draft_ngram_min)
         self._sequences[request.id] = seq
@@ -395,11 +390,12 @@ class Engine:
         for seq, scores in outcome.scored:
             if seq.prompt_logprobs is not None:
                 seq.prompt_logprobs.extend(scores)
-        for seq, tokens, accepted, drafted in outcome.verified:
+        for verified in outcome.verified:
+            seq = verified.seq
             if self._sequences.get(seq.request.id) is not seq:
                 continue
             try:
-                self._accept_verified(seq, tokens, accepted, drafted)
+                self._accept_verified(verified)
             except Exception:
                 logger.exception("accepting drafted tokens of request %d failed", seq.request.id)
                 self._close(seq, FinishReason.ERROR, "internal error while sampling")
@@ -416,35 +412,30 @@ class Engine:
                 logger.exception("accepting a token of request %d failed", seq.request.id)
                 self._close(seq, FinishReason.ERROR, "internal error while sampling")
 
-    def _accept_verified(
-        self, seq: Sequence, tokens: list[int], accepted: int, drafted: int
-    ) -> None:
-        """A verified draft: `accepted` draft tokens kept and the model's next token after
-        them. Their KV was computed in this step; the rejected draft tokens' cells go now.
-        The accepted ones keep theirs when nothing can end the output inside the run (a
-        stop string, an end-of-generation token, max_tokens, the context); else their cells
-        go too and they are computed again in the next step, so a finished sequence never
-        holds cells past its computed tokens."""
-        seq.draft_stats.record(drafted, accepted)
-        self.stats.draft_tokens += drafted
-        self.stats.draft_accepted += accepted
-        start = seq.n_computed  # where the draft's first token went
+    def _accept_verified(self, verified: Verified) -> None:
+        """A verified draft: the accepted draft tokens and the sampler's next token after
+        them. All of the draft's KV was computed in this step: the rejected tokens' cells
+        go now; the accepted ones are kept (if the output ends inside the run, at a stop
+        string, end of generation or max_tokens, `_finish` drops the cells past it)."""
+        seq, tokens = verified.seq, verified.tokens
+        seq.draft_stats.record(verified.drafted, verified.accepted)
+        self.stats.draft_tokens += verified.drafted
+        self.stats.draft_accepted += verified.accepted
+        self.stats.draft_steps += 1
         assert seq.seq_id is not None
+        # The draft's first token went at n_computed; accepted ones stay.
+        self.ctx.seq_remove(seq.seq_id, seq.n_computed + verified.accepted, -1)
         request = seq.request
-        run = tokens[:-1]  # every produced token but the last is an accepted draft token
-        keep = not request.stop and (
-            request.ignore_eos or not any(t in self.model.eog_tokens for t in run)
-        )
-        keep = keep and seq.n_generated + len(tokens) <= request.max_tokens
-        keep = keep and len(seq.tokens) + len(tokens) <= self.context_length
-        kept = accepted if keep else 0
-        self.ctx.seq_remove(seq.seq_id, start + kept, -1)
         for i, token in enumerate(tokens):
             if self._sequences.get(request.id) is not seq:
                 return  # finished by the token before
-            if 0 < i <= kept:
+            if i > 0:
                 seq.n_computed += 1  # the token before this one was a draft, computed
-            self._accept(seq, token, None)
+            if token is None:  # the grammar is complete: the output ends here
+                self._finish(seq, FinishReason.STOP, GenerationOutput(seq.detokenizer.finish(), []))
+                return
+            logprob = None if verified.logprobs is None else verified.logprobs[i]
+            self._accept(seq, token, logprob)
 
     def _on_decode_failure(self, status: int, plan: StepPlan) -> None:
         if status == DecodeStatus.NO_KV_SLOT and self.scheduler.make_room():
@@ -497,6 +488,10 @@ class Engine:
         output: GenerationOutput | None = None,
         error: str | None = None,
     ) -> None:
+        if seq.drafter is not None and seq.seq_id is not None:
+            # Draft tokens accepted past where the output ended have cells; they go, so
+            # the cache records exactly what is computed.
+            self.ctx.seq_remove(seq.seq_id, seq.n_computed, -1)
         self.scheduler.remove(seq)
         seq.sampler.close()
         del self._sequences[seq.request.id]

@@ -61,6 +61,9 @@ class GenerationRequest:
     # The same for every prompt token after the first (what lm-eval's loglikelihood asks
     # with echo + logprobs). Such a prompt is computed in full, never served from the cache.
     prompt_logprobs: int | None = None
+    # May the engine draft this request's tokens from its prompt (when drafting is on)?
+    # Its output is the same either way; false opts one request out.
+    speculative: bool = True
     id: int = field(default_factory=lambda: next(_ids))
     # Set from any thread; the engine notices it at its next step.
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)

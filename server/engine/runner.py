@@ -22,6 +22,20 @@ from server.llama.context import DecodeStatus, LlamaContext, TokenBatch
 logger = logging.getLogger("hearth.engine")
 
 
+@dataclass(slots=True)
+class Verified:
+    """A sequence that verified a draft this step: the tokens it produced (the accepted
+    draft tokens, then the sampler's own next one; None last when its grammar ended the
+    output), their log-probabilities when asked, how many draft tokens were accepted, and
+    how many were drafted."""
+
+    seq: Sequence
+    tokens: list[int | None]
+    logprobs: list[TokenLogprob] | None
+    accepted: int
+    drafted: int
+
+
 @dataclass
 class StepOutcome:
     status: int  # llama_decode's (DecodeStatus.OK: the rest is filled)
@@ -39,10 +53,7 @@ class StepOutcome:
     # Log-probabilities of prompt tokens scored in this step, per sequence, in order.
     scored: list[tuple[Sequence, list[TokenLogprob]]] = field(default_factory=list)
     failed: list[tuple[Sequence, str]] = field(default_factory=list)
-    # Each sequence that verified a draft: the tokens it produced this step (the accepted
-    # draft tokens, then the model's own next one), how many draft tokens were accepted,
-    # and how many were drafted.
-    verified: list[tuple[Sequence, list[int], int, int]] = field(default_factory=list)
+    verified: list[Verified] = field(default_factory=list)
 
 
 class BatchRunner:
@@ -124,26 +135,38 @@ class BatchRunner:
             if seq.request.cancelled.is_set() or id(seq) in failed:
                 continue
             try:
-                tokens, accepted = self._verify(seq, index, draft)
-                outcome.verified.append((seq, tokens, accepted, len(draft)))
+                tokens, logprobs, accepted = self._verify(seq, index, draft)
+                outcome.verified.append(Verified(seq, tokens, logprobs, accepted, len(draft)))
             except Exception:
                 logger.exception("verifying a draft of request %d failed", seq.request.id)
                 outcome.failed.append((seq, "internal error while sampling"))
         outcome.sample_seconds = time.perf_counter() - t1
         return outcome
 
-    def _verify(self, seq: Sequence, index: int, draft: list[int]) -> tuple[list[int], int]:
-        """The tokens the model chooses at the last token and at each accepted draft token:
-        draft tokens are kept while they are what it chooses; the first choice that differs
-        (or the one after the whole draft) ends the run. Plain argmax: the same tokens as
-        without the draft."""
-        out: list[int] = []
+    def _verify(
+        self, seq: Sequence, index: int, draft: list[int]
+    ) -> tuple[list[int | None], list[TokenLogprob] | None, int]:
+        """Sample at the last token and at each draft token in turn, exactly as without a
+        draft: a draft token is kept while it is what the sampler chooses there, and the
+        first choice that differs (or the one after the whole draft) ends the run. Each
+        choice is made with the sampler's state after the tokens before it (penalties,
+        grammar, its random stream), so the output is the one the request would get
+        without drafting, greedy or sampled, and a draft token is accepted with exactly its
+        probability under the request's sampling. None ends the run when a grammar allows
+        nothing more. Returns the produced tokens, their log-probabilities when asked, and
+        how many draft tokens were accepted."""
+        out: list[int | None] = []
+        n_top = seq.request.logprobs
+        logprobs: list[TokenLogprob] | None = None if n_top is None else []
         for k in range(len(draft) + 1):
             token = seq.sampler.sample(self.ctx, index + k)
-            assert token is not None  # plain greedy: no grammar to end the output
             out.append(token)
+            if token is None:
+                return out, logprobs, k
+            if logprobs is not None and n_top is not None:
+                logprobs.append(token_logprob(self.ctx.logits(index + k), token, n_top))
             if k == len(draft) or token != draft[k]:
-                return out, k
+                return out, logprobs, k
         raise AssertionError("unreachable")
 
     def _score(self, seq: Sequence, pos: int, index: int, count: int) -> list[TokenLogprob]:

@@ -59,12 +59,6 @@ class TokenSampler:
             self.close()  # the llama.cpp objects made before the failure
             raise
 
-    @property
-    def plain_greedy(self) -> bool:
-        """The next token is the argmax of the (biased) logits, with no state: what a draft
-        can be checked against position by position."""
-        return self._grammar is None and self._chain is None
-
     def sample(self, ctx: LlamaContext, batch_index: int) -> int | None:
         """The next token; None when a grammar allows nothing more (the output is complete)."""
         if self._grammar is not None:

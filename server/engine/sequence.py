@@ -48,8 +48,7 @@ class Sequence:
         self.prompt_logprobs: list[TokenLogprob] | None = (
             None if request.prompt_logprobs is None else []
         )
-        # Prompt-lookup drafting (drafting.py), for sequences whose next token is a plain
-        # argmax; None: this sequence does not draft.
+        # Prompt-lookup drafting (drafting.py); None: this sequence does not draft.
         self.drafter: PromptLookup | None = None
         self.draft_stats = DraftStats()
 

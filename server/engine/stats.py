@@ -55,9 +55,11 @@ class EngineStats:
     prompt_tokens_processed: int = 0
     decode_seconds: float = 0.0
     preemptions: int = 0
-    # Prompt-lookup drafting: draft tokens verified, and how many were accepted.
+    # Prompt-lookup drafting: draft tokens verified, how many were accepted, and the
+    # verifications (a sequence's draft checked in one step).
     draft_tokens: int = 0
     draft_accepted: int = 0
+    draft_steps: int = 0
     requests_finished: int = 0
     running: int = 0
     waiting: int = 0
@@ -87,7 +89,22 @@ class EngineStats:
         self.prompt_tokens_processed += n_prompt_tokens
         self.decode_seconds += seconds
 
+    @property
+    def draft_acceptance(self) -> float:
+        """Share of draft tokens the sampler chose too (0 before any draft)."""
+        return self.draft_accepted / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_draft_step(self) -> float:
+        """Output tokens a verification produced on average: its accepted draft tokens and
+        the sampler's own next one (1.0 would be a step without drafting)."""
+        return (
+            (self.draft_accepted + self.draft_steps) / self.draft_steps if self.draft_steps else 0.0
+        )
+
     def snapshot(self) -> dict[str, object]:
         out: dict[str, object] = asdict(self)
         out["step_ms"] = self.profile.per_step_ms()  # the profile, per step
+        out["draft_acceptance"] = round(self.draft_acceptance, 4)
+        out["tokens_per_draft_step"] = round(self.tokens_per_draft_step, 4)
         return out
