@@ -1,12 +1,13 @@
-"""Prompt-lookup drafting against Hearth without it (issue 19): two servers on the same
-GGUF, one with engine.max_draft = 8 and one with drafting off, rounds alternated.
+"""Prompt-lookup drafting against Hearth without it and against llama-server with and
+without its own n-gram drafting (issue 19): four servers on the same GGUF, rounds
+alternated.
 
-Workloads, greedy: (a) quote: a ~150-word passage and "repeat it" / "quote its first
-sentences", natural lengths up to 160 tokens (what retrieval-augmented answers do when
-they cite); (b) edit: a short function returned with one change; (c) unique: the decode
-workload's distinct prompts with 128 tokens, EOS ignored. Concurrency 1 and 8.
+Workloads: (a) quote: a ~60-word passage and "repeat it" / "quote its first sentences",
+natural lengths up to 160 tokens (what retrieval-augmented answers do when they cite),
+greedy and sampled; (b) edit: a short function returned with one change; (c) unique: the
+decode workload's distinct prompts with 128 tokens, EOS ignored. Concurrency 1, 4 and 8.
 
-    python -m bench.speculative [--write docs/benchmarks.md]
+    python -m bench.speculative [--write docs/benchmarks.md] [--no-peers]
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ import httpx
 
 from bench.cli import conversations
 from bench.load import LoadResult, run_load
+from bench.peer_build import build_llama_server
 from bench.report import write_section
-from server.launch import ServerProcess, start_hearth
+from bench.servers import ServerProcess, hearth_model_file, start_hearth, start_llama_server
+from server.host_resources import threads
+from server.settings import load_settings
+
+PARALLEL = 8
 
 PASSAGES = [
     "The lighthouse keeper climbed the spiral stairs every evening at dusk. He lit the great "
@@ -59,68 +65,146 @@ def workload(name: str) -> list[list[dict[str, str]]]:
     return conversations("unique", 8, 100)
 
 
-async def _run(url: str, model: str, name: str, concurrency: int) -> LoadResult:
-    convs = workload(name)
+WORKLOADS = ("quote", "quote-sampled", "edit", "unique")
+CONCURRENCY = (1, 4, 8)
+# llama-server's n-gram drafting from the request's own text (`--spec-type ngram-simple`:
+# look up the last n tokens, draft the m that followed), sized like Hearth's (chosen over
+# its defaults n=12/m=48, ngram-map-k and ngram-mod on the quote workload here).
+LLAMA_NGRAM = (
+    "--spec-type",
+    "ngram-simple",
+    "--spec-ngram-simple-size-n",
+    "3",
+    "--spec-ngram-simple-size-m",
+    "8",
+)
+
+
+def request_body(name: str, server: ServerProcess) -> dict[str, object]:
+    body: dict[str, object] = {} if name == "unique" else {"ignore_eos": False}
+    if name == "quote-sampled":
+        body |= {"temperature": 0.7, "top_p": 0.95, "seed": 5}
+    if name == "unique":
+        body |= server.extra_body or {}
+    return body
+
+
+async def _run(server: ServerProcess, model: str, name: str, concurrency: int) -> LoadResult:
+    convs = workload(name.removesuffix("-sampled"))
     if concurrency > 1:
         convs = (convs * 3)[: max(len(convs), 2 * concurrency)]
-    extra = {} if name == "unique" else {"ignore_eos": False}
     tokens = 128 if name == "unique" else 160
-    return await run_load(url, model, convs, tokens, concurrency, extra_body=extra)
+    body = request_body(name, server)
+    return await run_load(server.url, model, convs, tokens, concurrency, extra_body=body)
+
+
+def _draft_counts(server: ServerProcess) -> tuple[int, int, int]:
+    stats = httpx.get(f"{server.url}/stats").json()
+    return stats["draft_tokens"], stats["draft_accepted"], stats["draft_steps"]
 
 
 def measure(servers: dict[str, ServerProcess], rounds: int) -> str:
     model = httpx.get(f"{servers['off'].url}/health").json()["model"]
     best: dict[tuple[str, str, int], LoadResult] = {}
+    # Per workload: draft tokens, accepted ones and verifications on the drafting server.
+    drafts: dict[str, list[int]] = {name: [0, 0, 0] for name in WORKLOADS}
     for _ in range(rounds):
-        for name in ("quote", "edit", "unique"):
-            for concurrency in (1, 8):
+        for name in WORKLOADS:
+            for concurrency in CONCURRENCY:
                 for label, server in servers.items():  # alternated within each round
-                    r = asyncio.run(_run(server.url, model, name, concurrency))
+                    before = _draft_counts(server) if label == "on" else None
+                    r = asyncio.run(_run(server, model, name, concurrency))
+                    if r.failures:
+                        raise RuntimeError(f"{r.failures} requests failed on {label}")
+                    if before is not None:
+                        after = _draft_counts(server)
+                        for i in range(3):
+                            drafts[name][i] += after[i] - before[i]
                     key = (label, name, concurrency)
                     if key not in best or r.tokens_per_second > best[key].tokens_per_second:
                         best[key] = r
-    stats = httpx.get(f"{servers['on'].url}/stats").json()
-    rate = stats["draft_accepted"] / max(1, stats["draft_tokens"])
+    peers = [label for label in servers if label.startswith("llama-server")]
     lines = [
         "## Prompt-lookup drafting (`python -m bench.speculative`)",
         "",
-        "Two Hearth servers on the default GGUF, `engine.max_draft = 8` and drafting off, "
-        f'greedy; best of {rounds} alternated rounds. quote: a passage and "repeat / quote '
-        'it" (natural lengths, at most 160 tokens); edit: a function returned with one '
-        "change; unique: distinct prompts, 128 tokens, EOS ignored.",
+        "Hearth with `[speculative] enabled = true` (up to 8 draft tokens, 3- and 2-gram "
+        "lookup) and with it off, llama-server without drafting and with its own n-gram "
+        f"drafting (`{' '.join(LLAMA_NGRAM)}`), all on the default GGUF with 8 parallel "
+        f"sequences; best of {rounds} alternated rounds. Output tokens per second over all "
+        "requests, prefill included, on real output lengths. quote: a ~60-word passage and "
+        '"repeat it / quote its first sentences" (natural lengths, at most 160 tokens), '
+        "greedy; quote-sampled: the same at temperature 0.7, top_p 0.95; edit: a function "
+        'and "return it with one change", greedy; unique: distinct prompts, 128 tokens, '
+        "EOS ignored, greedy.",
         "",
-        "| workload | concurrency | drafting tok/s | off tok/s | drafting / off |",
-        "|---|---|---|---|---|",
+        "| workload | concurrency | drafting tok/s | off tok/s | drafting / off | "
+        + " | ".join(f"{p} tok/s | drafting / {p}" for p in peers)
+        + " |",
+        "|---|---|---|---|---|" + "---|---|" * len(peers),
     ]
-    for name in ("quote", "edit", "unique"):
-        for concurrency in (1, 8):
+    for name in WORKLOADS:
+        for concurrency in CONCURRENCY:
             on, off = best[("on", name, concurrency)], best[("off", name, concurrency)]
-            ratio = on.tokens_per_second / off.tokens_per_second
-            lines.append(
+            row = (
                 f"| {name} | {concurrency} | {on.tokens_per_second:.1f} | "
-                f"{off.tokens_per_second:.1f} | {ratio:.2f}x |"
+                f"{off.tokens_per_second:.1f} | "
+                f"{on.tokens_per_second / off.tokens_per_second:.2f}x |"
             )
+            for p in peers:
+                peer = best[(p, name, concurrency)]
+                row += (
+                    f" {peer.tokens_per_second:.1f} | "
+                    f"{on.tokens_per_second / peer.tokens_per_second:.2f}x |"
+                )
+            lines.append(row)
     lines += [
         "",
-        f"Draft tokens accepted over the whole run: {stats['draft_accepted']} of "
-        f"{stats['draft_tokens']} ({rate:.0%}).",
+        "Drafts on the drafting server, per workload over all its runs (every concurrency):",
         "",
+        "| workload | draft tokens | accepted | acceptance | tokens per verification |",
+        "|---|---|---|---|---|",
     ]
+    for name in WORKLOADS:
+        drafted, accepted, steps = drafts[name]
+        rate = accepted / drafted if drafted else 0.0
+        per_step = (accepted + steps) / steps if steps else 0.0
+        lines.append(f"| {name} | {drafted} | {accepted} | {rate:.0%} | {per_step:.2f} |")
+    lines.append("")
     return "\n".join(lines)
+
+
+def start_servers(tmp: Path, peers: bool) -> dict[str, ServerProcess]:
+    """Hearth with drafting ("on") and without ("off"), and llama-server without and with
+    its n-gram drafting, on the same GGUF with 8 parallel sequences."""
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for label, enabled in (("on", "true"), ("off", "false")):
+            config = tmp / f"{label}.toml"
+            config.write_text(f"[speculative]\nenabled = {enabled}\n")
+            servers[label] = start_hearth(
+                tmp, "--config", str(config), "--parallel", str(PARALLEL), "--n-ctx", "8192"
+            )
+        if peers:
+            build_llama_server()
+            model, n_threads = hearth_model_file(), threads(load_settings())
+            for label, extra in (("llama-server", ()), ("llama-server ngram", LLAMA_NGRAM)):
+                servers[label] = start_llama_server(tmp, model, PARALLEL, 8192, n_threads, *extra)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.speculative")
     p.add_argument("--write", type=Path)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--no-peers", action="store_true", help="Hearth with and without only")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        servers: dict[str, ServerProcess] = {}
+        servers = start_servers(Path(tmp), not args.no_peers)
         try:
-            for label, draft in (("on", 8), ("off", 0)):
-                config = Path(tmp) / f"{label}.toml"
-                config.write_text(f"[engine]\nmax_draft = {draft}\n")
-                servers[label] = start_hearth(Path(tmp), "--config", str(config))
             text = measure(servers, args.rounds)
         finally:
             for server in servers.values():

@@ -13,7 +13,7 @@ import pytest
 from server.chat.prompt import PromptBuilder
 from server.chat.structured import schema_grammar
 from server.chat.template import ChatTemplate
-from server.engine.drafting import DraftStats, PromptLookup, draft_length
+from server.engine.drafting import DraftStats, PromptLookup, StepCost, draft_length
 from server.engine.engine import Engine
 from server.engine.request import FinishReason
 from server.llama.model import LlamaModel
@@ -69,19 +69,49 @@ def test_incremental_index_equals_a_scan(seed: int) -> None:
         assert d.propose(5) == expected, i
 
 
+def cost(base_ms: float, per_token_ms: float) -> StepCost:
+    c = StepCost()
+    for n in (1, 1, 3, 5, 9, 1, 2):
+        c.observe(n, (base_ms + per_token_ms * (n - 1)) / 1000)
+    return c
+
+
+def test_the_step_cost_is_fitted_from_steps_of_different_sizes() -> None:
+    c = StepCost()
+    assert not c.measured
+    c.observe(1, 0.010)
+    c.observe(1, 0.010)
+    # One size only: the prior splits it.
+    assert c.base == pytest.approx(0.010) and c.per_token == pytest.approx(0.005)
+    fitted = cost(13, 5)
+    assert fitted.per_token == pytest.approx(0.005) and fitted.base == pytest.approx(0.008)
+    fitted.observe(400, 1.0)  # a prompt chunk: another regime, left out
+    assert fitted.per_token == pytest.approx(0.005)
+
+
 def test_drafting_stops_where_it_does_not_pay() -> None:
-    stats = DraftStats()
-    assert draft_length(stats, max_draft=8, batch_tokens=1, budget=512) == 8
-    assert draft_length(stats, max_draft=8, batch_tokens=508, budget=512) == 4
-    assert draft_length(stats, max_draft=8, batch_tokens=600, budget=512) == 0
-    assert draft_length(stats, max_draft=8, batch_tokens=8, budget=512, n_decoding=8) == 0
-    good = DraftStats()
-    for _ in range(4):
-        stats.record(drafted=8, accepted=1)
-        good.record(drafted=4, accepted=3)
-    assert stats.acceptance == 0.125
-    assert draft_length(stats, max_draft=8, batch_tokens=1, budget=512) == 0
-    assert draft_length(good, max_draft=8, batch_tokens=1, budget=512) == 6  # ~2x accepted
+    cpu, gpu = cost(13, 5), cost(2, 0.01)
+    fresh, copying, prose = DraftStats(), DraftStats(), DraftStats()
+    for _ in range(6):
+        copying.record(drafted=8, accepted=8)
+        prose.record(drafted=2, accepted=0)
+    assert fresh.next_token_acceptance == 0.5
+    assert copying.next_token_acceptance > 0.95 > 0.2 > prose.next_token_acceptance
+
+    def k(stats: DraftStats, c: StepCost, batch: int = 1, outputs: int = 1, room: int = 512):
+        return draft_length(stats, c, 8, batch, outputs, room)
+
+    # Alone on a CPU: a token costs ~0.4 of a step; a copying sequence drafts in full, a
+    # new one one token, one that writes its own prose nothing.
+    assert (k(copying, cpu), k(fresh, cpu), k(prose, cpu)) == (8, 1, 0)
+    # Eight decoding on a CPU: a token of the step already yields most of a token, so
+    # only a sequence that has been copying drafts, and less.
+    assert (k(copying, cpu, 8, 8), k(fresh, cpu, 8, 8)) == (5, 0)
+    assert k(DraftStats(_hits=3, _misses=1), cpu, 8, 8) == 0
+    # A GPU: tokens are nearly free, so even a new sequence drafts in a wide batch.
+    assert k(fresh, gpu, 32, 32) >= 2 and k(copying, gpu, 32, 32) == 8
+    # Room left in the step's budget and cells bounds it; no measurement yet: none.
+    assert k(copying, cpu, room=3) == 3 and k(copying, StepCost()) == 0
     with pytest.raises(ValueError):
         PromptLookup(max_ngram=1, min_ngram=2)
 

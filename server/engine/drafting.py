@@ -57,43 +57,111 @@ class PromptLookup:
 
 @dataclass
 class DraftStats:
-    """How drafting pays for one sequence: a draft costs its tokens in the batch, and only
-    the accepted ones save a step."""
+    """How a sequence's drafts fare: counts, and an estimate of the chance that its next
+    draft token is accepted given the one before it was (Beta(1, 1) prior; older
+    verifications weigh less, since a sequence copies in runs: a quote, then prose)."""
 
     drafted: int = 0
     accepted: int = 0
     drafts: int = 0
+    _hits: float = 0.0
+    _misses: float = 0.0
 
     def record(self, drafted: int, accepted: int) -> None:
         self.drafted += drafted
         self.accepted += accepted
         self.drafts += 1
+        self._hits = RECENCY * self._hits + accepted
+        self._misses = RECENCY * self._misses + (1 if accepted < drafted else 0)
 
     @property
     def acceptance(self) -> float:
+        """Share of all draft tokens accepted so far."""
         return self.accepted / self.drafted if self.drafted else 0.0
 
+    @property
+    def next_token_acceptance(self) -> float:
+        return (self._hits + 1) / (self._hits + self._misses + 2)
 
-# Drafting pays only while the batch is narrow: a draft's tokens cost compute like any
-# other, and a wide batch already keeps the hardware busy (published measurements: with
-# 4-8 busy sequences drafting made servers slower; measured here: 0.76-0.87x at 8).
-MAX_DRAFTING_SEQUENCES = 2
-# Below this share of draft tokens accepted (after a few drafts) a sequence stops drafting.
-MIN_ACCEPTANCE = 0.4
+
+# Weight of a verification after each later one, in the acceptance estimate.
+RECENCY = 0.8
+
+
+@dataclass
+class StepCost:
+    """What a step costs as a function of its tokens, measured as the engine runs:
+    seconds ~= base + per_token * tokens, fitted (exponentially weighted least squares)
+    over small steps, where decoding and drafting live. On two CPU cores here a token
+    costs about half a one-token step (llama.cpp is compute-bound even at two tokens);
+    on a GPU a hundredth. Until the steps seen vary in size, per_token is PRIOR_RATIO of
+    the base: drafting starts cautious, and its own steps teach the fit."""
+
+    base: float = 0.0
+    per_token: float = 0.0
+    _w: float = 0.0
+    _x: float = 0.0
+    _y: float = 0.0
+    _xx: float = 0.0
+    _xy: float = 0.0
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        if n_tokens > MAX_FIT_TOKENS or seconds <= 0:
+            return
+        d = FIT_DECAY
+        self._w = d * self._w + 1
+        self._x = d * self._x + n_tokens
+        self._y = d * self._y + seconds
+        self._xx = d * self._xx + n_tokens * n_tokens
+        self._xy = d * self._xy + n_tokens * seconds
+        mx, my = self._x / self._w, self._y / self._w
+        var = self._xx / self._w - mx * mx
+        if var >= MIN_FIT_VARIANCE:
+            slope = (self._xy / self._w - mx * my) / var
+            self.per_token = max(slope, 0.0)
+            self.base = max(my - self.per_token * mx, self.per_token)
+        else:
+            # All steps alike so far: split their time by the prior ratio.
+            self.base = my / (1 + PRIOR_RATIO * (mx - 1)) if mx >= 1 else my
+            self.per_token = PRIOR_RATIO * self.base
+
+    @property
+    def measured(self) -> bool:
+        return self._w > 0
+
+
+# Steps up to this many tokens enter the fit (prefill chunks run at another efficiency).
+MAX_FIT_TOKENS = 64
+FIT_DECAY = 0.99  # about the last hundred steps
+MIN_FIT_VARIANCE = 0.5  # tokens squared: the steps differ enough in size to fit a slope
+PRIOR_RATIO = 0.5
 
 
 def draft_length(
-    stats: DraftStats, max_draft: int, batch_tokens: int, budget: int, n_decoding: int = 1
+    stats: DraftStats,
+    cost: StepCost,
+    max_draft: int,
+    batch_tokens: int,
+    n_outputs: int,
+    room: int,
 ) -> int:
-    """How many tokens to draft for a sequence this step: none in a wide batch, none once
-    this sequence's drafts have been tried and rarely accepted, else about twice what its
-    drafts have been accepted at on average (at least 2), up to max_draft and what the
-    step's token budget has left."""
-    if n_decoding > MAX_DRAFTING_SEQUENCES:
+    """How many tokens to draft for a sequence this step. The step already holds
+    batch_tokens tokens and yields n_outputs output tokens (one per decoding sequence);
+    draft token i adds per_token to its time and yields a token with probability about
+    alpha**i (alpha: the chance a draft token is accepted after the one before was). It
+    is worth adding while alpha**i is at least what a token's worth of the step's time
+    yields already: so nothing where a token costs much and the batch is wide (a CPU at
+    concurrency 8), long drafts where it costs little (a GPU), short or none for
+    sequences whose drafts are rarely accepted."""
+    if max_draft <= 0 or room <= 0 or not cost.measured or n_outputs <= 0:
         return 0
-    k = max_draft
-    if stats.drafts >= 4:
-        if stats.acceptance < MIN_ACCEPTANCE:
-            return 0
-        k = min(max_draft, max(2, round(2 * stats.accepted / stats.drafts)))
-    return max(0, min(k, budget - batch_tokens))
+    step_seconds = cost.base + cost.per_token * batch_tokens
+    threshold = cost.per_token * n_outputs / step_seconds if step_seconds > 0 else 0.0
+    alpha = stats.next_token_acceptance
+    k, reach = 0, 1.0
+    while k < min(max_draft, room):
+        reach *= alpha
+        if reach < threshold:
+            break
+        k += 1
+    return k

@@ -293,6 +293,9 @@ class Engine:
         self.stats.waiting = len(self.scheduler.waiting)
         self.stats.cells_used = self.scheduler.cells_used
         self.stats.preemptions = self.scheduler.preemptions
+        cost = self.scheduler.step_cost
+        self.stats.step_base_ms = round(cost.base * 1000, 3)
+        self.stats.step_token_ms = round(cost.per_token * 1000, 3)
         self.stats.sequence_ids = self.scheduler.n_sequence_ids
         self.stats.free_sequence_ids = self.scheduler.free_sequence_ids
         self.stats.active = self._n_active
@@ -375,6 +378,8 @@ class Engine:
             )
         t2 = time.perf_counter()
         self._apply(outcome)
+        t3 = time.perf_counter()
+        self.scheduler.step_cost.observe(outcome.n_tokens, t3 - t0)
         profile = self.stats.profile
         profile.steps += 1
         profile.schedule += t1 - t0
@@ -382,7 +387,7 @@ class Engine:
         profile.flush += outcome.flush_seconds
         profile.decode += outcome.seconds
         profile.sample += outcome.sample_seconds
-        profile.apply += time.perf_counter() - t2
+        profile.apply += t3 - t2
 
     def _apply(self, outcome: StepOutcome) -> None:
         for seq, error in outcome.failed:

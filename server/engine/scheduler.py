@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.engine.drafting import draft_length
+from server.engine.drafting import StepCost, draft_length
 from server.engine.no_cache import NoCache
 from server.engine.prefix_cache import MIN_RESTORE_TOKENS, PrefixCache, common_prefix_length
 from server.engine.sequence import Sequence
@@ -66,6 +66,8 @@ class Scheduler:
         holding; cache_cells: most cells those entries may hold between requests."""
         self.max_running = max_running
         self.max_draft = max_draft  # draft tokens per decoding sequence and step (0: none)
+        # What a step costs by its size, as measured by the engine (drafting's yardstick).
+        self.step_cost = StepCost()
         self.token_budget = token_budget
         self.n_cells = n_cells
         self.cache = cache
@@ -143,15 +145,22 @@ class Scheduler:
 
     def _add_drafts(self, plan: StepPlan, budget: int, cells_free: int) -> None:
         """Draft tokens for decoding sequences, from what the step's budget and the free
-        cells have left after every decode and prompt chunk (drafts never delay those)."""
+        cells have left after every decode and prompt chunk (drafts never delay those),
+        as many as pay for themselves (drafting.draft_length)."""
         planned = plan.n_tokens
         n_decoding = sum(1 for c in plan.chunks if not c.seq.is_prefilling)
         for chunk in plan.chunks:
             seq = chunk.seq
             if seq.drafter is None or seq.is_prefilling:
                 continue
-            room = min(budget, cells_free)
-            k = draft_length(seq.draft_stats, self.max_draft, planned, planned + room, n_decoding)
+            k = draft_length(
+                seq.draft_stats,
+                self.step_cost,
+                self.max_draft,
+                planned,
+                n_decoding,
+                min(budget, cells_free),
+            )
             chunk.draft = seq.propose(k)
             budget -= len(chunk.draft)
             cells_free -= len(chunk.draft)

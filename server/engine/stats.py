@@ -60,6 +60,9 @@ class EngineStats:
     draft_tokens: int = 0
     draft_accepted: int = 0
     draft_steps: int = 0
+    # What a step costs by its size (drafting.StepCost): ms per step and per token in it.
+    step_base_ms: float = 0.0
+    step_token_ms: float = 0.0
     requests_finished: int = 0
     running: int = 0
     waiting: int = 0
