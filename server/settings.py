@@ -103,7 +103,7 @@ class SpeculativeSettings(_Section):
     """Prompt-lookup drafting: a sequence's next tokens guessed from its own earlier text
     and verified in the step's one llama_decode (server/engine/drafting.py)."""
 
-    enabled: bool = False
+    enabled: bool = True
     max_draft: int = Field(8, ge=1, le=64)  # draft tokens per sequence and step
     ngram_max: int = Field(3, ge=1, le=8)  # n-gram lengths looked up, longest first
     ngram_min: int = Field(2, ge=1, le=8)

@@ -1,0 +1,121 @@
+"""Drafting from the prompt through a real server (issue 19): with `--speculative`, the
+OpenAI API's features keep working on drafted requests (streaming, stop strings, n > 1,
+logprobs, structured output), a request may opt out, the counters move in /stats and
+/metrics, and no cell is left behind."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RunningServer, start_server, stop_server
+
+PASSAGE = (
+    "To reset the router, hold the recessed button on the back panel for ten seconds until "
+    "the power light blinks amber. Release it and wait two minutes while the device "
+    "restarts. The default network name and password are printed on the label underneath."
+)
+QUOTE = [{"role": "user", "content": f"{PASSAGE}\n\nRepeat the text above exactly."}]
+
+
+@pytest.fixture(scope="module")
+def drafting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    s = start_server(tmp_path_factory.mktemp("speculative"), "--speculative", "--n-ctx", "4096")
+    yield s
+    stop_server(s)
+
+
+def counters(server: RunningServer) -> tuple[int, int, int]:
+    stats = server.stats()
+    return int(stats["draft_tokens"]), int(stats["draft_accepted"]), int(stats["draft_steps"])
+
+
+def test_drafted_answers_match_undrafted_ones(drafting: RunningServer) -> None:
+    client, model = drafting.client(), drafting.model_id()
+    before = counters(drafting)
+    kw = dict(model=model, messages=QUOTE, max_tokens=80, temperature=0)
+    plain = client.chat.completions.create(**kw, extra_body={"speculative": False})
+    assert counters(drafting) == before  # the opt-out drafted nothing
+    drafted = client.chat.completions.create(**kw)
+    assert drafted.choices[0].message.content == plain.choices[0].message.content
+    assert drafted.usage.completion_tokens == plain.usage.completion_tokens
+    after = counters(drafting)
+    assert after[1] - before[1] > 10  # tokens were drafted and accepted
+    # Streaming, with a stop string inside what gets drafted: the text ends before it.
+    stream = client.chat.completions.create(**kw, stream=True, stop=["two minutes"])
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert "two minutes" not in text
+    assert plain.choices[0].message.content.startswith(text)
+
+
+def test_sampled_choices_logprobs_and_json_with_drafts(drafting: RunningServer) -> None:
+    client, model = drafting.client(), drafting.model_id()
+    before = counters(drafting)
+    r = client.chat.completions.create(
+        model=model,
+        messages=QUOTE,
+        max_tokens=60,
+        n=3,
+        temperature=0.7,
+        seed=11,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    for choice in r.choices:
+        assert choice.message.content
+        tokens = choice.logprobs.content
+        assert tokens and all(len(t.top_logprobs) == 2 for t in tokens)
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": 200}},
+        "required": ["answer"],
+    }
+    out = client.chat.completions.create(
+        model=model,
+        messages=QUOTE,
+        max_tokens=120,
+        temperature=0.5,
+        seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
+    assert isinstance(json.loads(out.choices[0].message.content)["answer"], str)
+    assert counters(drafting)[0] > before[0]
+
+
+def test_counters_in_metrics_and_no_cells_left(drafting: RunningServer) -> None:
+    client, model = drafting.client(), drafting.model_id()
+    # Streams dropped mid-answer.
+    for _ in range(6):
+        with client.chat.completions.create(
+            model=model, messages=QUOTE, max_tokens=80, temperature=0, stream=True
+        ) as stream:
+            for i, _chunk in enumerate(stream):
+                if i == 5:
+                    break
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=model, messages=QUOTE, max_tokens=8, extra_body={"speculative": "maybe"}
+        )
+    for _ in range(50):
+        stats = drafting.stats()
+        if stats["running"] == 0 and stats["active"] == 0:
+            break
+        time.sleep(0.1)
+    assert stats["cells_used"] == stats["cache_cells"]
+    assert stats["draft_steps"] > 0 and 0 < stats["draft_acceptance"] <= 1
+    assert stats["tokens_per_draft_step"] > 1
+    metrics = httpx.get(f"{drafting.url}/metrics").text
+    for name in (
+        "hearth_draft_tokens_total",
+        "hearth_draft_accepted_tokens_total",
+        "hearth_draft_verifications_total",
+        "hearth_draft_acceptance_ratio",
+        "hearth_draft_tokens_per_verification",
+    ):
+        assert f"\n{name}{{" in metrics, name
