@@ -38,3 +38,8 @@ class Unavailable(RequestError):
 
 class GenerationFailed(Exception):
     """The engine failed this request (HTTP 500; a stream ends with an error event)."""
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was complete; its generation was cancelled.
+    Normal, not a fault: logged as one line, answered with nothing anyone reads."""

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from server.api.app import api_routes, create_app
 from server.llama.model import LlamaModel
 from server.model_files import resolve_chat_model
 from server.settings import load_settings
 from tests.fake_engine import SCRIPT, FakeEngine, fake_runtime
+from tests.open_responses_schema import StreamEvent
 
 BASE = "http://127.0.0.1:8080"
 
@@ -207,8 +210,15 @@ def test_a_failed_request_ends_its_stream_with_an_error_and_done(client: TestCli
         r = client.post("/v1/chat/completions", json={"messages": HI})
         assert assert_error(r, 500)["type"] == "server_error"
         r = client.post("/v1/responses", json={"input": "hi", "stream": True})
-        events = [json.loads(d) for d in sse_data(r)]
-        assert events[-1]["type"] == "error"
+        data = sse_data(r)
+        assert data[-1] == "[DONE]"
+        events = [json.loads(d) for d in data[:-1]]
+        assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+        assert events[-2]["error"]["message"] == "the fake engine failed"
+        failed = events[-1]["response"]
+        assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+        for event in events:
+            StreamEvent.validate_python(event)
     finally:
         fake.fail_with = None
 
@@ -228,6 +238,13 @@ def test_responses_shape(client: TestClient) -> None:
 
 def test_every_route_but_health_needs_the_key(keyed: TestClient) -> None:
     for route in api_routes():
+        if isinstance(route, WebSocketRoute):
+            # Refused before the handshake is accepted.
+            with pytest.raises(WebSocketDisconnect) as refused, keyed.websocket_connect(route.path):
+                pass
+            assert refused.value.code == 1008
+            continue
+        assert isinstance(route, Route)
         for method in route.methods or ():
             if method == "HEAD" or (method, route.path) in {("GET", "/"), ("GET", "/health")}:
                 continue
@@ -296,6 +313,8 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     for route in api_routes():
+        if not isinstance(route, Route):
+            continue  # the Responses WebSocket mode: not an OpenAPI operation
         path = route.path.replace(":path", "")
         for method in route.methods or ():
             if method != "HEAD":

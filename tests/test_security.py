@@ -7,6 +7,7 @@ types, the API key on every route, body limits counted as bytes arrive.
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 
@@ -280,3 +283,25 @@ def test_limits_on_metadata_and_attributes(keyed: RunningServer) -> None:
         client.vector_stores.files.create(
             vector_store_id=store.id, file_id=f.id, attributes={"k" * 65: "v"}
         )
+
+
+def test_responses_websocket_needs_the_key_and_an_allowed_origin(keyed: RunningServer) -> None:
+    """Browsers let any page open a WebSocket anywhere: the handshake gets the same key and
+    Origin checks as every HTTP route."""
+    url = keyed.url.replace("http://", "ws://") + "/v1/responses"
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {**auth(), "Origin": "https://evil.example"},
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers=headers, open_timeout=30)
+        assert refused.value.response.status_code == 403
+    for headers in (auth(), {**auth(), "Origin": FRIEND}):
+        with connect(url, additional_headers=headers, open_timeout=30) as ws:
+            ws.send(json.dumps({"type": "response.create", "input": "Hi", "max_output_tokens": 4}))
+            while True:
+                event = json.loads(ws.recv(timeout=120))
+                if event["type"] in ("response.completed", "response.incomplete", "error"):
+                    break
+            assert event["type"] in ("response.completed", "response.incomplete"), event

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from server.api import responses
 from server.api import vector_stores as vs
@@ -37,7 +37,7 @@ from server.runtime import Runtime
 from server.settings import Settings
 
 
-def api_routes() -> list[Route]:
+def api_routes() -> list[BaseRoute]:
     """Every route the server answers (also what /openapi.json describes)."""
     return [
         Route("/", chat_page, methods=["GET"]),
@@ -50,6 +50,8 @@ def api_routes() -> list[Route]:
         Route("/v1/messages", create_message, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/responses", responses.create_response, methods=["POST"]),
+        WebSocketRoute("/v1/responses", responses.responses_socket),
+        Route("/v1/responses/compact", responses.compact_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
         Route("/v1/files", create_file, methods=["POST"]),

@@ -26,7 +26,7 @@ class APIKeyAuth:
         self.expected_key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -37,6 +37,12 @@ class APIKeyAuth:
         )
         # Handlers of the open routes read it as request.state.authenticated.
         scope.setdefault("state", {})["authenticated"] = authenticated
+        if scope["type"] == "websocket":
+            if authenticated:
+                await self.app(scope, receive, send)
+            else:  # refused before the handshake: the client sees HTTP 403
+                await send({"type": "websocket.close", "code": 1008, "reason": "invalid API key"})
+            return
         if not authenticated and (scope["method"], scope["path"]) not in OPEN_ROUTES:
             error = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
             await shaped(scope["path"], error)(scope, receive, send)

@@ -102,6 +102,15 @@ class BrowserGuard:
         self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # Browsers let any page open a WebSocket to any host (no CORS): the same
+            # Host and Origin checks, before the handshake is accepted.
+            refusal = self._refusal(Headers(scope=scope))
+            if refusal is None:
+                await self.app(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from server.engine.embedder import EmbedderBusy, EmbedderError
 from server.engine.engine import ContextLengthExceeded, EngineBusy, EngineDead
 from server.errors import (
+    ClientGone,
     FeatureDisabled,
     GenerationFailed,
     InvalidRequest,
@@ -134,6 +135,10 @@ def api_error(exc: Exception) -> APIError:
             return unavailable(str(exc))
         case GenerationFailed():
             return APIError(500, str(exc), type="server_error", code="server_error")
+        case ClientGone():
+            logger.info("client disconnected before its answer was complete; cancelled it")
+            # nginx's "client closed request": nobody reads it.
+            return APIError(499, "The client closed the connection.", code="client_closed")
     logger.error("unhandled error", exc_info=exc)
     return APIError(
         500, "The server had an error while processing your request.", type="server_error"
@@ -176,6 +181,7 @@ HANDLERS = {
             EngineDead,
             EmbedderError,
             GenerationFailed,
+            ClientGone,
         ),
         handle_error,
     ),

@@ -22,7 +22,7 @@ from server.chat.requests import SamplingFields
 from server.chat.tools import AnswerStream
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason, GenerationOutput
-from server.errors import GenerationFailed, InvalidRequest
+from server.errors import ClientGone, GenerationFailed, InvalidRequest
 from server.llama.sampler import SamplingParams
 
 # How often a non-streaming request checks whether its client is still there.
@@ -204,7 +204,7 @@ async def collect(
                 return results
             if await client_gone():
                 task.cancel()
-                raise asyncio.CancelledError
+                raise ClientGone
     finally:
         cancel_all(streams)
 

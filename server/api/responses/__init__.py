@@ -7,9 +7,19 @@ events (stream.py), and responses kept in memory for previous_response_id (the r
 ResponseStore).
 Supported: text and message inputs, `instructions`, function tools and their call / output
 items, `text.format` (JSON object or schema), `file_search` over Hearth's vector stores
-(with file citations), streaming.
+(with file citations), streaming (SSE with `data: [DONE]`, or the WebSocket mode:
+websocket.py), POST /v1/responses/compact (compact.py); every response object carries the
+fields the Open Responses specification requires.
 """
 
+from server.api.responses.compact import compact_response
 from server.api.responses.handlers import create_response, delete_response, get_response
+from server.api.responses.websocket import responses_socket
 
-__all__ = ["create_response", "delete_response", "get_response"]
+__all__ = [
+    "compact_response",
+    "create_response",
+    "delete_response",
+    "get_response",
+    "responses_socket",
+]

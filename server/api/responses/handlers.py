@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from sse_starlette.sse import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -14,45 +17,51 @@ from server.api.responses.output import ResponseBuilder, output_items, status_of
 from server.api.responses.stream import error_events, stream_events
 from server.api.responses.wire import ResponsesRequest, chat_request, input_items
 from server.api.sse import sse_response
+from server.async_engine import GenerationStream
 from server.chat.generate import cancel_all, collect, start_streams
-from server.chat.prepare import prepare_chat
+from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.requests import ChatCompletionRequest
 from server.chat.response_store import StoredResponse
-from server.model_pool import Lease, LoadedModel
+from server.model_pool import Lease
 from server.runtime import Runtime
 
 
-@documented("Create a response", body=ResponsesRequest, creates="response_id")
-async def create_response(request: Request) -> Response:
-    runtime: Runtime = request.app.state.runtime
-    req = validate_body(ResponsesRequest, await read_json(request))
-    store = runtime.responses
-    history: list[dict[str, Any]] = []
-    if req.previous_response_id is not None:
-        previous = store.get(req.previous_response_id)
-        if previous is None:
-            raise APIError(
-                404,
-                f"Previous response with id '{req.previous_response_id}' not found.",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        history = previous.items
-    chat = chat_request(req, history)
-    lease = await runtime.models.acquire(req.model)
-    with lease as model:
-        return await _respond(request, model, lease, req, chat, history)
+def conversation(runtime: Runtime, previous_response_id: str | None) -> list[dict[str, Any]]:
+    """The items of the conversation a request continues (none without an id)."""
+    if previous_response_id is None:
+        return []
+    previous = runtime.responses.get(previous_response_id)
+    if previous is None:
+        raise APIError(
+            404,
+            f"Previous response with id '{previous_response_id}' not found.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    return previous.items
 
 
-async def _respond(
-    request: Request,
-    model: LoadedModel,
-    lease: Lease,
-    req: ResponsesRequest,
-    chat: ChatCompletionRequest,
-    history: list[dict[str, Any]],
-) -> Response:
-    store = request.app.state.runtime.responses
+@dataclass
+class StartedResponse:
+    """A response whose generation has started: its streams, the builder of its response
+    object, and `remember`, which stores a finished body for previous_response_id."""
+
+    req: ResponsesRequest
+    prepared: PreparedChat
+    streams: list[GenerationStream]
+    builder: ResponseBuilder
+    remember: Callable[[dict[str, Any]], None]
+
+    def events(self) -> AsyncIterator[ServerSentEvent]:
+        return stream_events(self.builder, self.streams, self.prepared, self.remember)
+
+
+async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) -> StartedResponse:
+    """Translate, prepare and queue one response on the leased model (errors: APIError or
+    the chat service's, before anything is queued)."""
+    history = conversation(runtime, req.previous_response_id)
+    chat: ChatCompletionRequest = chat_request(req, history)
+    model = lease.model
     prepared = await prepare_chat(model, chat)
     streams = start_streams(
         model, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
@@ -66,20 +75,33 @@ async def _respond(
                 *history_items,
                 *(o for o in body["output"] if o["type"] != "file_search_call"),
             ]
-            store.put(builder.id, StoredResponse(body, items))
+            runtime.responses.put(builder.id, StoredResponse(body, items))
 
-    if req.stream:
-        events = stream_events(builder, streams, prepared, remember)
-        release = lease.hand_over()
-        return sse_response(
-            events, on_close=lambda: (cancel_all(streams), release()), on_error=error_events
-        )
-    (result,) = await collect(streams, request.is_disconnected)
+    return StartedResponse(req, prepared, streams, builder, remember)
+
+
+@documented("Create a response", body=ResponsesRequest, creates="response_id")
+async def create_response(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    req = validate_body(ResponsesRequest, await read_json(request))
+    conversation(runtime, req.previous_response_id)  # an unknown id fails before loading
+    lease = await runtime.models.acquire(req.model)
+    with lease:
+        started = await start_response(runtime, req, lease)
+        if req.stream:
+            release = lease.hand_over()
+            return sse_response(
+                started.events(),
+                on_close=lambda: (cancel_all(started.streams), release()),
+                on_error=error_events,
+            )
+        (result,) = await collect(started.streams, request.is_disconnected)
+    prepared = started.prepared
     output = output_items(result, prepared.tools is not None, prepared.sources, prepared.query)
     called = any(o["type"] == "function_call" for o in output)
     status = "completed" if called else status_of(result.finish_reason)
-    body = builder.body(status, output, result)
-    remember(body)
+    body = started.builder.body(status, output, result)
+    started.remember(body)
     return JSONResponse(body)
 
 

@@ -30,14 +30,18 @@ class ResponseBuilder:
         status: str,
         output: list[dict[str, Any]],
         result: ChoiceResult | None = None,
+        error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The response object with every field the Open Responses specification requires
+        (null where Hearth has no value)."""
         req = self.req
         body: dict[str, Any] = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
+            "completed_at": int(time.time()) if status == "completed" else None,
             "status": status,
-            "error": None,
+            "error": error,
             "incomplete_details": None,
             "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens,
@@ -50,12 +54,20 @@ class ResponseBuilder:
             "temperature": 1.0 if req.temperature is None else req.temperature,
             "text": req.text or {"format": {"type": "text"}},
             "tool_choice": req.tool_choice or "auto",
-            "tools": req.tools or [],
+            "tools": [echoed_tool(t) for t in req.tools or []],
             "top_p": 1.0 if req.top_p is None else req.top_p,
-            "truncation": "disabled",
+            "presence_penalty": req.presence_penalty,
+            "frequency_penalty": req.frequency_penalty,
+            "top_logprobs": req.top_logprobs or 0,
+            "truncation": req.truncation or "disabled",
             "usage": None,
             "user": req.user,
             "metadata": req.metadata or {},
+            "max_tool_calls": req.max_tool_calls,
+            "background": False,
+            "service_tier": "default",
+            "safety_identifier": req.safety_identifier,
+            "prompt_cache_key": req.prompt_cache_key,
         }
         if status == "incomplete":
             body["incomplete_details"] = {"reason": "max_output_tokens"}
@@ -70,13 +82,25 @@ class ResponseBuilder:
         return body
 
 
+def echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool as the response lists it: function tools always carry `parameters` and
+    `strict` (null when the request gave none)."""
+    if tool.get("type") != "function":
+        return tool
+    return {"parameters": None, "strict": None, **tool}
+
+
+def text_part(text: str, annotations: list[Any]) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
+
+
 def message_item(item_id: str, text: str, status: str, annotations: list[Any]) -> dict[str, Any]:
     return {
         "type": "message",
         "id": item_id,
         "status": status,
         "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": annotations}],
+        "content": [text_part(text, annotations)],
     }
 
 

@@ -1,5 +1,7 @@
-"""The typed stream events of a streamed response (`event: <type>` + JSON data), formatted
-from the chat service's one streaming loop (server/chat/generate.events)."""
+"""The typed stream events of a streamed response (`event: <type>` + JSON data, lines
+ending in LF as the Open Responses specification and common parsers expect, then
+`data: [DONE]`), formatted from the chat service's one streaming loop
+(server/chat/generate.events). The same events go over the WebSocket mode, as messages."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from server.api.responses.output import (
     function_call_item,
     message_item,
     status_of,
+    text_part,
 )
 from server.api.sse import dumps
 from server.async_engine import GenerationStream
@@ -23,11 +26,26 @@ from server.chat.generate import ChoiceEnd, Failed, events
 from server.chat.prepare import PreparedChat
 from server.ids import new_id
 
+# The stream's last line: the Open Responses specification ends every stream with it.
+DONE = ServerSentEvent(data="[DONE]", sep="\n")
+
+
+def error_fields(error: APIError) -> dict[str, Any]:
+    """An error event's fields: nested as the Open Responses specification has them, and
+    at the top as OpenAI's SDKs read them."""
+    payload = {
+        "type": error.type,
+        "code": error.code or "server_error",
+        "message": error.message,
+        "param": error.param,
+    }
+    return {"error": payload, **{k: payload[k] for k in ("code", "message", "param")}}
+
 
 def error_events(error: APIError) -> list[ServerSentEvent]:
-    """How a response stream ends on an error it could not number: one `error` event."""
-    data = {"type": "error", "code": error.code or "server_error", "message": error.message}
-    return [ServerSentEvent(data=dumps({**data, "param": error.param}), event="error")]
+    """How a response stream ends on an error it could not number: an `error` event."""
+    data = {"type": "error", "sequence_number": 0, **error_fields(error)}
+    return [ServerSentEvent(data=dumps(data), event="error", sep="\n"), DONE]
 
 
 class _Events:
@@ -39,7 +57,7 @@ class _Events:
     def __call__(self, kind: str, **fields: Any) -> ServerSentEvent:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        return ServerSentEvent(data=dumps(data), event=kind)
+        return ServerSentEvent(data=dumps(data), event=kind, sep="\n")
 
 
 async def stream_events(
@@ -77,14 +95,17 @@ async def stream_events(
                 item_id=message_id,
                 output_index=index,
                 content_index=0,
-                part={"type": "output_text", "text": "", "annotations": []},
+                part=text_part("", []),
             ),
         ]
 
     async for out in events(streams, with_tools=prepared.tools is not None):
         if isinstance(out, Failed):
-            error = {"code": "server_error", "message": out.message, "param": None}
-            yield event("error", **error)
+            error = APIError(500, out.message, type="server_error", code="server_error")
+            yield event("error", **error_fields(error))
+            failed = {"code": "server_error", "message": out.message}
+            yield event("response.failed", response=builder.body("failed", output, error=failed))
+            yield DONE
             return
         if out.text:
             if not opened:
@@ -156,3 +177,4 @@ async def stream_events(
         remember(body)
         kind = "response.incomplete" if status == "incomplete" else "response.completed"
         yield event(kind, response=body)
+    yield DONE

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import json
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server.api.errors import bad_request
 from server.chat.requests import ChatCompletionRequest, Metadata
@@ -32,6 +35,25 @@ class ResponsesRequest(BaseModel):
     store: bool = True
     metadata: Metadata | None = None
     user: str | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_tool_calls: int | None = Field(None, ge=1)
+    truncation: Literal["auto", "disabled"] | None = None
+    background: bool = False
+    service_tier: str | None = None
+    safety_identifier: str | None = Field(None, max_length=64)
+    prompt_cache_key: str | None = Field(None, max_length=256)
+
+    @field_validator("background")
+    @classmethod
+    def _foreground(cls, v: bool) -> bool:
+        if v:
+            raise ValueError(
+                "background responses are not supported; send the request with stream=true "
+                "or wait for it"
+            )
+        return v
 
 
 def _text_of(content: Any, param: str) -> str:
@@ -56,9 +78,39 @@ def _text_of(content: Any, param: str) -> str:
     return "\n".join(texts)
 
 
+# What /v1/responses/compact puts in a compaction item's `encrypted_content`: Hearth keeps
+# no secrets from the client that holds its own conversation, so it is the summary in
+# base64-coded JSON, under a marker that says whose it is.
+COMPACTION_MARK = "hearth-compaction-v1:"
+
+
+def compaction_content(summary: str) -> str:
+    blob = json.dumps({"summary": summary}, ensure_ascii=False).encode()
+    return COMPACTION_MARK + base64.b64encode(blob).decode("ascii")
+
+
+def _compaction_summary(item: dict[str, Any], param: str) -> str:
+    content = item.get("encrypted_content")
+    if not isinstance(content, str) or not content.startswith(COMPACTION_MARK):
+        raise bad_request(
+            "This compaction item was not made by this server (POST /v1/responses/compact); "
+            "send the conversation's messages instead.",
+            param=f"{param}.encrypted_content",
+        )
+    try:
+        summary = json.loads(base64.b64decode(content[len(COMPACTION_MARK) :]))["summary"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise bad_request("The compaction item is damaged.", param=param) from None
+    if not isinstance(summary, str):
+        raise bad_request("The compaction item is damaged.", param=param)
+    return summary
+
+
 def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Responses input items → chat messages (consecutive function calls: one turn)."""
+    """Responses input items → chat messages (consecutive function calls: one turn; the
+    summaries of compaction items first, as one system message)."""
     messages: list[dict[str, Any]] = []
+    summaries: list[str] = []
     for i, item in enumerate(items):
         param = f"input.[{i}]"
         if not isinstance(item, dict):
@@ -91,10 +143,15 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             messages.append(
                 {"role": "tool", "tool_call_id": item.get("call_id", ""), "content": text}
             )
+        elif kind == "compaction":
+            summaries.append(_compaction_summary(item, param))
         elif kind in ("reasoning", "file_search_call"):
             continue  # nothing the model needs to read again
         else:
             raise bad_request(f"Input items of type {kind!r} are not supported.", param=param)
+    if summaries:
+        text = "Summary of the conversation so far:\n" + "\n\n".join(summaries)
+        messages.insert(0, {"role": "system", "content": text})
     return messages
 
 
@@ -153,6 +210,8 @@ def chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCo
         "top_p": req.top_p,
         "response_format": _response_format(req.text),
         "parallel_tool_calls": req.parallel_tool_calls,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
     }
     if req.tools:
         functions, retrieval = _chat_tools(req.tools)
@@ -161,7 +220,7 @@ def chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCo
             body["tool_choice"] = _chat_tool_choice(req.tool_choice)
         if retrieval is not None:
             body["retrieval"] = retrieval
-    for key in ("top_k", "min_p", "seed", "repeat_penalty", "stop"):
+    for key in ("top_k", "min_p", "seed", "repeat_penalty", "stop", "ignore_eos", "speculative"):
         if key in (req.model_extra or {}):
             body[key] = req.model_extra[key]  # extensions, as on /v1/chat/completions
     try:

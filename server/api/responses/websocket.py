@@ -1,0 +1,78 @@
+"""The Responses API's WebSocket mode: one connection to /v1/responses, many responses.
+
+The client sends `{"type": "response.create", ...}` with the fields of a POST
+/v1/responses body (`stream` is implied), and gets the same numbered events a streamed
+response has, one JSON message each; then it may send the next (usually with
+previous_response_id). A request that fails, or a message that is not response.create,
+is answered with an `error` event and the connection stays open. Responses on one
+connection run one after another, as OpenAI's do without its beta stream ids.
+
+Who may connect is checked before the handshake is accepted, by the same middleware as
+every HTTP route (server/api/auth.py, server/api/browser.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from server.api.body import validate_body
+from server.api.errors import api_error, bad_request
+from server.api.responses.handlers import start_response
+from server.api.responses.stream import DONE, error_fields
+from server.api.responses.wire import ResponsesRequest
+from server.api.sse import dumps
+from server.chat.generate import cancel_all
+from server.runtime import Runtime
+
+# A message larger than this is refused (the HTTP routes' JSON body limit is larger; one
+# socket message carries one request).
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+async def responses_socket(ws: WebSocket) -> None:
+    await ws.accept()
+    runtime: Runtime = ws.app.state.runtime
+    try:
+        while True:
+            text = await ws.receive_text()
+            try:
+                body = _create_body(text)
+                await _respond(ws, runtime, body)
+            except WebSocketDisconnect:
+                raise
+            except Exception as e:
+                error = {"type": "error", "sequence_number": 0, **error_fields(api_error(e))}
+                await ws.send_text(dumps(error))
+    except WebSocketDisconnect:
+        return
+
+
+def _create_body(text: str) -> dict[str, Any]:
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise bad_request(f"A message may be at most {MAX_MESSAGE_BYTES >> 20} MiB.")
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise bad_request("A message must be a JSON object.") from None
+    if not isinstance(message, dict) or message.get("type") != "response.create":
+        raise bad_request(
+            'Send {"type": "response.create", ...} with the fields of POST /v1/responses.',
+            param="type",
+        )
+    return {k: v for k, v in message.items() if k not in ("type", "stream")}
+
+
+async def _respond(ws: WebSocket, runtime: Runtime, body: dict[str, Any]) -> None:
+    req = validate_body(ResponsesRequest, {**body, "stream": True})
+    lease = await runtime.models.acquire(req.model)
+    with lease:
+        started = await start_response(runtime, req, lease)
+        try:
+            async for event in started.events():
+                if event is not DONE:
+                    await ws.send_text(str(event.data))
+        finally:
+            cancel_all(started.streams)  # a client gone mid-answer frees its sequence

@@ -1,0 +1,310 @@
+"""/v1/responses against the Open Responses specification (issue 22): the compliance
+suite's requests (openresponses/openresponses, `bin/compliance-test.ts`), every response
+object and stream event validated against the spec's schema (tests/open_responses_schema.py),
+the stream's wire framing, POST /v1/responses/compact, and the WebSocket mode."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RunningServer
+from tests.open_responses_schema import ResponseResource, StreamEvent
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the current weather for a location",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "location": {
+                "type": "string",
+                "description": "The city and state, e.g. San Francisco, CA",
+            }
+        },
+        "required": ["location"],
+    },
+}
+WEATHER_ASK = [
+    {"type": "message", "role": "user", "content": "What's the weather like in San Francisco?"}
+]
+
+# The compliance suite's requests (id -> body, streamed?). Each passes on the schema and
+# the stream; whether a model with tool_choice "auto" calls the tool is its own choice,
+# so those two are checked with tool_choice "required" as well.
+TEMPLATES: dict[str, tuple[dict[str, Any], bool]] = {
+    "basic-response": (
+        {
+            "input": [
+                {"type": "message", "role": "user", "content": "Say hello in exactly 3 words."}
+            ]
+        },
+        False,
+    ),
+    "streaming-response": (
+        {"input": [{"type": "message", "role": "user", "content": "Count from 1 to 5."}]},
+        True,
+    ),
+    "system-prompt": (
+        {
+            "input": [
+                {
+                    "type": "message",
+                    "role": "system",
+                    "content": "You are a pirate. Always respond in pirate speak.",
+                },
+                {"type": "message", "role": "user", "content": "Say hello."},
+            ]
+        },
+        False,
+    ),
+    "tool-calling": ({"input": WEATHER_ASK, "tools": [WEATHER_TOOL]}, False),
+    "tool-calling-streaming": ({"input": WEATHER_ASK, "tools": [WEATHER_TOOL]}, True),
+    "multi-turn": (
+        {
+            "input": [
+                {"type": "message", "role": "user", "content": "My name is Alice."},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": "Hello Alice! Nice to meet you. How can I help you today?",
+                },
+                {"type": "message", "role": "user", "content": "What is my name?"},
+            ]
+        },
+        False,
+    ),
+}
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    """Parse a Responses stream the way the compliance suite does (LF-separated lines,
+    `event:` and `data:` fields, a blank line ending each event) and check its framing:
+    LF only, each event's name equal to its data's type, ending in `data: [DONE]`."""
+    assert "\r" not in text, "events must be separated by LF"
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    assert blocks[-1] == "data: [DONE]"
+    events = []
+    for block in blocks[:-1]:
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        data = json.loads(fields["data"])
+        assert fields["event"] == data["type"]
+        events.append(data)
+    return events
+
+
+def check_stream(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every event valid, numbered 0, 1, 2, ...; returns the final response."""
+    for i, event in enumerate(events):
+        StreamEvent.validate_python(event)
+        assert event["sequence_number"] == i
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] in ("response.completed", "response.incomplete", "response.failed")
+    return events[-1]["response"]
+
+
+def create(server: RunningServer, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    url = f"{server.base_url}/responses"
+    r = httpx.post(url, json={**body, "stream": stream}, timeout=300)
+    assert r.status_code == 200, r.text
+    if not stream:
+        return r.json()
+    return check_stream(sse_events(r.text))
+
+
+# The suite sends no max_output_tokens: a 135M model at the default temperature 1 may
+# ramble to the end of the context, which would only make the test slow.
+LIMIT = 64
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_compliance_suite_requests(server: RunningServer, model_id: str, name: str) -> None:
+    body, stream = TEMPLATES[name]
+    body = {"model": model_id, "max_output_tokens": LIMIT, **body}
+    response = create(server, body, stream)
+    ResponseResource.model_validate(response)
+    assert response["output"], "no output items"
+    # Whether the model ends its answer (and whether it calls a tool with tool_choice
+    # "auto") is its own choice: "completed", or "incomplete" at the limit.
+    if response["status"] == "completed":
+        assert response["completed_at"] >= response["created_at"]
+    else:
+        assert response["status"] == "incomplete" and response["completed_at"] is None
+        assert response["incomplete_details"] == {"reason": "max_output_tokens"}
+        assert response["usage"]["output_tokens"] == LIMIT
+    if name.startswith("tool-calling"):
+        # With "required" the call is Hearth's job, not the model's choice.
+        required = create(server, {**body, "tool_choice": "required"}, stream)
+        ResponseResource.model_validate(required)
+        assert [o["type"] for o in required["output"]] == ["function_call"]
+        assert json.loads(required["output"][0]["arguments"])["location"]
+        assert required["status"] == "completed" and required["completed_at"] is not None
+    # What was stored reads back in the same shape.
+    stored = httpx.get(f"{server.base_url}/responses/{response['id']}").json()
+    ResponseResource.model_validate(stored)
+    assert stored == response
+
+
+def test_streamed_tool_call_events(server: RunningServer, model_id: str) -> None:
+    body = {"model": model_id, "input": WEATHER_ASK, "tools": [WEATHER_TOOL], "stream": True}
+    r = httpx.post(
+        f"{server.base_url}/responses", json={**body, "tool_choice": "required"}, timeout=300
+    )
+    events = sse_events(r.text)
+    check_stream(events)
+    kinds = [(e["type"], e.get("item", {}).get("type")) for e in events]
+    assert ("response.output_item.added", "function_call") in kinds
+    assert ("response.output_item.done", "function_call") in kinds
+    assert ("response.function_call_arguments.delta", None) in kinds
+    assert ("response.function_call_arguments.done", None) in kinds
+
+
+def test_echoed_fields(server: RunningServer, model_id: str) -> None:
+    strict_tool = {**WEATHER_TOOL, "strict": True}
+    response = create(
+        server,
+        {
+            "model": model_id,
+            "input": "Hi",
+            "tools": [WEATHER_TOOL, strict_tool | {"name": "other"}],
+            "max_output_tokens": 8,
+            "presence_penalty": 0.5,
+            "frequency_penalty": 0.25,
+            "top_logprobs": 0,
+            "max_tool_calls": 3,
+            "safety_identifier": "user-1",
+            "prompt_cache_key": "docs",
+            "metadata": {"k": "v"},
+        },
+        False,
+    )
+    ResponseResource.model_validate(response)
+    assert [t["strict"] for t in response["tools"]] == [None, True]
+    assert response["presence_penalty"] == 0.5 and response["frequency_penalty"] == 0.25
+    assert response["max_tool_calls"] == 3 and response["safety_identifier"] == "user-1"
+    assert response["prompt_cache_key"] == "docs" and response["metadata"] == {"k": "v"}
+    assert response["background"] is False and response["service_tier"] == "default"
+
+
+def test_unsupported_options_are_clear_errors(server: RunningServer, model_id: str) -> None:
+    url = f"{server.base_url}/responses"
+    image = {
+        "type": "message",
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "What do you see?"},
+            {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="},
+        ],
+    }
+    for body, param in (
+        ({"input": [image]}, "input.[0].[1].type"),  # a text-only model
+        ({"input": "Hi", "background": True}, "background"),
+    ):
+        r = httpx.post(url, json={"model": model_id, **body}, timeout=60)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and error["message"]
+
+
+def test_compact_keeps_user_turns_and_summarises_the_rest(
+    server: RunningServer, client: openai.OpenAI, model_id: str
+) -> None:
+    first = client.responses.create(
+        model=model_id,
+        input="My name is Alice and I keep bees in Lyon.",
+        max_output_tokens=24,
+        temperature=0,
+    )
+    r = httpx.post(
+        f"{server.base_url}/responses/compact",
+        json={
+            "model": model_id,
+            "previous_response_id": first.id,
+            "input": [{"type": "message", "role": "user", "content": "Where do I live?"}],
+        },
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    compacted = r.json()
+    assert compacted["object"] == "response.compaction" and compacted["id"].startswith("resp_")
+    output = compacted["output"]
+    users = [o for o in output if o["type"] == "message"]
+    assert [u["role"] for u in users] == ["user", "user"]
+    assert "Lyon" in json.dumps(users[0])
+    (summary,) = [o for o in output if o["type"] == "compaction"]
+    assert summary["id"].startswith("cmp_") and summary["encrypted_content"]
+    assert compacted["usage"]["output_tokens"] > 0
+    # The compacted window is a valid input for the next turn.
+    follow = client.responses.create(
+        model=model_id, input=[*output, {"role": "user", "content": "Thanks."}], max_output_tokens=8
+    )
+    assert follow.status in ("completed", "incomplete")
+    # The compaction route is not a response id, and unknown ids still answer 404.
+    bad = httpx.post(f"{server.base_url}/responses/compact", json={"model": model_id}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+
+
+def test_websocket_mode_with_the_official_client(client: openai.OpenAI, model_id: str) -> None:
+    """The SDK sends; the raw messages are validated (the SDK's own models would turn
+    integers into floats)."""
+
+    def events_until_done(connection: Any) -> list[dict[str, Any]]:
+        events = []
+        while True:
+            events.append(json.loads(connection.recv_bytes()))
+            if events[-1]["type"] in ("response.completed", "response.incomplete", "error"):
+                return events
+
+    with client.responses.connect() as connection:
+        ids: list[str] = []
+        for text in ("Say hello.", "Say goodbye."):
+            extra = {"previous_response_id": ids[-1]} if ids else {}
+            connection.response.create(
+                model=model_id, input=text, max_output_tokens=12, temperature=0, **extra
+            )
+            final = check_stream(events_until_done(connection))
+            ResponseResource.model_validate(final)
+            assert final["previous_response_id"] == (ids[-1] if ids else None)
+            ids.append(final["id"])
+        # A bad request on the socket is an error event; the socket stays usable.
+        connection.send({"type": "response.create", "model": model_id, "input": []})
+        (error,) = events_until_done(connection)
+        StreamEvent.validate_python(error)
+        assert error["error"]["param"] == "input"
+        connection.send({"type": "nonsense"})  # type: ignore[typeddict-item]
+        (error,) = events_until_done(connection)
+        assert "response.create" in error["error"]["message"]
+        connection.response.create(model=model_id, input="Hi", max_output_tokens=4)
+        assert events_until_done(connection)[-1]["type"] in (
+            "response.completed",
+            "response.incomplete",
+        )
+
+
+def test_a_client_giving_up_is_one_log_line(server: RunningServer, model_id: str) -> None:
+    before = server.proc.log_text()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.base_url}/responses",
+            json={
+                "model": model_id,
+                "input": "Write a very long story.",
+                "max_output_tokens": 400,
+                "ignore_eos": True,
+            },
+            timeout=0.5,
+        )
+    time.sleep(2)
+    new = server.proc.log_text()[len(before) :]
+    assert "Traceback" not in new and "CancelledError" not in new
+    assert "client disconnected" in new
+    # The server answers on.
+    health = httpx.get(f"{server.url}/health", timeout=30)
+    assert health.status_code == 200
