@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, help="Poisson request rate (requests/s)")
     p.add_argument("--prompt-words", type=int, default=40)
     p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument(
+        "--per-request",
+        type=int,
+        default=1,
+        help="embeddings: texts in each request (LangChain and LlamaIndex send 16 to 1000)",
+    )
     p.add_argument("--label", help="name of this run in the report (default: the URL)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument(
@@ -213,7 +219,8 @@ def _peer_runs(
 
 
 def _embeddings(args: argparse.Namespace, levels: list[int]) -> int:
-    """~200-token texts, one per request, through /v1/embeddings at each concurrency."""
+    """~200-token texts, --per-request at a time, through /v1/embeddings at each
+    concurrency."""
     import json
 
     from bench.embed_load import chunks, run_embed_load
@@ -226,11 +233,12 @@ def _embeddings(args: argparse.Namespace, levels: list[int]) -> int:
     texts = chunks(args.requests)
     rows = []
     for level in levels:
-        r = asyncio.run(run_embed_load(args.url, model, texts, level))
+        r = asyncio.run(run_embed_load(args.url, model, texts, level, args.per_request))
         rows.append(
             {
                 "label": args.label or args.url,
                 "concurrency": level,
+                "texts_per_request": args.per_request,
                 "texts_per_second": r.texts_per_second,
                 "tokens_per_second": r.tokens_per_second,
                 "latency_ms": describe(r.latencies),

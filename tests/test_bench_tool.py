@@ -86,6 +86,28 @@ def test_embeddings_workload(server: RunningServer, tmp_path: Path) -> None:
     rows = json.loads((out / "results.json").read_text())
     assert [x["concurrency"] for x in rows] == [1, 3]
     assert all(x["texts_per_second"] > 0 and x["latency_ms"]["p50"] > 0 for x in rows)
+    # Batched as LangChain sends them: 4 texts a request (two requests).
+    batched = tmp_path / "batched"
+    r = hearth_cli(
+        "bench",
+        "--url",
+        server.url,
+        "--workload",
+        "embeddings",
+        "--requests",
+        "8",
+        "--per-request",
+        "4",
+        "--concurrency",
+        "2",
+        "--out",
+        str(batched),
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads((batched / "results.json").read_text())
+    assert row["texts_per_request"] == 4 and row["texts_per_second"] > 0
+    assert len(row["latency_ms"]) and row["latency_ms"]["p50"] > 0
 
 
 @pytest.mark.timeout(2400)
