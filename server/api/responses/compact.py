@@ -20,6 +20,7 @@ from server.api.body import read_json, validate_body
 from server.api.errors import bad_request
 from server.api.openapi import documented
 from server.api.responses.handlers import conversation
+from server.api.responses.output import usage
 from server.api.responses.wire import compaction_content, input_messages
 from server.chat.generate import collect, start_streams
 from server.chat.prepare import prepare_chat
@@ -113,12 +114,6 @@ async def compact_response(request: Request) -> Response:
             "object": "response.compaction",
             "created_at": int(time.time()),
             "output": [*kept, compaction],
-            "usage": {
-                "input_tokens": result.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": result.cached_tokens},
-                "output_tokens": result.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            },
+            "usage": usage(result),
         }
     )

@@ -72,14 +72,18 @@ class ResponseBuilder:
         if status == "incomplete":
             body["incomplete_details"] = {"reason": "max_output_tokens"}
         if result is not None:
-            body["usage"] = {
-                "input_tokens": result.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": result.cached_tokens},
-                "output_tokens": result.completion_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            }
+            body["usage"] = usage(result)
         return body
+
+
+def usage(result: ChoiceResult) -> dict[str, Any]:
+    return {
+        "input_tokens": result.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": result.cached_tokens},
+        "output_tokens": result.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
 
 
 def echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
