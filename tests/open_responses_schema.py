@@ -59,7 +59,7 @@ class FunctionCall(_Strict):
 class FileSearchCall(_Strict):
     type: Literal["file_search_call"]
     id: str
-    status: str
+    status: Literal["in_progress", "searching", "completed", "incomplete", "failed"]
     queries: list[str]
     results: list[dict[str, Any]] | None
 
@@ -75,9 +75,17 @@ class FunctionTool(_Strict):
     strict: bool | None
 
 
+class RankingOptions(_Strict):
+    ranker: str
+    score_threshold: float
+
+
 class FileSearchTool(_Strict):
     type: Literal["file_search"]
     vector_store_ids: list[str]
+    max_num_results: int
+    ranking_options: RankingOptions
+    filters: dict[str, Any] | None
 
 
 Tool = Annotated[FunctionTool | FileSearchTool, Field(discriminator="type")]

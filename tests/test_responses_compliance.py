@@ -152,6 +152,30 @@ def test_compliance_suite_requests(server: RunningServer, model_id: str, name: s
     assert stored == response
 
 
+def test_file_search_with_a_vector_store(
+    server: RunningServer, client: openai.OpenAI, model_id: str, tmp_path: Any
+) -> None:
+    """The suite's file_search check (--file-search-vector-store-id): a file_search_call
+    item, and the tool echoed with every field the schema requires."""
+    doc = tmp_path / "boiler.md"
+    doc.write_text("# Boiler\n\nBleed the radiators every autumn before the heating season.\n")
+    store = client.vector_stores.create(name="compliance")
+    with doc.open("rb") as f:
+        client.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=f)
+    tool = {"type": "file_search", "vector_store_ids": [store.id]}
+    ask = "When should the radiators be bled?"
+    for stream in (False, True):
+        response = create(
+            server,
+            {"model": model_id, "input": ask, "tools": [tool], "max_output_tokens": 32},
+            stream,
+        )
+        ResponseResource.model_validate(response)
+        assert response["output"][0]["type"] == "file_search_call"
+        (echoed,) = response["tools"]
+        assert echoed["max_num_results"] == 4 and echoed["filters"] is None
+
+
 def test_streamed_tool_call_events(server: RunningServer, model_id: str) -> None:
     body = {"model": model_id, "input": WEATHER_ASK, "tools": [WEATHER_TOOL], "stream": True}
     r = httpx.post(

@@ -87,11 +87,23 @@ def usage(result: ChoiceResult) -> dict[str, Any]:
 
 
 def echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    """A tool as the response lists it: function tools always carry `parameters` and
-    `strict` (null when the request gave none)."""
-    if tool.get("type") != "function":
-        return tool
-    return {"parameters": None, "strict": None, **tool}
+    """A tool as the response lists it, with every field the specification requires:
+    function tools carry `parameters` and `strict` (null when the request gave none),
+    file_search tools the result count, ranking options and filters that applied."""
+    if tool.get("type") == "function":
+        return {"parameters": None, "strict": None, **tool}
+    if tool.get("type") == "file_search":
+        defaults = {
+            "max_num_results": FILE_SEARCH_RESULTS,
+            "ranking_options": {"ranker": "auto", "score_threshold": 0.0},
+            "filters": None,
+        }
+        return {**defaults, **{k: v for k, v in tool.items() if v is not None}}
+    return tool
+
+
+# Chunks a file_search tool retrieves when the request does not say.
+FILE_SEARCH_RESULTS = 4
 
 
 def text_part(text: str, annotations: list[Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server.api.errors import bad_request
+from server.api.responses.output import FILE_SEARCH_RESULTS
 from server.chat.requests import ChatCompletionRequest, Metadata
 from server.ids import new_id
 
@@ -166,10 +167,13 @@ def _chat_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
         elif kind == "file_search":
             retrieval = {
                 "vector_store_ids": tool.get("vector_store_ids") or [],
-                "max_num_results": tool.get("max_num_results", 4),
+                "max_num_results": tool.get("max_num_results", FILE_SEARCH_RESULTS),
             }
             if tool.get("filters") is not None:
                 retrieval["filters"] = tool["filters"]
+            ranking = tool.get("ranking_options")
+            if isinstance(ranking, dict) and ranking.get("ranker") == "none":
+                retrieval["rerank"] = False  # OpenAI's way of declining the reranker
         else:
             raise bad_request(
                 f"Tools of type {kind!r} are not supported; 'function' and 'file_search' are.",
