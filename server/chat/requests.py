@@ -55,7 +55,7 @@ class SamplingFields(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
     ignore_eos: bool = False
-    # false: never draft this request's tokens from its prompt (engine.max_draft); the
+    # false: never draft this request's tokens from its prompt ([speculative]); the
     # output is the same either way, only its speed differs.
     speculative: bool = True
     # DRY repetition penalty (llama-server's names; 0: off).
