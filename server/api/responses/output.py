@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from retrieval.chunk_store import Hit
+from server.api.responses.wire import FILE_SEARCH_RESULTS, ResponsesRequest
 from server.chat.generate import ChoiceResult
 from server.chat.tools import parse_answer
 from server.engine.request import FinishReason
 from server.ids import new_id
-
-if TYPE_CHECKING:
-    from server.api.responses.wire import ResponsesRequest
 
 
 @dataclass
@@ -100,10 +98,6 @@ def echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
         }
         return {**defaults, **{k: v for k, v in tool.items() if v is not None}}
     return tool
-
-
-# Chunks a file_search tool retrieves when the request does not say.
-FILE_SEARCH_RESULTS = 4
 
 
 def text_part(text: str, annotations: list[Any]) -> dict[str, Any]:

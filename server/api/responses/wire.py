@@ -10,9 +10,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server.api.errors import bad_request
-from server.api.responses.output import FILE_SEARCH_RESULTS
 from server.chat.requests import ChatCompletionRequest, Metadata
 from server.ids import new_id
+
+# Chunks a file_search tool retrieves when the request does not say.
+FILE_SEARCH_RESULTS = 4
 
 
 class ResponsesRequest(BaseModel):
