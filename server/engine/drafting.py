@@ -57,27 +57,17 @@ class PromptLookup:
 
 @dataclass
 class DraftStats:
-    """How a sequence's drafts fare: counts, and an estimate of the chance that its next
-    draft token is accepted given the one before it was (Beta(1, 1) prior; older
-    verifications weigh less, since a sequence copies in runs: a quote, then prose)."""
+    """How a sequence's drafts fare: an estimate of the chance that its next draft token
+    is accepted given the one before it was (Beta(1, 1) prior; older verifications weigh
+    less, since a sequence copies in runs: a quote, then prose). Totals over all
+    sequences are the engine's (EngineStats.draft_*)."""
 
-    drafted: int = 0
-    accepted: int = 0
-    drafts: int = 0
     _hits: float = 0.0
     _misses: float = 0.0
 
     def record(self, drafted: int, accepted: int) -> None:
-        self.drafted += drafted
-        self.accepted += accepted
-        self.drafts += 1
         self._hits = RECENCY * self._hits + accepted
         self._misses = RECENCY * self._misses + (1 if accepted < drafted else 0)
-
-    @property
-    def acceptance(self) -> float:
-        """Share of all draft tokens accepted so far."""
-        return self.accepted / self.drafted if self.drafted else 0.0
 
     @property
     def next_token_acceptance(self) -> float:
