@@ -5,16 +5,23 @@ queue is this table, so it survives a crash or kill -9 and the worker resumes it
 A job is identified by its `seq`, new on every attach: a job whose row was detached or
 re-attached meanwhile is no longer current, and nothing it does counts. `attempts`
 counts the starts of the current job, so a file that keeps killing the server is given up.
+
+The database is SQLite in the data directory, or PostgreSQL (`retrieval.database_url`)
+when several Hearth processes share the catalog: there a job is claimed by one process at
+a time (PostgresDatabase.claim), and `seq` comes from a sequence, not MAX + 1.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval.postgres import PostgresDatabase
 from retrieval.sqlite import Database
 from server.ids import new_id
 
@@ -39,6 +46,30 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     PRIMARY KEY (vector_store_id, file_id)
 );
 """
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vector_stores (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    created_at BIGINT NOT NULL,
+    last_active_at BIGINT NOT NULL,
+    ord BIGSERIAL
+);
+CREATE TABLE IF NOT EXISTS vector_store_files (
+    vector_store_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    last_error TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    created_at BIGINT NOT NULL,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    seq BIGINT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (vector_store_id, file_id)
+);
+CREATE INDEX IF NOT EXISTS vector_store_files_status ON vector_store_files (status, seq);
+CREATE SEQUENCE IF NOT EXISTS vector_store_files_seq
+"""
 # Columns added since the first release, for databases made before them.
 _MIGRATIONS = {
     "attempts": "ALTER TABLE vector_store_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
@@ -46,6 +77,9 @@ _MIGRATIONS = {
 # The row of one job: its file, in its store, by the same attach.
 _JOB = "vector_store_id = ? AND file_id = ? AND seq = ?"
 _FILE_COLUMNS = "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq"
+_STORE_COLUMNS = "id, name, metadata, created_at, last_active_at"
+# Jobs a worker looks at for one it can claim (others may be claimed by other processes).
+_CLAIM_CANDIDATES = 16
 
 IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "in_progress", "completed", "failed", "cancelled"
 
@@ -77,13 +111,23 @@ def _job_key(job: VectorStoreFile) -> tuple[str, str, int]:
 
 
 class Catalog:
-    def __init__(self, data_dir: Path) -> None:
-        self._db = Database(data_dir / "vector_stores.db", _SCHEMA)
-        with self._db.tx() as db:
-            have = {row[1] for row in db.execute("PRAGMA table_info(vector_store_files)")}
-            for column, statement in _MIGRATIONS.items():
-                if column not in have:
-                    db.execute(statement)
+    def __init__(self, where: Path | str) -> None:
+        """`where`: the data directory (SQLite there) or a postgresql:// URL."""
+        self._db: Database | PostgresDatabase
+        if isinstance(where, str) and where.startswith(("postgresql://", "postgres://")):
+            self._db = PostgresDatabase(where, _PG_SCHEMA)
+        else:
+            self._db = Database(Path(where) / "vector_stores.db", _SCHEMA)
+            have = self._db.columns("vector_store_files")
+            with self._db.tx() as db:
+                for column, statement in _MIGRATIONS.items():
+                    if column not in have:
+                        db.execute(statement)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may use this catalog too."""
+        return self._db.dialect == "postgres"
 
     # --- vector stores --------------------------------------------------------------------
 
@@ -92,7 +136,7 @@ class Catalog:
         store_id = new_id("vs_")
         with self._db.tx() as db:
             db.execute(
-                "INSERT INTO vector_stores VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO vector_stores ({_STORE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                 (store_id, name, json.dumps(metadata), now, now),
             )
         store = self.get_store(store_id)
@@ -101,7 +145,9 @@ class Catalog:
 
     def get_store(self, store_id: str) -> VectorStore | None:
         with self._db.tx() as db:
-            row = db.execute("SELECT * FROM vector_stores WHERE id = ?", (store_id,)).fetchone()
+            row = db.execute(
+                f"SELECT {_STORE_COLUMNS} FROM vector_stores WHERE id = ?", (store_id,)
+            ).fetchone()
             if row is None:
                 return None
             counts = dict(
@@ -122,7 +168,7 @@ class Catalog:
                 r[0]
                 for r in db.execute(
                     f"SELECT id FROM vector_stores ORDER BY created_at {direction}, "
-                    f"rowid {direction}"
+                    f"{self._db.insertion_order} {direction}"
                 ).fetchall()
             ]
         return [s for i in ids if (s := self.get_store(i)) is not None]
@@ -156,12 +202,17 @@ class Catalog:
 
     def add_file(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
         """Attach a file (again): its status becomes in_progress, which queues ingestion."""
+        next_seq = (
+            "SELECT nextval('vector_store_files_seq')"
+            if self.shared
+            else "SELECT COALESCE(MAX(seq), 0) + 1 FROM vector_store_files"
+        )
         with self._db.tx() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM vector_store_files").fetchone()[
-                0
-            ]
+            seq = db.execute(next_seq).fetchone()[0]
             db.execute(
-                "INSERT INTO vector_store_files VALUES (?, ?, ?, NULL, ?, ?, 0, ?, 0) "
+                "INSERT INTO vector_store_files (vector_store_id, file_id, status, last_error, "
+                "attributes, created_at, chunks, seq, attempts) "
+                "VALUES (?, ?, ?, NULL, ?, ?, 0, ?, 0) "
                 "ON CONFLICT (vector_store_id, file_id) DO UPDATE SET status = excluded.status,"
                 " last_error = NULL, attributes = excluded.attributes, seq = excluded.seq,"
                 " attempts = 0",
@@ -212,14 +263,33 @@ class Catalog:
                 > 0
             )
 
-    def next_job(self) -> VectorStoreFile | None:
+    @contextmanager
+    def next_job(self) -> Iterator[VectorStoreFile | None]:
+        """The oldest queued job this process can have to itself, claimed until the block
+        ends (None: nothing queued, or every queued job is being done elsewhere)."""
+        with self._db.tx() as db:
+            rows = db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM vector_store_files WHERE status = ? "
+                "ORDER BY seq LIMIT ?",
+                (IN_PROGRESS, _CLAIM_CANDIDATES),
+            ).fetchall()
+        for row in rows:
+            job = self._file(row)
+            with self._db.claim(f"job/{job.vector_store_id}/{job.file_id}") as mine:
+                # Claimed: still queued by the same attach? (It may have finished, here or
+                # elsewhere, between the query and the claim.)
+                if mine and self.is_queued(job):
+                    yield job
+                    return
+        yield None
+
+    def is_queued(self, job: VectorStoreFile) -> bool:
         with self._db.tx() as db:
             row = db.execute(
-                f"SELECT {_FILE_COLUMNS} FROM vector_store_files WHERE status = ? "
-                "ORDER BY seq LIMIT 1",
-                (IN_PROGRESS,),
+                f"SELECT 1 FROM vector_store_files WHERE {_JOB} AND status = ?",
+                (*_job_key(job), IN_PROGRESS),
             ).fetchone()
-        return self._file(row) if row else None
+        return row is not None
 
     def requeue_completed(self) -> int:
         """Queue every completed file again (its chunks are to be made anew); how many."""
@@ -245,7 +315,8 @@ class Catalog:
         """A start that ended because the server shut down does not count."""
         with self._db.tx() as db:
             db.execute(
-                f"UPDATE vector_store_files SET attempts = MAX(attempts - 1, 0) WHERE {_JOB}",
+                "UPDATE vector_store_files SET attempts = "
+                f"CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE {_JOB}",
                 _job_key(job),
             )
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.fusion import DEFAULT_WEIGHTS, FusionWeights, exact_ranking, exact_terms, fuse
+from retrieval.s3 import is_object_store
 
 TABLE = "chunks"
 # Older versions stay this long after compaction, for searches still reading them.
@@ -32,6 +34,8 @@ WRITES_PER_COMPACTION = 8
 # What a row holds and how it was made; a table of another format is indexed again.
 # 2: context (title, headings, page) embedded and indexed with the text.
 CHUNK_FORMAT = "2"
+# A write that lost a race with another process's commit (shared storage) is tried again.
+COMMIT_ATTEMPTS = 6
 _FORMAT_KEY = b"hearth_chunk_format"
 
 
@@ -60,8 +64,23 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _committed(write: Callable[[], object]) -> None:
+    """Run a LanceDB write; again, after a short wait, when another process committed a
+    conflicting version first (Lance's commits are optimistic)."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            write()
+            return
+        except Exception as e:
+            if "onflict" not in str(e) or attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
 class ChunkStore:
-    def __init__(self, uri: str, dim: int) -> None:
+    def __init__(self, uri: str, dim: int, storage_options: dict[str, str] | None = None) -> None:
+        """`uri`: a folder, or object storage (`s3://bucket/prefix`, with its endpoint and
+        credentials in `storage_options`) that other Hearth processes may write too."""
         # Imported here, not with the module: a server without an embedding model never
         # needs LanceDB (the largest thing Hearth installs), and pyarrow must not be loaded
         # before llama.cpp's CUDA backend places a model (measured on an H200: importing
@@ -71,7 +90,14 @@ class ChunkStore:
         import pyarrow as pa
 
         self.dim = dim
-        self._db = lancedb.connect(uri)
+        # On shared storage another process may have written since our last read: every
+        # read first looks for a newer table version (one small request to the bucket).
+        self.shared = is_object_store(uri)
+        self._db = lancedb.connect(
+            uri,
+            storage_options=storage_options,
+            read_consistency_interval=timedelta(0) if self.shared else None,
+        )
         self._schema = pa.schema(
             [
                 pa.field("id", pa.string()),
@@ -140,16 +166,20 @@ class ChunkStore:
         with self._lock:
             if rows:
                 data = pa.Table.from_pylist(rows, schema=self._schema)
-                (
-                    self._table.merge_insert("id")
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .execute(data)
+                _committed(
+                    lambda: (
+                        self._table.merge_insert("id")
+                        .when_matched_update_all()
+                        .when_not_matched_insert_all()
+                        .execute(data)
+                    )
                 )
             # A shorter re-ingestion leaves no stale tail behind.
-            self._table.delete(
-                f"vector_store_id = {_quote(vector_store_id)} AND file_id = {_quote(file_id)} "
-                f"AND chunk_index >= {len(rows)}"
+            _committed(
+                lambda: self._table.delete(
+                    f"vector_store_id = {_quote(vector_store_id)} AND "
+                    f"file_id = {_quote(file_id)} AND chunk_index >= {len(rows)}"
+                )
             )
             self._fts_stale = True
             self._writes += 1
@@ -168,7 +198,7 @@ class ChunkStore:
         if file_id is not None:
             where += f" AND file_id = {_quote(file_id)}"
         with self._lock:
-            self._table.delete(where)
+            _committed(lambda: self._table.delete(where))
             self._fts_stale = True
             self._writes += 1
 
@@ -196,13 +226,17 @@ class ChunkStore:
         """Merge small fragments and drop table versions older than `keep`: every write
         is a new LanceDB version, and without this the directory only grows."""
         with self._lock:
-            self._table.optimize(cleanup_older_than=keep)
+            _committed(lambda: self._table.optimize(cleanup_older_than=keep))
             self._writes = 0
 
     def _ensure_fts(self) -> None:
         with self._lock:
             if self._fts_stale:
-                self._table.create_fts_index("search_text", use_tantivy=False, replace=True)
+                _committed(
+                    lambda: self._table.create_fts_index(
+                        "search_text", use_tantivy=False, replace=True
+                    )
+                )
                 self._fts_stale = False
 
     def search(

@@ -1,4 +1,5 @@
-"""Uploaded files: bytes on disk under the data directory, metadata in SQLite.
+"""Uploaded files: bytes on disk under the data directory, metadata in SQLite; or, shared
+by several Hearth processes, bytes in an S3 bucket and metadata in PostgreSQL.
 
 The OpenAI Files API sits on this (server/api/files.py). File ids are random and the stored
 name is the id, so a client-supplied filename never becomes a path.
@@ -13,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from retrieval.blobs import Blobs, FileTooLarge, LocalBlobs
+from retrieval.postgres import PostgresDatabase
 from retrieval.sqlite import Database
 from server.ids import new_id
+
+__all__ = ["FileStore", "FileTooLarge", "StoredFile", "new_file_id", "sanitize_filename"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -25,10 +30,20 @@ CREATE TABLE IF NOT EXISTS files (
     created_at INTEGER NOT NULL
 );
 """
-
-
-class FileTooLarge(ValueError):
-    pass
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    filename TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    purpose TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    ord BIGSERIAL
+)
+"""
+_COLUMNS = "id, filename, bytes, purpose, created_at"
+# In shared storage another process may be between writing a file's bytes and its row:
+# bytes without a row are removed only once they are older than this.
+_SHARED_LEFTOVER_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -54,74 +69,74 @@ def sanitize_filename(name: str) -> str:
 
 
 class FileStore:
-    def __init__(self, data_dir: Path, max_bytes: int) -> None:
-        self.dir = data_dir / "files"
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        data_dir: Path,
+        max_bytes: int,
+        database_url: str = "",
+        blobs: Blobs | None = None,
+    ) -> None:
+        """Metadata in SQLite under `data_dir` (or PostgreSQL at `database_url`); bytes in
+        `blobs` (default: the folder `data_dir/files`)."""
         self.max_bytes = max_bytes
-        self._db = Database(data_dir / "files.db", _SCHEMA)
+        self.blobs: Blobs = blobs or LocalBlobs(data_dir / "files")
+        self._db: Database | PostgresDatabase = (
+            PostgresDatabase(database_url, _PG_SCHEMA)
+            if database_url
+            else Database(data_dir / "files.db", _SCHEMA)
+        )
         self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:
-        """What a crash can leave on disk: a half-written upload, or a file whose row was
+        """What a crash can leave behind: a half-written upload, or a file whose row was
         never written (or already deleted)."""
         with self._db.tx() as db:
             ids = {row[0] for row in db.execute("SELECT id FROM files")}
-        for path in self.dir.iterdir():
-            if path.name not in ids:
-                path.unlink(missing_ok=True)
+        local = isinstance(self.blobs, LocalBlobs) and self._db.dialect == "sqlite"
+        cutoff = time.time() - _SHARED_LEFTOVER_SECONDS
+        for name, mtime in self.blobs.names().items():
+            if name not in ids and (local or mtime < cutoff):
+                self.blobs.delete(name)
 
-    def path(self, file_id: str) -> Path:
-        return self.dir / file_id
+    def local_path(self, file_id: str) -> Path | None:
+        """The file's bytes on this machine's disk (None when they are in a bucket)."""
+        return self.blobs.local_path(file_id)
 
     def add(
         self, source: BinaryIO, filename: str, purpose: str, file_id: str | None = None
     ) -> StoredFile:
         """Store a file under a new id (or the given one, which must be new)."""
         file_id = file_id or new_file_id()
-        tmp = self.dir / f".{file_id}.part"
-        size = 0
-        try:
-            with tmp.open("wb") as out:
-                while block := source.read(1 << 20):
-                    size += len(block)
-                    if size > self.max_bytes:
-                        raise FileTooLarge(
-                            f"the file is larger than the {self.max_bytes >> 20} MiB limit"
-                        )
-                    out.write(block)
-            tmp.replace(self.path(file_id))
-        finally:
-            tmp.unlink(missing_ok=True)
+        size = self.blobs.put(file_id, source, self.max_bytes)
         stored = StoredFile(file_id, sanitize_filename(filename), size, purpose, int(time.time()))
         with self._db.tx() as db:
             db.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                 (stored.id, stored.filename, stored.bytes, stored.purpose, stored.created_at),
             )
         return stored
 
     def get(self, file_id: str) -> StoredFile | None:
         with self._db.tx() as db:
-            row = db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
         return StoredFile(*row) if row else None
 
     def list(self, purpose: str | None = None, order: str = "desc") -> list[StoredFile]:
         direction = "ASC" if order == "asc" else "DESC"
-        query = "SELECT * FROM files"
+        query = f"SELECT {_COLUMNS} FROM files"
         args: tuple[str, ...] = ()
         if purpose:
             query += " WHERE purpose = ?"
             args = (purpose,)
+        order_by = f"created_at {direction}, {self._db.insertion_order} {direction}"
         with self._db.tx() as db:
-            rows = db.execute(
-                f"{query} ORDER BY created_at {direction}, rowid {direction}", args
-            ).fetchall()
+            rows = db.execute(f"{query} ORDER BY {order_by}", args).fetchall()
         return [StoredFile(*r) for r in rows]
 
     def delete(self, file_id: str) -> bool:
         with self._db.tx() as db:
             deleted = db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount > 0
-        self.path(file_id).unlink(missing_ok=True)
+        self.blobs.delete(file_id)
         return deleted
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ BUSY_RETRY_SECONDS = 0.5
 # While idle, how often to see whether the table is due for compaction (deletes from the
 # API write versions too).
 IDLE_CHECK_SECONDS = 60.0
+SHARED_IDLE_CHECK_SECONDS = 5.0
 # How long stop() waits for work already running in threads.
 STOP_WAIT_SECONDS = 30.0
 
@@ -90,17 +91,20 @@ class IngestionWorker:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._thread(self.reconcile)
+        # A shared catalog also queues other processes' jobs (and those of a process that
+        # died), which nothing here is told about: look more often.
+        idle = SHARED_IDLE_CHECK_SECONDS if self.catalog.shared else IDLE_CHECK_SECONDS
         while True:
-            job = self.catalog.next_job()
-            if job is None:
-                if self.store.compaction_due:
-                    await self._thread(self.store.compact)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_CHECK_SECONDS)
-                self._wake.clear()
-                continue
-            await self._process(job)
-            self.jobs_done += 1
+            with self.catalog.next_job() as job:
+                if job is not None:
+                    await self._process(job)
+                    self.jobs_done += 1
+                    continue
+            if self.store.compaction_due:
+                await self._thread(self.store.compact)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), idle)
+            self._wake.clear()
 
     async def stop(self) -> None:
         """After the run task is cancelled: stop the parser and wait for the threads still
@@ -125,6 +129,11 @@ class IngestionWorker:
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         return await future
+
+    def _parse(self, file_id: str, filename: str) -> list[Any]:
+        # From a bucket the bytes come down to a temporary file first.
+        with self.files.blobs.readable(file_id) as path:
+            return self.parser.parse(path, filename)
 
     def count_tokens(self, text: str) -> int:
         if self._stopping.is_set():
@@ -169,9 +178,7 @@ class IngestionWorker:
             )
             return
         try:
-            sections = await self._thread(
-                self.parser.parse, self.files.path(job.file_id), stored.filename
-            )
+            sections = await self._thread(self._parse, job.file_id, stored.filename)
             chunks, inputs = await self._thread(self._chunk, sections, stored.filename)
             parts = [
                 await self._embed(inputs[i : i + EMBED_GROUP])

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from retrieval.blobs import ObjectBlobs
 from retrieval.catalog import Catalog, VectorStore, VectorStoreFile
 from retrieval.chunk_store import ChunkStore, Hit
 from retrieval.embeddings import Embeddings
@@ -22,6 +23,7 @@ from retrieval.filters import FilterError, matches, validate
 from retrieval.ingestion import ChunkingOptions, IngestionWorker
 from retrieval.parse_process import ParserProcess
 from retrieval.reranking import Reranking, rerank
+from retrieval.s3 import S3Options, bucket_path, is_object_store
 from server.errors import FeatureDisabled, InvalidRequest, NotFound
 
 logger = logging.getLogger("hearth.retrieval")
@@ -39,16 +41,34 @@ class RetrievalService:
         max_attempts: int = 3,
         reranker: Reranking | None = None,
         rerank_candidates: int = 20,
+        database_url: str = "",
+        s3: S3Options | None = None,
     ) -> None:
-        self.files = FileStore(data_dir, max_upload_bytes)
-        self.catalog = Catalog(data_dir)
+        """`lancedb_uri` s3://... puts chunks and uploaded bytes in the bucket, and
+        `database_url` postgresql://... the catalog in PostgreSQL: with both, several
+        Hearth processes share one set of files and vector stores."""
+        s3 = s3 or S3Options.from_env()
+        in_bucket = is_object_store(lancedb_uri)
+        blobs = (
+            ObjectBlobs(
+                s3.arrow_filesystem(), bucket_path(lancedb_uri, "files"), data_dir / "spool"
+            )
+            if in_bucket
+            else None
+        )
+        self.files = FileStore(data_dir, max_upload_bytes, database_url, blobs)
+        self.catalog = Catalog(database_url or data_dir)
         self.embedder = embedder
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
         self.store: ChunkStore | None = None
         self.worker: IngestionWorker | None = None
         if embedder is not None:
-            self.store = ChunkStore(lancedb_uri or str(data_dir / "lancedb"), embedder.dim)
+            self.store = ChunkStore(
+                lancedb_uri or str(data_dir / "lancedb"),
+                embedder.dim,
+                s3.lance_options() if in_bucket else None,
+            )
             if self.store.format_outdated:
                 # Queue first, then drop: a crash between the two finds the old table
                 # again next start and does both again.

@@ -21,6 +21,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from retrieval.ingestion import ChunkingOptions
+from retrieval.s3 import S3Options
 from retrieval.service import RetrievalService
 from retrieval.watcher import FolderWatcher
 from server.chat.prompt import PromptBuilder
@@ -79,6 +80,13 @@ class Runtime:
             rs.max_attempts,
             reranker,
             rs.rerank_candidates,
+            rs.database_url,
+            S3Options.from_env(
+                endpoint=rs.s3_endpoint,
+                region=rs.s3_region,
+                access_key_id=rs.s3_access_key_id,
+                secret_access_key=rs.s3_secret_access_key,
+            ),
         )
         models = ModelPool(discover(settings), settings, backend, retrieval)
         models.load_default()

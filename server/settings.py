@@ -146,6 +146,11 @@ class EmbeddingSettings(_Section):
 class RetrievalSettings(_Section):
     max_upload_mb: int = Field(64, ge=1)
     lancedb_uri: str = ""
+    database_url: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
     chunk_tokens: int = Field(256, ge=16, le=500)
     chunk_overlap: int = Field(32, ge=0)
     watch_dir: str = ""
@@ -161,6 +166,17 @@ class RetrievalSettings(_Section):
     rerank_candidates: int = Field(20, ge=1, le=200)
     rerank_n_ctx: int = Field(4096, ge=64)
     rerank_n_seq_max: int = Field(8, ge=1, le=LLAMA_MAX_SEQ)
+
+    @model_validator(mode="after")
+    def _shared_storage(self) -> RetrievalSettings:
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL (or empty for SQLite)")
+        if "://" in self.lancedb_uri and not self.lancedb_uri.startswith(("s3://", "file://")):
+            raise ValueError(
+                f"lancedb_uri {self.lancedb_uri!r}: object storage must be s3:// (any "
+                "S3-compatible server, through s3_endpoint)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _rerank_batch(self) -> RetrievalSettings:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from retrieval.files import FileStore, FileTooLarge, StoredFile
 from server.api.body import BodyTooLarge
@@ -120,8 +122,24 @@ async def file_content(request: Request) -> Response:
     stored = store.get(file_id)
     if stored is None:
         raise _not_found(file_id)
-    return FileResponse(
-        store.path(file_id), media_type="application/octet-stream", filename=stored.filename
+    path = store.local_path(file_id)
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream", filename=stored.filename)
+    # In a bucket: streamed through, a block at a time.
+    source = await asyncio.to_thread(store.blobs.open, file_id)
+
+    async def blocks() -> AsyncIterator[bytes]:
+        try:
+            while block := await asyncio.to_thread(source.read, 1 << 20):
+                yield block
+        finally:
+            source.close()
+
+    disposition = f"attachment; filename*=utf-8''{quote(stored.filename)}"
+    return StreamingResponse(
+        blocks(),
+        media_type="application/octet-stream",
+        headers={"content-disposition": disposition, "content-length": str(stored.bytes)},
     )
 
 
