@@ -141,26 +141,7 @@ class ChunkStore:
         vectors: np.ndarray,
         attributes: dict[str, Any],
     ) -> None:
-        rows = [
-            {
-                "id": f"{vector_store_id}/{file_id}/{c.index}",
-                "vector_store_id": vector_store_id,
-                "file_id": file_id,
-                "filename": filename,
-                "chunk_index": c.index,
-                "text": c.text,
-                "page": c.page,
-                "char_start": c.char_start,
-                "char_end": c.char_end,
-                "position": c.position,
-                "heading": c.heading,
-                "attributes": json.dumps(attributes),
-                "context": c.context,
-                "search_text": c.indexed_text,
-                "vector": v.astype(np.float32),
-            }
-            for c, v in zip(chunks, vectors, strict=True)
-        ]
+        rows = chunk_rows(vector_store_id, file_id, filename, chunks, vectors, attributes)
         import pyarrow as pa
 
         with self._lock:
@@ -250,15 +231,7 @@ class ChunkStore:
         weights: FusionWeights = DEFAULT_WEIGHTS,
     ) -> list[Hit]:
         ranked = self.ranked_lists(vector_store_ids, query, vector, max(k * 4, 40), mode, where)
-        rows = {row["id"]: row for rows in ranked.values() for row in rows}
-        if mode == "vector":
-            scored = [(r["id"], 1.0 - float(r.get("_distance", 1.0))) for r in ranked["vector"]]
-        elif mode == "text":
-            scored = [(r["id"], float(r.get("_score", 0.0))) for r in ranked["text"]]
-        else:
-            ids = {name: [r["id"] for r in rows_] for name, rows_ in ranked.items()}
-            scored = fuse(ids, weights)
-        return [_hit(rows[i], score) for i, score in scored[:k]]
+        return ranked_hits(ranked, mode, k, weights)
 
     def ranked_lists(
         self,
@@ -291,11 +264,64 @@ class ChunkStore:
                 .to_list()
             )
         if mode == "hybrid":
-            rows = {row["id"]: row for rows in ranked.values() for row in rows}
-            order = _interleave([[r["id"] for r in rows_] for rows_ in ranked.values()])
-            exact = exact_ranking(order, lambda i: rows[i]["search_text"], exact_terms(query))
-            ranked["exact"] = [rows[i] for i in exact]
+            add_exact(ranked, query)
         return ranked
+
+
+def add_exact(ranked: dict[str, list[dict[str, Any]]], query: str) -> None:
+    """Hybrid's third list: the candidates of the others that spell the query's exact
+    terms (codes, identifiers, numbers)."""
+    rows = {row["id"]: row for rows in ranked.values() for row in rows}
+    order = _interleave([[r["id"] for r in rows_] for rows_ in ranked.values()])
+    exact = exact_ranking(order, lambda i: rows[i]["search_text"], exact_terms(query))
+    ranked["exact"] = [rows[i] for i in exact]
+
+
+def ranked_hits(
+    ranked: dict[str, list[dict[str, Any]]], mode: str, k: int, weights: FusionWeights
+) -> list[Hit]:
+    """The k best of a backend's ranked lists: one list's own order and score (vector:
+    cosine similarity, text: the full-text score), or hybrid's fusion of all of them."""
+    rows = {row["id"]: row for rows in ranked.values() for row in rows}
+    if mode == "vector":
+        scored = [(r["id"], 1.0 - float(r.get("_distance", 1.0))) for r in ranked["vector"]]
+    elif mode == "text":
+        scored = [(r["id"], float(r.get("_score", 0.0))) for r in ranked["text"]]
+    else:
+        ids = {name: [r["id"] for r in rows_] for name, rows_ in ranked.items()}
+        scored = fuse(ids, weights)
+    return [_hit(rows[i], score) for i, score in scored[:k]]
+
+
+def chunk_rows(
+    vector_store_id: str,
+    file_id: str,
+    filename: str,
+    chunks: Sequence[Chunk],
+    vectors: np.ndarray,
+    attributes: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A file's chunks as the rows every backend stores, keyed store/file/index."""
+    return [
+        {
+            "id": f"{vector_store_id}/{file_id}/{c.index}",
+            "vector_store_id": vector_store_id,
+            "file_id": file_id,
+            "filename": filename,
+            "chunk_index": c.index,
+            "text": c.text,
+            "page": c.page,
+            "char_start": c.char_start,
+            "char_end": c.char_end,
+            "position": c.position,
+            "heading": c.heading,
+            "attributes": json.dumps(attributes),
+            "context": c.context,
+            "search_text": c.indexed_text,
+            "vector": v.astype(np.float32),
+        }
+        for c, v in zip(chunks, vectors, strict=True)
+    ]
 
 
 def _interleave(lists: list[list[str]]) -> list[str]:

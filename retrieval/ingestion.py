@@ -31,6 +31,7 @@ from retrieval.embeddings import Embeddings
 from retrieval.files import FileStore
 from retrieval.parse_process import ParserProcess
 from retrieval.parsing import ParseError
+from retrieval.pg_chunk_store import PgChunkStore
 from server.engine.embedder import EmbedderBusy
 
 logger = logging.getLogger("hearth.ingestion")
@@ -64,7 +65,7 @@ class IngestionWorker:
         self,
         catalog: Catalog,
         files: FileStore,
-        store: ChunkStore,
+        store: ChunkStore | PgChunkStore,
         embedder: Embeddings,
         options: ChunkingOptions,
         parser: ParserProcess,

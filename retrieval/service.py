@@ -22,6 +22,7 @@ from retrieval.files import FileStore
 from retrieval.filters import FilterError, matches, validate
 from retrieval.ingestion import ChunkingOptions, IngestionWorker
 from retrieval.parse_process import ParserProcess
+from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.reranking import Reranking, rerank
 from retrieval.s3 import S3Options, bucket_path, is_object_store
 from server.errors import FeatureDisabled, InvalidRequest, NotFound
@@ -43,17 +44,20 @@ class RetrievalService:
         rerank_candidates: int = 20,
         database_url: str = "",
         s3: S3Options | None = None,
+        chunk_store: str = "lancedb",
+        files_uri: str = "",
     ) -> None:
-        """`lancedb_uri` s3://... puts chunks and uploaded bytes in the bucket, and
-        `database_url` postgresql://... the catalog in PostgreSQL: with both, several
-        Hearth processes share one set of files and vector stores."""
+        """`lancedb_uri` s3://... puts chunks and (unless `files_uri` says otherwise)
+        uploaded bytes in the bucket, and `database_url` postgresql://... the catalog in
+        PostgreSQL: with both, several Hearth processes share one set of files and vector
+        stores. `chunk_store` "pgvector" keeps the chunks in that PostgreSQL instead."""
         s3 = s3 or S3Options.from_env()
         in_bucket = is_object_store(lancedb_uri)
+        if not files_uri and in_bucket:
+            files_uri = f"{lancedb_uri.rstrip('/')}/files"
         blobs = (
-            ObjectBlobs(
-                s3.arrow_filesystem(), bucket_path(lancedb_uri, "files"), data_dir / "spool"
-            )
-            if in_bucket
+            ObjectBlobs(s3.arrow_filesystem(), bucket_path(files_uri), data_dir / "spool")
+            if files_uri
             else None
         )
         self.files = FileStore(data_dir, max_upload_bytes, database_url, blobs)
@@ -61,14 +65,17 @@ class RetrievalService:
         self.embedder = embedder
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
-        self.store: ChunkStore | None = None
+        self.store: ChunkStore | PgChunkStore | None = None
         self.worker: IngestionWorker | None = None
         if embedder is not None:
-            self.store = ChunkStore(
-                lancedb_uri or str(data_dir / "lancedb"),
-                embedder.dim,
-                s3.lance_options() if in_bucket else None,
-            )
+            if chunk_store == "pgvector":
+                self.store = PgChunkStore(database_url, embedder.dim)
+            else:
+                self.store = ChunkStore(
+                    lancedb_uri or str(data_dir / "lancedb"),
+                    embedder.dim,
+                    s3.lance_options() if in_bucket else None,
+                )
             if self.store.format_outdated:
                 # Queue first, then drop: a crash between the two finds the old table
                 # again next start and does both again.

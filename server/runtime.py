@@ -87,6 +87,8 @@ class Runtime:
                 access_key_id=rs.s3_access_key_id,
                 secret_access_key=rs.s3_secret_access_key,
             ),
+            rs.chunk_store,
+            rs.files_uri,
         )
         models = ModelPool(discover(settings), settings, backend, retrieval)
         models.load_default()

@@ -147,6 +147,8 @@ class RetrievalSettings(_Section):
     max_upload_mb: int = Field(64, ge=1)
     lancedb_uri: str = ""
     database_url: str = ""
+    chunk_store: Literal["lancedb", "pgvector"] = "lancedb"
+    files_uri: str = ""
     s3_endpoint: str = ""
     s3_region: str = ""
     s3_access_key_id: str = ""
@@ -176,6 +178,10 @@ class RetrievalSettings(_Section):
                 f"lancedb_uri {self.lancedb_uri!r}: object storage must be s3:// (any "
                 "S3-compatible server, through s3_endpoint)"
             )
+        if self.files_uri and not self.files_uri.startswith("s3://"):
+            raise ValueError(f"files_uri {self.files_uri!r} must be s3:// (or empty)")
+        if self.chunk_store == "pgvector" and not self.database_url:
+            raise ValueError('chunk_store = "pgvector" needs database_url (its PostgreSQL)')
         return self
 
     @model_validator(mode="after")

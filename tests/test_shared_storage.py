@@ -19,6 +19,7 @@ from retrieval.blobs import FileTooLarge, ObjectBlobs
 from retrieval.catalog import COMPLETED, IN_PROGRESS, Catalog
 from retrieval.chunk_store import ChunkStore
 from retrieval.chunking import Chunk
+from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.s3 import S3Options, bucket_path
 from tests.conftest import RunningServer, start_server, stop_server
 from tests.shared_services import S3Server, postgres, seaweedfs
@@ -245,3 +246,53 @@ def test_both_processes_ingest_into_one_store_at_once(
     logs = "".join(s.proc.log_text() for s in two_servers)
     for i in range(len(markers)):
         assert logs.count(f"ingested m{i}.md into {store.id}") == 1, logs[-3000:]
+
+
+# --- the pgvector chunk backend ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pgvector_database() -> Iterator[str]:
+    with postgres(pgvector=True) as url:
+        yield url
+
+
+def test_pgvector_store_writes_searches_and_reindexes(pgvector_database: str) -> None:
+    """PgChunkStore directly: concurrent writers lose nothing, a re-ingestion that is
+    shorter leaves no tail, each search mode ranks the right row first, and a table made
+    for another embedding width asks to be indexed again."""
+    stores = [PgChunkStore(pgvector_database, 4) for _ in range(2)]
+    words = ["kettle boils water", "lighthouse beam sweeps", "router reset button", "E4417"]
+
+    def upsert(i: int) -> None:
+        chunks = [Chunk(j, f"{words[i % 4]} part {j}", 0, 9, None, None, "middle") for j in (0, 1)]
+        vectors = np.repeat(np.eye(4, dtype=np.float32)[i % 4 : i % 4 + 1], 2, axis=0)
+        stores[i % 2].upsert("vs_p", f"file-{i}", f"f{i}.txt", chunks, vectors, {"i": i})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(upsert, range(8)))
+    assert stores[1].count("vs_p") == 16
+    assert stores[0].pairs() == {("vs_p", f"file-{i}") for i in range(8)}
+    stores[0].upsert(
+        "vs_p",
+        "file-0",
+        "f0.txt",
+        [Chunk(0, "kettle", 0, 6, None, None, "x")],
+        np.eye(4, dtype=np.float32)[:1],
+        {},
+    )
+    assert stores[0].count("vs_p", "file-0") == 1
+    query = np.array([0, 1, 0, 0], dtype=np.float32)  # the lighthouse direction
+    assert "lighthouse" in stores[1].search(["vs_p"], "", query, 3, "vector")[0].text
+    assert (
+        "router"
+        in stores[1].search(["vs_p"], "how do I reset the router?", None, 3, "text")[0].text
+    )
+    hybrid = stores[1].search(["vs_p"], "what is E4417", query, 3, "hybrid")
+    assert "E4417" in hybrid[0].text  # the exact code beats the closer vector
+    assert stores[1].search(["vs_other"], "kettle", query, 3, "hybrid") == []
+    stores[0].delete("vs_p", "file-1")
+    assert ("vs_p", "file-1") not in stores[1].pairs()
+    assert PgChunkStore(pgvector_database, 8).format_outdated  # another model's width
+    for store in stores:
+        store.close()

@@ -1,4 +1,5 @@
-"""OpenAI Vector Stores API end to end: the official client, real files, a real LanceDB."""
+"""OpenAI Vector Stores API end to end: the official client, real files, a real LanceDB (and
+the same tests on pgvector)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ import openai
 import pytest
 
 from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
+from tests.shared_services import BACKENDS, chunk_backend_server
 from tests.test_documents import write_pdf
 
 FACT = "The Hearth test reactor runs on 47 hamster wheels."
 
 
-@pytest.fixture(scope="module")
-def rag_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    tmp = tmp_path_factory.mktemp("rag")
-    s = start_server(tmp, "--data-dir", str(tmp / "data"))
-    yield s
-    stop_server(s)
+@pytest.fixture(scope="module", params=BACKENDS)
+def rag_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """Every test on it runs with each chunk backend: LanceDB, and pgvector (issue 20)."""
+    with chunk_backend_server(tmp_path_factory.mktemp("rag"), request.param) as s:
+        yield s
 
 
 def upload(client: openai.OpenAI, store_id: str, name: str, data: bytes):
