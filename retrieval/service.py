@@ -11,20 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 
-from retrieval.blobs import ObjectBlobs
-from retrieval.catalog import Catalog, VectorStore, VectorStoreFile
+from retrieval.catalog import VectorStore, VectorStoreFile
 from retrieval.chunk_store import ChunkStore, Hit
 from retrieval.embeddings import Embeddings
-from retrieval.files import FileStore
 from retrieval.filters import FilterError, matches, validate
 from retrieval.ingestion import ChunkingOptions, IngestionWorker
 from retrieval.parse_process import ParserProcess
 from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.reranking import Reranking, rerank
-from retrieval.s3 import S3Options, bucket_path, is_object_store
+from retrieval.storage import Storage
 from server.errors import FeatureDisabled, InvalidRequest, NotFound
 
 logger = logging.getLogger("hearth.retrieval")
@@ -33,8 +30,7 @@ logger = logging.getLogger("hearth.retrieval")
 class RetrievalService:
     def __init__(
         self,
-        data_dir: Path,
-        lancedb_uri: str,
+        storage: Storage,
         max_upload_bytes: int,
         embedder: Embeddings | None,
         options: ChunkingOptions,
@@ -42,40 +38,18 @@ class RetrievalService:
         max_attempts: int = 3,
         reranker: Reranking | None = None,
         rerank_candidates: int = 20,
-        database_url: str = "",
-        s3: S3Options | None = None,
-        chunk_store: str = "lancedb",
-        files_uri: str = "",
     ) -> None:
-        """`lancedb_uri` s3://... puts chunks and (unless `files_uri` says otherwise)
-        uploaded bytes in the bucket, and `database_url` postgresql://... the catalog in
-        PostgreSQL: with both, several Hearth processes share one set of files and vector
-        stores. `chunk_store` "pgvector" keeps the chunks in that PostgreSQL instead."""
-        s3 = s3 or S3Options.from_env()
-        in_bucket = is_object_store(lancedb_uri)
-        if not files_uri and in_bucket:
-            files_uri = f"{lancedb_uri.rstrip('/')}/files"
-        blobs = (
-            ObjectBlobs(s3.arrow_filesystem(), bucket_path(files_uri), data_dir / "spool")
-            if files_uri
-            else None
-        )
-        self.files = FileStore(data_dir, max_upload_bytes, database_url, blobs)
-        self.catalog = Catalog(database_url or data_dir)
+        """`storage`: the data directory alone, or a bucket and a PostgreSQL database that
+        several Hearth processes share (retrieval/storage.py)."""
+        self.files = storage.files(max_upload_bytes)
+        self.catalog = storage.catalog()
         self.embedder = embedder
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
         self.store: ChunkStore | PgChunkStore | None = None
         self.worker: IngestionWorker | None = None
         if embedder is not None:
-            if chunk_store == "pgvector":
-                self.store = PgChunkStore(database_url, embedder.dim)
-            else:
-                self.store = ChunkStore(
-                    lancedb_uri or str(data_dir / "lancedb"),
-                    embedder.dim,
-                    s3.lance_options() if in_bucket else None,
-                )
+            self.store = storage.chunks(embedder.dim)
             if self.store.format_outdated:
                 # Queue first, then drop: a crash between the two finds the old table
                 # again next start and does both again.

@@ -275,6 +275,17 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     ingest.add_argument("paths", nargs="+", type=Path)
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="index through a Ray Data pipeline instead of a server: a Ray cluster's address, "
+        "or none for one on this machine; writes the configured storage directly",
+    )
+    ingest.add_argument("--ray-workers", type=int, default=1, help="embedding actors (1)")
+    ingest.add_argument("--config", help="TOML file layered over config/default.toml (--ray)")
+    ingest.add_argument("--data-dir", help="Hearth's data directory (--ray)")
     search = sub.add_parser("search", parents=[common], help="search a vector store")
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many results (default 5)")
@@ -309,9 +320,55 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     quant.add_argument("--threads", type=int, default=0)
 
 
+def ray_ingest(args: argparse.Namespace) -> int:
+    """`hearth ingest --ray`: the files indexed by a Ray Data pipeline into the storage the
+    settings name (retrieval/ray_ingestion.py)."""
+    from retrieval.client import ClientError, expand_paths
+    from retrieval.ingestion import ChunkingOptions
+    from retrieval.ray_ingestion import EmbedderSpec, ingest
+    from server.host_resources import threads
+    from server.model_files import resolve_embedding_model
+    from server.runtime import storage_of
+
+    overrides = {"storage": {"data_dir": args.data_dir}} if args.data_dir else {}
+    settings = load_settings(args.config, overrides)
+    try:
+        paths = expand_paths(args.paths)
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    es, rs = settings.embedding, settings.retrieval
+    workers = max(1, args.ray_workers)
+    spec = EmbedderSpec(
+        str(resolve_embedding_model(es.path, settings.storage.resolved_data_dir())),
+        es.n_ctx,
+        es.n_seq_max,
+        max(1, threads(settings) // workers),
+        settings.model.n_gpu_layers,
+    )
+    results = ingest(
+        storage_of(settings),
+        paths,
+        args.store,
+        spec,
+        ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap),
+        args.ray,
+        workers,
+        rs.parse_timeout,
+        rs.max_upload_mb << 20,
+        args.quiet,
+    )
+    for r in results:
+        detail = f"  {r['error']}" if r["error"] else f"  ({r['chunks']} chunks)"
+        print(f"{r['status']:>10}  {r['filename']}{detail}")
+    return 1 if any(r["error"] for r in results) else 0
+
+
 def client_command(args: argparse.Namespace) -> int:
     from retrieval.client import ClientError, HearthClient
 
+    if args.command == "ingest" and args.ray is not None:
+        return ray_ingest(args)
     client = HearthClient(args.url, args.api_key)
     try:
         if args.command == "ingest":

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from retrieval.ingestion import ChunkingOptions
 from retrieval.s3 import S3Options
 from retrieval.service import RetrievalService
+from retrieval.storage import Storage
 from retrieval.watcher import FolderWatcher
 from server.chat.prompt import PromptBuilder
 from server.chat.response_store import ResponseStore
@@ -71,8 +72,7 @@ class Runtime:
         data_dir = settings.storage.resolved_data_dir()
         rs = settings.retrieval
         retrieval = RetrievalService(
-            data_dir,
-            rs.lancedb_uri,
+            storage_of(settings),
             rs.max_upload_mb << 20,
             embedder,
             ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap),
@@ -80,15 +80,6 @@ class Runtime:
             rs.max_attempts,
             reranker,
             rs.rerank_candidates,
-            rs.database_url,
-            S3Options.from_env(
-                endpoint=rs.s3_endpoint,
-                region=rs.s3_region,
-                access_key_id=rs.s3_access_key_id,
-                secret_access_key=rs.s3_secret_access_key,
-            ),
-            rs.chunk_store,
-            rs.files_uri,
         )
         models = ModelPool(discover(settings), settings, backend, retrieval)
         models.load_default()
@@ -211,6 +202,24 @@ def _log_backend(backend: BackendInfo, layers_on_gpu: int, n_layer: int) -> None
     else:
         cpu = next((d.description for d in backend.devices if d.kind == "cpu"), "")
         logger.info("backend cpu%s", f": {cpu}" if cpu else "")
+
+
+def storage_of(settings: Settings) -> Storage:
+    """Where retrieval keeps things, from the [storage] and [retrieval] settings."""
+    rs = settings.retrieval
+    return Storage(
+        settings.storage.resolved_data_dir(),
+        rs.lancedb_uri,
+        rs.database_url,
+        rs.chunk_store,
+        rs.files_uri,
+        S3Options.from_env(
+            endpoint=rs.s3_endpoint,
+            region=rs.s3_region,
+            access_key_id=rs.s3_access_key_id,
+            secret_access_key=rs.s3_secret_access_key,
+        ),
+    )
 
 
 def _embedder(settings: Settings) -> tuple[Embedder | None, str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from retrieval.ingestion import ChunkingOptions
 from retrieval.service import RetrievalService
+from retrieval.storage import Storage
 from server.chat.prompt import PromptBuilder
 from server.chat.template import CHATML_TEMPLATE, ChatTemplate
 from server.engine.engine import ContextLengthExceeded, EngineBusy
@@ -105,7 +106,7 @@ def fake_runtime(model: LlamaModel, settings: Settings, data_dir: Path) -> Runti
     """A Runtime over the real model and a FakeEngine; retrieval without an embedding
     model (its endpoints answer 503)."""
     engine = FakeEngine(model)
-    retrieval = RetrievalService(data_dir, "", 1 << 20, None, ChunkingOptions())
+    retrieval = RetrievalService(Storage(data_dir), 1 << 20, None, ChunkingOptions())
     spec = ModelSpec(
         id="fake-model",
         path=model.path,

@@ -31,6 +31,7 @@ from retrieval.ingestion import ChunkingOptions
 from retrieval.parse_process import ParserCrashed, ParserProcess, ParseTimeout
 from retrieval.parsing import ParseError, parse
 from retrieval.service import RetrievalService
+from retrieval.storage import Storage
 from retrieval.watcher import ADDED, PENDING, FolderWatcher
 from tests.conftest import RunningServer, start_server, stop_server
 
@@ -319,7 +320,7 @@ def test_links_inside_the_folder_may_be_followed(tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_text("outside")
     (inbox / "outside-link.txt").symlink_to(tmp_path / "secret.txt")
     (inbox / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
-    retrieval = RetrievalService(tmp_path / "data", "", 1 << 20, None, ChunkingOptions())
+    retrieval = RetrievalService(Storage(tmp_path / "data"), 1 << 20, None, ChunkingOptions())
     try:
         skip = FolderWatcher(retrieval, inbox, "w", 1, tmp_path / "data", symlinks="skip")
         assert set(skip.files_in_folder()) == {str(inbox / "sub" / "real.txt")}
@@ -339,7 +340,7 @@ def test_a_crash_while_adding_a_watched_file_does_not_duplicate_it(tmp_path: Pat
     doc = inbox / "a.txt"
     doc.write_text("words")
     data = tmp_path / "data"
-    retrieval = RetrievalService(data, "", 1 << 20, None, ChunkingOptions())
+    retrieval = RetrievalService(Storage(data), 1 << 20, None, ChunkingOptions())
     watcher = FolderWatcher(retrieval, inbox, "w", 1, data)
     try:
         # What a kill -9 after storing the file, before recording it, leaves behind.

@@ -1,0 +1,58 @@
+"""Where retrieval keeps things, as one value that can be handed to another process (a Ray
+worker, issue 20): the data directory, or a bucket and a database several Hearth processes
+share; and the stores opened from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retrieval.blobs import Blobs, LocalBlobs, ObjectBlobs
+from retrieval.catalog import Catalog
+from retrieval.chunk_store import ChunkStore
+from retrieval.files import FileStore
+from retrieval.pg_chunk_store import PgChunkStore
+from retrieval.s3 import S3Options, bucket_path, is_object_store
+
+
+@dataclass(frozen=True)
+class Storage:
+    data_dir: Path
+    lancedb_uri: str = ""  # "": <data_dir>/lancedb
+    database_url: str = ""  # "": SQLite in data_dir
+    chunk_store: str = "lancedb"  # or "pgvector", in database_url's PostgreSQL
+    files_uri: str = ""  # "": beside an s3:// lancedb_uri, else <data_dir>/files
+    s3: S3Options = field(default_factory=S3Options)
+
+    @property
+    def in_bucket(self) -> bool:
+        return is_object_store(self.lancedb_uri)
+
+    @property
+    def files_location(self) -> str:
+        """Where uploaded bytes go: an s3:// prefix, or "" for the data directory."""
+        if self.files_uri:
+            return self.files_uri
+        return f"{self.lancedb_uri.rstrip('/')}/files" if self.in_bucket else ""
+
+    def blobs(self) -> Blobs:
+        location = self.files_location
+        if location:
+            spool = self.data_dir / "spool"
+            return ObjectBlobs(self.s3.arrow_filesystem(), bucket_path(location), spool)
+        return LocalBlobs(self.data_dir / "files")
+
+    def files(self, max_upload_bytes: int) -> FileStore:
+        return FileStore(self.data_dir, max_upload_bytes, self.database_url, self.blobs())
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.database_url or self.data_dir)
+
+    def chunks(self, dim: int) -> ChunkStore | PgChunkStore:
+        if self.chunk_store == "pgvector":
+            return PgChunkStore(self.database_url, dim)
+        return ChunkStore(
+            self.lancedb_uri or str(self.data_dir / "lancedb"),
+            dim,
+            self.s3.lance_options() if self.in_bucket else None,
+        )

@@ -1,0 +1,101 @@
+"""`hearth ingest --ray` (issue 20): the Ray Data pipeline indexes files exactly as the
+server's own worker does (same chunks, same vectors), and a server then finds them. A real
+local Ray cluster; `-m "not ray"` skips it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pytest
+
+from retrieval.catalog import COMPLETED, Catalog
+from tests.conftest import hearth_cli, start_server, stop_server
+from tests.test_documents import write_pdf
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytest.importorskip("ray.data", reason="Ray is not installed (pip install 'ray[data]')")
+
+
+def documents(folder: Path) -> list[Path]:
+    folder.mkdir()
+    pages = [
+        f"Chapter {i}. The pressure relief valve of model K{i} opens at {3 + i} bar. " * 12
+        for i in range(3)
+    ]
+    pdf = write_pdf(folder / "valves.pdf", pages)
+    md = folder / "guide.md"
+    md.write_text(
+        "# Field guide\n\n## Storage\n\n"
+        + "Keep the spare gaskets in the blue cabinet. " * 40
+        + "\n\n## Calibration\n\nThe calibration code of this guide is QZ-7731.\n"
+    )
+    txt = folder / "notes.txt"
+    txt.write_text("\n\n".join(f"Note {i}: the kiln is fired on day {i}." for i in range(60)))
+    return [pdf, md, txt]
+
+
+def rows(data: Path, store_id: str) -> dict[tuple[str, int], dict]:
+    table = lancedb.connect(data / "lancedb").open_table("chunks")
+    found = table.search().where(f"vector_store_id = '{store_id}'").limit(10_000).to_list()
+    return {(r["filename"], r["chunk_index"]): r for r in found}
+
+
+def test_ray_pipeline_indexes_like_the_worker(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    files = documents(tmp_path / "docs")
+    # The server's own worker indexes them into one store...
+    server = start_server(tmp_path, "--data-dir", str(data))
+    try:
+        client = server.client()
+        store = client.vector_stores.create(name="worker")
+        for path in files:
+            done = client.vector_stores.files.upload_and_poll(
+                vector_store_id=store.id, file=(path.name, io.BytesIO(path.read_bytes()))
+            )
+            assert done.status == COMPLETED
+    finally:
+        stop_server(server)
+    # ...and the Ray pipeline (two embedding actors) into another.
+    out = hearth_cli(
+        "ingest",
+        "--ray",
+        "--ray-workers",
+        "2",
+        "--quiet",
+        "--data-dir",
+        str(data),
+        "--store",
+        "ray",
+        *map(str, files),
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("completed") == 3, out.stdout
+
+    catalog = Catalog(data)
+    ray_store = next(s for s in catalog.list_stores() if s.name == "ray")
+    assert ray_store.file_counts[COMPLETED] == 3
+    worker_rows, ray_rows = rows(data, store.id), rows(data, ray_store.id)
+    assert worker_rows.keys() == ray_rows.keys() and len(ray_rows) > 6
+    for key, w in worker_rows.items():
+        r = ray_rows[key]
+        for field in ("text", "context", "page", "char_start", "char_end", "heading"):
+            assert w[field] == r[field], (key, field)
+        a, b = np.asarray(w["vector"]), np.asarray(r["vector"])
+        assert float(a @ b) > 0.9999, key  # unit vectors: the same up to float noise
+    counts = {f.file_id: f.chunks for f in catalog.list_files(ray_store.id)}
+    assert sum(counts.values()) == len(ray_rows)
+    catalog.close()
+
+    # A server on the same data finds what the pipeline wrote.
+    server = start_server(tmp_path, "--data-dir", str(data))
+    try:
+        hits = server.client().vector_stores.search(
+            ray_store.id, query="What is the calibration code?"
+        )
+        assert any("QZ-7731" in h.content[0].text for h in hits.data[:3])
+    finally:
+        stop_server(server)
