@@ -91,15 +91,20 @@ def _latencies(store: ChunkStore | PgChunkStore, n: int) -> dict[str, tuple[floa
     return out
 
 
-def latency(sizes: list[int]) -> list[tuple[str, int, float, dict[str, tuple[float, float]]]]:
+def latency(
+    sizes: list[int], backends: list[str]
+) -> list[tuple[str, int, float, dict[str, tuple[float, float]]]]:
     rows = []
     for n in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"latency: LanceDB, {n:,} chunks ...", flush=True)
-            lance = ChunkStore(str(Path(tmp) / "lancedb"), DIM)
-            seconds = _fill(lance, n)
-            lance.compact()
-            rows.append(("LanceDB", n, seconds, _latencies(lance, n)))
+        if "lancedb" in backends:
+            with tempfile.TemporaryDirectory() as tmp:
+                print(f"latency: LanceDB, {n:,} chunks ...", flush=True)
+                lance = ChunkStore(str(Path(tmp) / "lancedb"), DIM)
+                seconds = _fill(lance, n)
+                lance.compact()
+                rows.append(("LanceDB", n, seconds, _latencies(lance, n)))
+        if "pgvector" not in backends:
+            continue
         with postgres(pgvector=True) as url:
             print(f"latency: pgvector, {n:,} chunks ...", flush=True)
             pg = PgChunkStore(url, DIM)
@@ -109,7 +114,9 @@ def latency(sizes: list[int]) -> list[tuple[str, int, float, dict[str, tuple[flo
     return rows
 
 
-def quality(logs: Path, debian: bool) -> list[tuple[str, str, list[StageScore], float]]:
+def quality(
+    logs: Path, debian: bool, backends: list[str]
+) -> list[tuple[str, str, list[StageScore], float]]:
     out = []
     sets: list[tuple[str, list[Path], Path]] = []
     tmp = Path(tempfile.mkdtemp())
@@ -121,9 +128,12 @@ def quality(logs: Path, debian: bool) -> list[tuple[str, str, list[StageScore], 
         except FetchError as e:
             print(f"skipping the Debian manuals: {e}")
     for name, files, questions in sets:
-        print(f"quality: {name}, LanceDB ...", flush=True)
-        scores, _, seconds = evaluate_set(logs, files, questions, None)
-        out.append((name, "LanceDB", scores, seconds))
+        if "lancedb" in backends:
+            print(f"quality: {name}, LanceDB ...", flush=True)
+            scores, _, seconds = evaluate_set(logs, files, questions, None)
+            out.append((name, "LanceDB", scores, seconds))
+        if "pgvector" not in backends:
+            continue
         with postgres(pgvector=True) as url:
             print(f"quality: {name}, pgvector ...", flush=True)
             config = logs / "pgvector.toml"
@@ -178,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000", help="chunk counts for latency")
     parser.add_argument("--no-debian", action="store_true", help="skip the Debian manuals")
     parser.add_argument("--no-quality", action="store_true", help="latency only")
+    parser.add_argument("--backends", default="lancedb,pgvector", help="which to measure")
     parser.add_argument("--write", type=Path, help="put the figures into this Markdown file")
     args = parser.parse_args(argv)
+    backends = args.backends.split(",")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as logs_dir:
-        scores = [] if args.no_quality else quality(Path(logs_dir), not args.no_debian)
-    latencies = latency([int(s) for s in args.sizes.split(",") if s])
+        scores = [] if args.no_quality else quality(Path(logs_dir), not args.no_debian, backends)
+    latencies = latency([int(s) for s in args.sizes.split(",") if s], backends)
     text = render(scores, latencies, time.monotonic() - t0)
     print(text)
     if args.write:

@@ -5,9 +5,14 @@ generated `tsvector` column with a GIN index, and the same hybrid fusion (fusion
 the two lists and the exact-terms list.
 
 Full text: PostgreSQL's `english` configuration (lower case, stop words, stemming, as
-LanceDB's index is set up) and `ts_rank_cd` over an OR of the query's lexemes: a user's
-question rarely has every word in the passage, so an AND (`plainto_tsquery`) finds
-almost nothing. PostgreSQL has no BM25; the hybrid fusion is what carries ranking.
+LanceDB's index is set up), ranked by BM25 computed in SQL, since PostgreSQL's own
+`ts_rank_cd` has no inverse document frequency (measured on the Debian manuals: text MRR
+0.40 with it against LanceDB's 0.70): each query lexeme's document frequency in the
+searched stores comes from the GIN index, term frequencies from the tsvector's positions,
+document length is its number of distinct lexemes. Candidates are the rows holding the
+query's rarer lexemes (rarest first, up to a budget of postings), so a query of common
+words does not score the whole table; a row with none of the rare words would rank low
+anyway.
 
 Writes are transactions, so concurrent writers from several processes need no retries;
 deletes of a file's chunks and its new rows commit together.
@@ -15,6 +20,7 @@ deletes of a file's chunks and its new rows commit together.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -47,6 +53,10 @@ _SELECT = ", ".join(_COLUMNS)
 # HNSW's candidate list at query time: pgvector's default (40) returns fewer than the
 # depth hybrid search asks for once a store filter drops rows; iterative scans fill it.
 _EF_SEARCH = 100
+# BM25's usual constants, and how many postings (rows per lexeme, summed) the rarest
+# query lexemes may bring in as candidates.
+_K1, _B = 1.2, 0.75
+_BM25_CANDIDATE_POSTINGS = 5000
 
 
 def _schema(dim: int) -> list[str]:
@@ -232,22 +242,77 @@ class PgChunkStore:
                     )
                     ranked["vector"] = _dicts(cursor)
                 if mode in ("text", "hybrid") and query.strip():
-                    # plainto_tsquery's lexemes, OR-ed: any of the words, more is better.
-                    cursor = conn.execute(
-                        f"WITH q AS (SELECT replace(plainto_tsquery('english', %s)::text, "
-                        "' & ', ' | ')::tsquery AS query) "
-                        f"SELECT {_SELECT}, ts_rank_cd(tsv, q.query, 1) AS _score "
-                        f"FROM {TABLE}, q WHERE vector_store_id = ANY(%s) AND tsv @@ q.query "
-                        "ORDER BY _score DESC LIMIT %s",
-                        (query, stores, depth),
-                    )
-                    ranked["text"] = _dicts(cursor)
+                    ranked["text"] = self._bm25(conn, stores, query, depth)
         if mode == "hybrid":
             add_exact(ranked, query)
         return ranked
 
+    def _bm25(self, conn: Any, stores: list[str], query: str, depth: int) -> list[dict[str, Any]]:
+        lexemes = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT unnest(tsvector_to_array(to_tsvector('english', %s)))", (query,)
+            ).fetchall()
+        ]
+        if not lexemes:
+            return []
+        n, avg_length = conn.execute(
+            f"SELECT count(*), COALESCE(avg(length(tsv)), 1) FROM {TABLE} "
+            "WHERE vector_store_id = ANY(%s)",
+            (stores,),
+        ).fetchone()
+        if n == 0:
+            return []
+        frequencies = conn.execute(
+            f"SELECT l, (SELECT count(*) FROM {TABLE} WHERE vector_store_id = ANY(%s) "
+            "AND tsv @@ quote_literal(l)::tsquery) FROM unnest(%s::text[]) AS l",
+            (stores, lexemes),
+        ).fetchall()
+        present = sorted((df, lexeme) for lexeme, df in frequencies if df > 0)
+        if not present:
+            return []
+        # BM25's idf (Lucene's, never negative).
+        idf = {lexeme: math.log(1 + (n - df + 0.5) / (df + 0.5)) for df, lexeme in present}
+        chosen, postings = [], 0
+        for df, lexeme in present:
+            if chosen and postings + df > _BM25_CANDIDATE_POSTINGS:
+                break
+            chosen.append(lexeme)
+            postings += df
+        cursor = conn.execute(
+            f"""WITH q AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)),
+            candidates AS (
+                SELECT id, tsv, length(tsv) AS dl FROM {TABLE}
+                WHERE vector_store_id = ANY(%s) AND tsv @@ %s::tsquery
+            ),
+            scored AS (
+                SELECT c.id, sum(q.idf * (array_length(u.positions, 1) * {_K1 + 1})
+                    / (array_length(u.positions, 1) + {_K1} * (1 - {_B} + {_B} * c.dl / %s)))
+                    AS _score
+                FROM candidates c CROSS JOIN LATERAL unnest(c.tsv) AS u
+                JOIN q ON q.lexeme = u.lexeme
+                GROUP BY c.id ORDER BY _score DESC, c.id LIMIT %s
+            )
+            SELECT {", ".join(f"t.{c}" for c in _COLUMNS)}, scored._score
+            FROM scored JOIN {TABLE} t USING (id) ORDER BY scored._score DESC, t.id""",
+            (
+                list(idf),
+                list(idf.values()),
+                stores,
+                " | ".join(_quote_lexeme(x) for x in chosen),
+                float(avg_length),
+                depth,
+            ),
+        )
+        return _dicts(cursor)
+
     def close(self) -> None:
         self._conn.close()
+
+
+def _quote_lexeme(lexeme: str) -> str:
+    """A lexeme as a tsquery operand: quoted, quotes and backslashes escaped."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _dicts(cursor: Any) -> list[dict[str, Any]]:
