@@ -60,10 +60,10 @@ class ChunkAndEmbed:
 
     def __init__(self, spec: EmbedderSpec, options: ChunkingOptions) -> None:
         from server.engine.embedder import Embedder
-        from server.llama.model import LlamaModel
 
-        model = LlamaModel(Path(spec.path), n_gpu_layers=spec.n_gpu_layers)
-        self.embedder = Embedder(model, spec.n_ctx, spec.n_seq_max, spec.threads)
+        self.embedder = Embedder.from_file(
+            Path(spec.path), spec.n_ctx, spec.n_seq_max, spec.threads, spec.n_gpu_layers
+        )
         self.embedder.start()
         self.options = options
 
@@ -146,20 +146,15 @@ def ingest(
 ) -> list[dict[str, Any]]:
     """Upload, then index through Ray; one result per file: {filename, status, chunks,
     error}."""
-    import llama_cpp
     from tqdm import tqdm
 
-    from server.llama.model import LlamaModel
+    from server.engine.embedder import embedding_width
 
     # Ray first: its processes are forked, and LanceDB's runtime must not be running yet.
     _start_ray(address, workers)
     files = storage.files(max_upload_bytes)
     catalog = storage.catalog()
-    model = LlamaModel(Path(spec.path), n_gpu_layers=0)
-    try:
-        dim = int(llama_cpp.llama_model_n_embd(model.ptr))  # a sentence embedding's width
-    finally:
-        model.close()
+    dim = embedding_width(Path(spec.path))
     chunks_store = storage.chunks(dim)
     try:
         store_id = _store_id(catalog, store)

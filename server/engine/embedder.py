@@ -14,7 +14,9 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import llama_cpp
 import numpy as np
 
 from server.engine.worker_thread import STOPPED, InboxClosed, WorkerThread
@@ -61,6 +63,15 @@ def _fail(jobs: set[_Job], error: Exception) -> None:
             job.future.set_exception(error)
 
 
+def embedding_width(path: Path) -> int:
+    """How long a GGUF embedding model's vectors are (its n_embd), without a context."""
+    model = LlamaModel(path, n_gpu_layers=0)
+    try:
+        return int(llama_cpp.llama_model_n_embd(model.ptr))
+    finally:
+        model.close()
+
+
 class Embedder:
     def __init__(
         self,
@@ -104,6 +115,18 @@ class Embedder:
         self._pending_inputs = 0  # submitted and not yet answered; guarded by _lock
         self._lock = threading.Lock()
         self.stats = EmbedderStats()
+
+    @classmethod
+    def from_file(
+        cls, path: Path, n_ctx: int, n_seq_max: int, n_threads: int, n_gpu_layers: int = 0
+    ) -> Embedder:
+        """An embedder over a GGUF file of its own (a Ray actor builds one where it runs)."""
+        model = LlamaModel(path, n_gpu_layers=n_gpu_layers)
+        try:
+            return cls(model, n_ctx, n_seq_max, n_threads)
+        except Exception:
+            model.close()
+            raise
 
     # --- any thread -----------------------------------------------------------------------
 
