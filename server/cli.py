@@ -122,6 +122,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"hearth: {e}", file=sys.stderr)
         return 2
 
+    from retrieval.storage import StorageUnavailable
     from server.api.app import create_app
     from server.bert_gguf import ConversionError
     from server.engine.embedder import EmbedderError
@@ -137,7 +138,14 @@ def serve(args: argparse.Namespace) -> int:
     route_llama_logs_to_python()
     try:
         runtime = Runtime.load(settings)
-    except (ModelNotFound, ModelLoadError, ContextError, EmbedderError, ConversionError) as e:
+    except (
+        ModelNotFound,
+        ModelLoadError,
+        ContextError,
+        EmbedderError,
+        ConversionError,
+        StorageUnavailable,
+    ) as e:
         print(f"hearth: {e}", file=sys.stderr)
         return 1
     serve_app(create_app(runtime), runtime)
@@ -326,6 +334,7 @@ def ray_ingest(args: argparse.Namespace) -> int:
     from retrieval.client import ClientError, expand_paths
     from retrieval.ingestion import ChunkingOptions
     from retrieval.ray_ingestion import EmbedderSpec, ingest
+    from retrieval.storage import StorageUnavailable
     from server.host_resources import threads
     from server.model_files import resolve_embedding_model
     from server.runtime import storage_of
@@ -346,18 +355,22 @@ def ray_ingest(args: argparse.Namespace) -> int:
         max(1, threads(settings) // workers),
         settings.model.n_gpu_layers,
     )
-    results = ingest(
-        storage_of(settings),
-        paths,
-        args.store,
-        spec,
-        ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap),
-        args.ray,
-        workers,
-        rs.parse_timeout,
-        rs.max_upload_mb << 20,
-        args.quiet,
-    )
+    try:
+        results = ingest(
+            storage_of(settings),
+            paths,
+            args.store,
+            spec,
+            ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap),
+            args.ray,
+            workers,
+            rs.parse_timeout,
+            rs.max_upload_mb << 20,
+            args.quiet,
+        )
+    except StorageUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for r in results:
         detail = f"  {r['error']}" if r["error"] else f"  ({r['chunks']} chunks)"
         print(f"{r['status']:>10}  {r['filename']}{detail}")

@@ -21,7 +21,7 @@ from retrieval.chunk_store import ChunkStore
 from retrieval.chunking import Chunk
 from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.s3 import S3Options, bucket_path
-from tests.conftest import RunningServer, start_server, stop_server
+from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 from tests.shared_services import S3Server, postgres, seaweedfs
 
 pytestmark = pytest.mark.shared_storage
@@ -296,3 +296,20 @@ def test_pgvector_store_writes_searches_and_reindexes(pgvector_database: str) ->
     assert PgChunkStore(pgvector_database, 8).format_outdated  # another model's width
     for store in stores:
         store.close()
+
+
+def test_unreachable_storage_is_one_clear_line(tmp_path: Path) -> None:
+    """A database or bucket that cannot be reached stops `hearth serve` with one line that
+    names it (without the password), not a traceback."""
+    cases = {
+        "database": 'database_url = "postgresql://hearth:sekrit@127.0.0.1:1/db"\n',
+        "bucket": 'lancedb_uri = "s3://nobucket/x"\ns3_endpoint = "http://127.0.0.1:1"\n',
+    }
+    for name, body in cases.items():
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f"[retrieval]\n{body}")
+        out = hearth_cli("serve", "--config", str(config), "--data-dir", str(tmp_path / name))
+        assert out.returncode == 1, out.stderr
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("hearth: cannot open") and "Traceback" not in out.stderr, last
+        assert ("127.0.0.1:1" in last) and "sekrit" not in out.stderr
