@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -92,6 +92,19 @@ def embed_all(embedder: Embeddings, inputs: list[list[int]]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, embedder.dim), dtype=np.float32)
 
 
+class RemoteIndexer(Protocol):
+    """Parses, chunks and embeds a stored file elsewhere (a Ray cluster: ray_ingestion.py's
+    RayIndexer); the worker keeps the job's bookkeeping and the writes. Blocking."""
+
+    def index(self, file_id: str, filename: str) -> tuple[list[Chunk], np.ndarray]:
+        """The file's chunks and vectors; ParseError for a file that cannot be read."""
+        ...
+
+    def close(self) -> None:
+        """At shutdown, after the last job."""
+        ...
+
+
 class Stopping(Exception):
     """The server is shutting down: the job stops where it is and is resumed next start."""
 
@@ -106,6 +119,7 @@ class IngestionWorker:
         options: ChunkingOptions,
         parser: ParserProcess,
         max_attempts: int = 3,
+        remote: RemoteIndexer | None = None,
     ) -> None:
         self.catalog = catalog
         self.files = files
@@ -114,6 +128,7 @@ class IngestionWorker:
         self.options = options
         self.parser = parser
         self.max_attempts = max_attempts
+        self.remote = remote
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
@@ -151,6 +166,8 @@ class IngestionWorker:
         self.parser.close()
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=STOP_WAIT_SECONDS)
+        if self.remote is not None:
+            await asyncio.to_thread(self.remote.close)
 
     def reconcile(self) -> None:
         """Remove chunks whose file is attached to no store any more: what a crash between
@@ -206,13 +223,18 @@ class IngestionWorker:
             )
             return
         try:
-            sections = await self._thread(self._parse, job.file_id, stored.filename)
-            chunks, inputs = await self._thread(self._chunk, sections, stored.filename)
-            parts = [
-                await self._embed(inputs[i : i + EMBED_GROUP])
-                for i in range(0, len(inputs), EMBED_GROUP)
-            ]
-            vectors = np.concatenate(parts) if parts else np.empty((0, self.embedder.dim))
+            if self.remote is not None:
+                chunks, vectors = await self._thread(
+                    self.remote.index, job.file_id, stored.filename
+                )
+            else:
+                sections = await self._thread(self._parse, job.file_id, stored.filename)
+                chunks, inputs = await self._thread(self._chunk, sections, stored.filename)
+                parts = [
+                    await self._embed(inputs[i : i + EMBED_GROUP])
+                    for i in range(0, len(inputs), EMBED_GROUP)
+                ]
+                vectors = np.concatenate(parts) if parts else np.empty((0, self.embedder.dim))
             if not self.catalog.is_current(job):
                 return  # detached or attached again meanwhile: write nothing
             await self._thread(
@@ -242,5 +264,9 @@ class IngestionWorker:
             return
         self.catalog.touch(job.vector_store_id)
         logger.info(
-            "ingested %s into %s: %d chunks", stored.filename, job.vector_store_id, len(chunks)
+            "ingested %s into %s: %d chunks%s",
+            stored.filename,
+            job.vector_store_id,
+            len(chunks),
+            " (on Ray)" if self.remote is not None else "",
         )

@@ -50,7 +50,7 @@ def _parse(row: dict[str, Any], storage: Storage, timeout: float) -> dict[str, A
             sections = parser.parse(path, row["filename"])
         return {**row, "sections": pickle.dumps(sections), "error": ""}
     except ParseError as e:
-        return {**row, "sections": b"", "error": f"{row['filename']}: {e}"}
+        return {**row, "sections": b"", "error": str(e)}
     finally:
         parser.close()
 
@@ -172,7 +172,8 @@ def ingest(
             vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(-1, dim)
             if not row["error"]:
                 chunks_store.upsert(store_id, row["file_id"], row["filename"], chunks, vectors, {})
-            catalog.record_ingested(store_id, row["file_id"], {}, len(chunks), row["error"] or None)
+            error = f"{row['filename']}: {row['error']}" if row["error"] else None
+            catalog.record_ingested(store_id, row["file_id"], {}, len(chunks), error)
             results.append(
                 {
                     "filename": row["filename"],
@@ -186,6 +187,55 @@ def ingest(
     finally:
         files.close()
         catalog.close()
+
+
+class RayIndexer:
+    """The server's worker handing each job's parse, chunk and embed to the same Ray Data
+    pipeline (`retrieval.ray_address`): one pipeline per file, the worker keeping the job's
+    bookkeeping and writes (ingestion.RemoteIndexer)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        spec: EmbedderSpec,
+        options: ChunkingOptions,
+        address: str,
+        dim: int,
+        workers: int = 1,
+        parse_timeout: float = 120.0,
+    ) -> None:
+        self.storage, self.spec, self.options = storage, spec, options
+        self.address, self.dim, self.workers = address, dim, workers
+        self.parse_timeout = parse_timeout
+        self._started = False
+
+    def index(self, file_id: str, filename: str) -> tuple[list[Any], np.ndarray]:
+        files = [{"file_id": file_id, "filename": filename}]
+        rows = run_pipeline(
+            self.storage,
+            files,
+            self.spec,
+            self.options,
+            self.address,
+            self.workers,
+            self.parse_timeout,
+            progress=False,
+        )
+        self._started = True  # from here on Ray may be running in this process
+        (row,) = list(rows)  # the whole pipeline run, not left half-consumed
+        if row["error"]:
+            raise ParseError(row["error"])
+        vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(-1, self.dim)
+        return pickle.loads(row["chunks"]), vectors
+
+    def close(self) -> None:
+        """Stop the Ray cluster this process started (a local one; from a cluster's
+        address, only this driver's connection): a server stopped by a signal does not
+        run Ray's exit hook, and its agents would outlive it."""
+        if self._started:
+            import ray
+
+            ray.shutdown()
 
 
 def _store_id(catalog: Any, store: str) -> str:

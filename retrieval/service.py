@@ -17,7 +17,7 @@ from retrieval.catalog import VectorStore, VectorStoreFile
 from retrieval.chunk_store import ChunkStore, Hit
 from retrieval.embeddings import Embeddings
 from retrieval.filters import FilterError, matches, validate
-from retrieval.ingestion import ChunkingOptions, IngestionWorker
+from retrieval.ingestion import ChunkingOptions, IngestionWorker, RemoteIndexer
 from retrieval.parse_process import ParserProcess
 from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.reranking import Reranking, rerank
@@ -38,6 +38,7 @@ class RetrievalService:
         max_attempts: int = 3,
         reranker: Reranking | None = None,
         rerank_candidates: int = 20,
+        remote: RemoteIndexer | None = None,
     ) -> None:
         """`storage`: the data directory alone, or a bucket and a PostgreSQL database that
         several Hearth processes share (retrieval/storage.py)."""
@@ -64,6 +65,7 @@ class RetrievalService:
                 options,
                 ParserProcess(parse_timeout),
                 max_attempts,
+                remote,
             )
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -333,11 +333,9 @@ def ray_ingest(args: argparse.Namespace) -> int:
     settings name (retrieval/ray_ingestion.py)."""
     from retrieval.client import ClientError, expand_paths
     from retrieval.ingestion import ChunkingOptions
-    from retrieval.ray_ingestion import EmbedderSpec, ingest
+    from retrieval.ray_ingestion import ingest
     from retrieval.storage import StorageUnavailable
-    from server.host_resources import threads
-    from server.model_files import resolve_embedding_model
-    from server.runtime import storage_of
+    from server.runtime import embedder_spec, storage_of
 
     overrides = {"storage": {"data_dir": args.data_dir}} if args.data_dir else {}
     settings = load_settings(args.config, overrides)
@@ -346,15 +344,9 @@ def ray_ingest(args: argparse.Namespace) -> int:
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    es, rs = settings.embedding, settings.retrieval
+    rs = settings.retrieval
     workers = max(1, args.ray_workers)
-    spec = EmbedderSpec(
-        str(resolve_embedding_model(es.path, settings.storage.resolved_data_dir())),
-        es.n_ctx,
-        es.n_seq_max,
-        max(1, threads(settings) // workers),
-        settings.model.n_gpu_layers,
-    )
+    spec = embedder_spec(settings, workers)
     try:
         results = ingest(
             storage_of(settings),

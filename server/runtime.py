@@ -21,6 +21,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from retrieval.ingestion import ChunkingOptions
+from retrieval.ray_ingestion import EmbedderSpec, RayIndexer
 from retrieval.s3 import S3Options
 from retrieval.service import RetrievalService
 from retrieval.storage import Storage
@@ -71,15 +72,28 @@ class Runtime:
         reranker, reranker_model_id = _reranker(settings)
         data_dir = settings.storage.resolved_data_dir()
         rs = settings.retrieval
+        options = ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap)
+        remote = None
+        if rs.ray_address and embedder is not None:
+            remote = RayIndexer(
+                storage_of(settings),
+                embedder_spec(settings, rs.ray_workers),
+                options,
+                rs.ray_address,
+                embedder.dim,
+                rs.ray_workers,
+                rs.parse_timeout,
+            )
         retrieval = RetrievalService(
             storage_of(settings),
             rs.max_upload_mb << 20,
             embedder,
-            ChunkingOptions(rs.chunk_tokens, rs.chunk_overlap),
+            options,
             rs.parse_timeout,
             rs.max_attempts,
             reranker,
             rs.rerank_candidates,
+            remote,
         )
         models = ModelPool(discover(settings), settings, backend, retrieval)
         models.load_default()
@@ -202,6 +216,19 @@ def _log_backend(backend: BackendInfo, layers_on_gpu: int, n_layer: int) -> None
     else:
         cpu = next((d.description for d in backend.devices if d.kind == "cpu"), "")
         logger.info("backend cpu%s", f": {cpu}" if cpu else "")
+
+
+def embedder_spec(settings: Settings, workers: int) -> EmbedderSpec:
+    """How a Ray actor builds the configured embedder, `workers` of them sharing the
+    threads."""
+    es = settings.embedding
+    return EmbedderSpec(
+        str(resolve_embedding_model(es.path, settings.storage.resolved_data_dir())),
+        es.n_ctx,
+        es.n_seq_max,
+        max(1, threads(settings) // workers),
+        settings.model.n_gpu_layers,
+    )
 
 
 def storage_of(settings: Settings) -> Storage:

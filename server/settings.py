@@ -149,6 +149,8 @@ class RetrievalSettings(_Section):
     database_url: str = ""
     chunk_store: Literal["lancedb", "pgvector"] = "lancedb"
     files_uri: str = ""
+    ray_address: str = ""
+    ray_workers: int = Field(1, ge=1, le=256)
     s3_endpoint: str = ""
     s3_region: str = ""
     s3_access_key_id: str = ""

@@ -99,3 +99,33 @@ def test_ray_pipeline_indexes_like_the_worker(tmp_path: Path) -> None:
         assert any("QZ-7731" in h.content[0].text for h in hits.data[:3])
     finally:
         stop_server(server)
+
+
+def test_a_server_indexes_through_ray_when_configured(tmp_path: Path) -> None:
+    """`retrieval.ray_address`: the server's worker hands each job to the same pipeline
+    and keeps its bookkeeping: completed files are found, an unreadable one fails with
+    the reason, and the server stops cleanly afterwards."""
+    config = tmp_path / "ray.toml"
+    config.write_text('[retrieval]\nray_address = "local"\n')
+    files = documents(tmp_path / "docs")
+    server = start_server(tmp_path, "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    try:
+        client = server.client()
+        store = client.vector_stores.create(name="via-ray")
+        guide = next(p for p in files if p.suffix == ".md")
+        done = client.vector_stores.files.upload_and_poll(
+            vector_store_id=store.id, file=(guide.name, io.BytesIO(guide.read_bytes()))
+        )
+        assert done.status == COMPLETED
+        broken = client.vector_stores.files.upload_and_poll(
+            vector_store_id=store.id, file=("broken.pdf", io.BytesIO(b"%PDF-1.4 not really"))
+        )
+        assert broken.status == "failed" and "broken.pdf" in broken.last_error.message
+        hits = client.vector_stores.search(store.id, query="What is the calibration code?")
+        assert any("QZ-7731" in h.content[0].text for h in hits.data[:3])
+    finally:
+        stop_server(server)
+    log = server.proc.log_text()
+    assert f"ingested guide.md into {store.id}" in log and "(on Ray)" in log, log[-3000:]
+    # Ray in the process does not take over SIGTERM: Hearth's graceful shutdown ran.
+    assert "Application shutdown complete" in log, log[-3000:]
