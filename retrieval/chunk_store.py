@@ -293,6 +293,25 @@ def ranked_hits(
     return [_hit(rows[i], score) for i, score in scored[:k]]
 
 
+# The columns of a chunk row besides its vector, in the order every backend stores them.
+CHUNK_COLUMNS = (
+    "id",
+    "vector_store_id",
+    "file_id",
+    "filename",
+    "chunk_index",
+    "text",
+    "page",
+    "char_start",
+    "char_end",
+    "position",
+    "heading",
+    "attributes",
+    "context",
+    "search_text",
+)
+
+
 def chunk_rows(
     vector_store_id: str,
     file_id: str,

@@ -27,28 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.chunk_store import CHUNK_FORMAT, Hit, add_exact, chunk_rows, ranked_hits
+from retrieval.chunk_store import (
+    CHUNK_COLUMNS,
+    CHUNK_FORMAT,
+    Hit,
+    add_exact,
+    chunk_rows,
+    ranked_hits,
+)
 from retrieval.chunking import Chunk
 from retrieval.fusion import DEFAULT_WEIGHTS, FusionWeights
 
 TABLE = "hearth_chunks"
-# Same keys and order as chunk_rows() makes them; `embedding` is the vector.
-_COLUMNS = (
-    "id",
-    "vector_store_id",
-    "file_id",
-    "filename",
-    "chunk_index",
-    "text",
-    "page",
-    "char_start",
-    "char_end",
-    "position",
-    "heading",
-    "attributes",
-    "context",
-    "search_text",
-)
+# chunk_rows()'s keys; `embedding` is the vector.
+_COLUMNS = CHUNK_COLUMNS
 _SELECT = ", ".join(_COLUMNS)
 # HNSW's candidate list at query time: pgvector's default (40) returns fewer than the
 # depth hybrid search asks for once a store filter drops rows; iterative scans fill it.

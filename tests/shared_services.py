@@ -4,8 +4,9 @@ bench/shared_services.py, skipped (visibly) only where they are not installed.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -15,31 +16,28 @@ from tests.conftest import RunningServer, start_server, stop_server
 
 __all__ = ["BACKENDS", "S3Server", "chunk_backend_server", "postgres", "seaweedfs"]
 
-
-@contextmanager
-def seaweedfs(tmp: Path) -> Iterator[S3Server]:
-    try:
-        server = shared_services.seaweedfs(tmp)
-        s3 = server.__enter__()
-    except ServiceUnavailable as e:
-        pytest.skip(str(e))
-    try:
-        yield s3
-    finally:
-        server.__exit__(None, None, None)
+T = TypeVar("T")
 
 
 @contextmanager
-def postgres(pgvector: bool = False) -> Iterator[str]:
+def _or_skip(service: AbstractContextManager[T]) -> Iterator[T]:
+    """The running service, or a visible skip where it is not installed."""
     try:
-        server = shared_services.postgres(pgvector)
-        url = server.__enter__()
+        value = service.__enter__()
     except ServiceUnavailable as e:
         pytest.skip(str(e))
     try:
-        yield url
+        yield value
     finally:
-        server.__exit__(None, None, None)
+        service.__exit__(None, None, None)
+
+
+def seaweedfs(tmp: Path) -> AbstractContextManager[S3Server]:
+    return _or_skip(shared_services.seaweedfs(tmp))
+
+
+def postgres(pgvector: bool = False) -> AbstractContextManager[str]:
+    return _or_skip(shared_services.postgres(pgvector))
 
 
 BACKENDS = ["lancedb", pytest.param("pgvector", marks=pytest.mark.shared_storage)]
