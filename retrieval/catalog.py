@@ -111,13 +111,14 @@ def _job_key(job: VectorStoreFile) -> tuple[str, str, int]:
 
 
 class Catalog:
-    def __init__(self, where: Path | str) -> None:
-        """`where`: the data directory (SQLite there) or a postgresql:// URL."""
+    def __init__(self, where: Path | str, several_processes: bool = False) -> None:
+        """`where`: the data directory (SQLite there) or a postgresql:// URL;
+        `several_processes`: other processes of this machine use the same SQLite file."""
         self._db: Database | PostgresDatabase
         if isinstance(where, str) and where.startswith(("postgresql://", "postgres://")):
             self._db = PostgresDatabase(where, _PG_SCHEMA)
         else:
-            self._db = Database(Path(where) / "vector_stores.db", _SCHEMA)
+            self._db = Database(Path(where) / "vector_stores.db", _SCHEMA, several_processes)
             have = self._db.columns("vector_store_files")
             with self._db.tx() as db:
                 for column, statement in _MIGRATIONS.items():
@@ -127,7 +128,7 @@ class Catalog:
     @property
     def shared(self) -> bool:
         """Whether other processes may use this catalog too."""
-        return self._db.dialect == "postgres"
+        return self._db.shared
 
     # --- vector stores --------------------------------------------------------------------
 
@@ -255,7 +256,7 @@ class Catalog:
 
     @property
     def _next_seq(self) -> str:
-        if self.shared:
+        if self._db.dialect == "postgres":
             return "SELECT nextval('vector_store_files_seq')"
         return "SELECT COALESCE(MAX(seq), 0) + 1 FROM vector_store_files"
 

@@ -78,9 +78,16 @@ def _committed(write: Callable[[], object]) -> None:
 
 
 class ChunkStore:
-    def __init__(self, uri: str, dim: int, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        dim: int,
+        storage_options: dict[str, str] | None = None,
+        several_processes: bool = False,
+    ) -> None:
         """`uri`: a folder, or object storage (`s3://bucket/prefix`, with its endpoint and
-        credentials in `storage_options`) that other Hearth processes may write too."""
+        credentials in `storage_options`) that other Hearth processes may write too;
+        `several_processes`: a folder other processes of this machine write too."""
         # Imported here, not with the module: a server without an embedding model never
         # needs LanceDB (the largest thing Hearth installs), and pyarrow must not be loaded
         # before llama.cpp's CUDA backend places a model (measured on an H200: importing
@@ -92,7 +99,7 @@ class ChunkStore:
         self.dim = dim
         # On shared storage another process may have written since our last read: every
         # read first looks for a newer table version (one small request to the bucket).
-        self.shared = is_object_store(uri)
+        self.shared = several_processes or is_object_store(uri)
         self._db = lancedb.connect(
             uri,
             storage_options=storage_options,

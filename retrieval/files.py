@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS files (
 )
 """
 _COLUMNS = "id, filename, bytes, purpose, created_at"
-# In shared storage another process may be between writing a file's bytes and its row:
+# In shared storage (or a data directory several processes use) another process may be
+# between writing a file's bytes and its row:
 # bytes without a row are removed only once they are older than this.
 _SHARED_LEFTOVER_SECONDS = 3600.0
 
@@ -75,6 +76,7 @@ class FileStore:
         max_bytes: int,
         database_url: str = "",
         blobs: Blobs | None = None,
+        several_processes: bool = False,
     ) -> None:
         """Metadata in SQLite under `data_dir` (or PostgreSQL at `database_url`); bytes in
         `blobs` (default: the folder `data_dir/files`)."""
@@ -83,7 +85,7 @@ class FileStore:
         self._db: Database | PostgresDatabase = (
             PostgresDatabase(database_url, _PG_SCHEMA)
             if database_url
-            else Database(data_dir / "files.db", _SCHEMA)
+            else Database(data_dir / "files.db", _SCHEMA, several_processes)
         )
         self._remove_leftovers()
 
@@ -92,7 +94,7 @@ class FileStore:
         never written (or already deleted)."""
         with self._db.tx() as db:
             ids = {row[0] for row in db.execute("SELECT id FROM files")}
-        local = isinstance(self.blobs, LocalBlobs) and self._db.dialect == "sqlite"
+        local = isinstance(self.blobs, LocalBlobs) and not self._db.shared
         cutoff = time.time() - _SHARED_LEFTOVER_SECONDS
         for name, mtime in self.blobs.names().items():
             if name not in ids and (local or mtime < cutoff):

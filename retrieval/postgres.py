@@ -52,6 +52,7 @@ class _Connection:
 
 class PostgresDatabase:
     dialect = "postgres"
+    shared = True  # other processes may use it: the point of it
     # Tables here carry an `ord BIGSERIAL` column: PostgreSQL has no row id.
     insertion_order = "ord"
 

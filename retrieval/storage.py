@@ -45,6 +45,9 @@ class Storage:
     chunk_store: str = "lancedb"  # or "pgvector", in database_url's PostgreSQL
     files_uri: str = ""  # "": beside an s3:// lancedb_uri, else <data_dir>/files
     s3: S3Options = field(default_factory=S3Options)
+    # Other Hearth processes of this machine use the same data directory at once
+    # (`hearth serve --ray`'s replicas): claims take file locks, reads look for new writes.
+    several_processes: bool = False
 
     @property
     def in_bucket(self) -> bool:
@@ -81,13 +84,20 @@ class Storage:
     def files(self, max_upload_bytes: int) -> FileStore:
         return _opening(
             f"the uploaded files ({self._where()})",
-            lambda: FileStore(self.data_dir, max_upload_bytes, self.database_url, self.blobs()),
+            lambda: FileStore(
+                self.data_dir,
+                max_upload_bytes,
+                self.database_url,
+                self.blobs(),
+                self.several_processes,
+            ),
         )
 
     def catalog(self) -> Catalog:
         where = self._database or str(self.data_dir)
         return _opening(
-            f"the catalog ({where})", lambda: Catalog(self.database_url or self.data_dir)
+            f"the catalog ({where})",
+            lambda: Catalog(self.database_url or self.data_dir, self.several_processes),
         )
 
     def chunks(self, dim: int) -> ChunkStore | PgChunkStore:
@@ -98,4 +108,7 @@ class Storage:
             )
         uri = self.lancedb_uri or str(self.data_dir / "lancedb")
         options = self.s3.lance_options() if self.in_bucket else None
-        return _opening(f"the chunk store ({uri})", lambda: ChunkStore(uri, dim, options))
+        return _opening(
+            f"the chunk store ({uri})",
+            lambda: ChunkStore(uri, dim, options, self.several_processes),
+        )

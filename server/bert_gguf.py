@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,9 @@ def convert(model_dir: str | Path, out_file: str | Path, name: str | None = None
         )
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = out_file.with_suffix(out_file.suffix + ".tmp")
+    # Named for this process: two processes preparing the same model at once (replicas
+    # starting together) each write their own file, and the last rename wins whole.
+    tmp_file = out_file.with_suffix(f"{out_file.suffix}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(tmp_file, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT])
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name or model_dir.name)

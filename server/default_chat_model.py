@@ -126,7 +126,7 @@ def prepare(models_dir: Path, source: Path, threads: int = 0) -> Choice:
         original=original,
         fast=fast,
     )
-    tmp = models_dir / (CHOICE_FILE + ".tmp")
+    tmp = models_dir / f"{CHOICE_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(asdict(choice), indent=1))
     tmp.replace(models_dir / CHOICE_FILE)
     return choice

@@ -240,7 +240,8 @@ def storage_of(settings: Settings) -> Storage:
         rs.database_url,
         rs.chunk_store,
         rs.files_uri,
-        S3Options.from_env(
+        several_processes=settings.storage.several_processes,
+        s3=S3Options.from_env(
             endpoint=rs.s3_endpoint,
             region=rs.s3_region,
             access_key_id=rs.s3_access_key_id,

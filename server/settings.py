@@ -200,12 +200,28 @@ class StorageSettings(_Section):
     # Where Hearth keeps converted models, its cache and (later) documents.
     # Empty: $XDG_DATA_HOME/hearth, else ~/.local/share/hearth.
     data_dir: str = ""
+    # Several Hearth processes of this machine use data_dir at once (hearth serve --ray
+    # sets it for its replicas).
+    several_processes: bool = False
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir:
             return Path(self.data_dir).expanduser()
         base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
         return Path(base) / "hearth"
+
+
+class ClusterSettings(_Section):
+    """`hearth serve --ray`: replicas of the whole server behind one address (server/cluster)."""
+
+    ray_address: str = ""
+    replicas: int = Field(2, ge=1, le=1024)
+    replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0)
+    router: Literal["prefix", "default"] = "prefix"
+    imbalance_threshold: int = Field(8, ge=0)
+    block_chars: int = Field(64, ge=8, le=4096)
+    max_ongoing_requests: int = Field(256, ge=1)
 
 
 def is_loopback(host: str) -> bool:
@@ -289,6 +305,7 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     server: ServerSettings = ServerSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _cross_section(self) -> Settings:
