@@ -37,6 +37,8 @@ SERVE_FLAGS: dict[str, tuple[str, str]] = {
     "cors_origins": ("server", "cors_origins"),
     "drain_seconds": ("server", "drain_seconds"),
     "log_level": ("server", "log_level"),
+    "replicas": ("cluster", "replicas"),
+    "router": ("cluster", "router"),
 }
 
 
@@ -104,6 +106,20 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="on SIGTERM, let running requests finish this long (default 10)",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="serve replicas on Ray Serve behind one address: a Ray of this machine alone, "
+        "or the cluster at ADDRESS ('auto', 'ray://head:10001'); see [cluster]",
+    )
+    p.add_argument("--replicas", type=int, help="replicas with --ray (default 2)")
+    p.add_argument(
+        "--router",
+        choices=["prefix", "default"],
+        help="with --ray: prefix affinity (default) or Ray Serve's own router",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -121,6 +137,9 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"hearth: {e}", file=sys.stderr)
         return 2
+
+    if args.ray is not None:
+        return _serve_on_ray(settings, args.ray)
 
     from retrieval.storage import StorageUnavailable
     from server.api.app import create_app
@@ -150,6 +169,19 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     serve_app(create_app(runtime), runtime)
     return 0
+
+
+def _serve_on_ray(settings: Settings, address: str) -> int:
+    try:
+        from server.cluster.app import serve_on_ray
+    except ModuleNotFoundError as e:
+        print(f"hearth: --ray needs {e.name}: pip install 'hearth[ray]'", file=sys.stderr)
+        return 1
+    if address:
+        settings.cluster.ray_address = address
+    level = getattr(logging, settings.server.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve_on_ray(settings)
 
 
 def _models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -85,7 +85,7 @@ def api_routes() -> list[BaseRoute]:
     ]
 
 
-def _middleware(settings: Settings) -> list[Middleware]:
+def middleware(settings: Settings) -> list[Middleware]:
     """Outermost first: who may ask (host, origin, CORS), how much they may send, and
     whether they hold the key."""
     server = settings.server
@@ -118,7 +118,7 @@ def create_app(runtime: Runtime) -> Starlette:
 
     app = Starlette(
         routes=api_routes(),
-        middleware=_middleware(runtime.settings),
+        middleware=middleware(runtime.settings),
         lifespan=lifespan,
         exception_handlers=HANDLERS,
     )

@@ -1,0 +1,120 @@
+"""Ray Serve's side of prefix affinity: a RequestRouter for the replica deployment that
+ranks replicas by how much of a request's prompt each was sent before (affinity.py) and by
+load, so the replica already holding a prefix's KV computes it no second time.
+
+The router lives in the process that holds the deployment handle (the ingress), one per
+handle, and knows what its own requests were and where they went; with several ingress
+replicas each has its own table (an approximation: a prefix may be learnt once per
+ingress). Load is Ray's queue length for the replica (requests it holds, from any router),
+or this router's own count while Ray has none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    ReplicaResult,
+    RequestRouter,
+    RunningReplica,
+)
+
+from server.cluster import views
+from server.cluster.affinity import AffinityTable, rank_replicas
+from server.cluster.forwarding import ForwardedRequest
+
+
+class PrefixAffinityRouter(RequestRouter):
+    def initialize_state(
+        self, imbalance_threshold: int = 8, max_blocks: int = 200_000, **_: Any
+    ) -> None:
+        self.imbalance_threshold = imbalance_threshold
+        self.table = AffinityTable(max_blocks)
+        self.in_flight: dict[ReplicaID, int] = {}
+        self.routed: dict[ReplicaID, int] = {}
+        self.affinity_hits: dict[ReplicaID, int] = {}  # sent where their prefix was
+        self._hit_pending: set[str] = set()
+        if self._deployment_id is not None:
+            # Through the module: a name imported from it would be shipped as a copy.
+            views.ROUTERS[self._deployment_id.name] = self
+
+    @staticmethod
+    def _forwarded(pending_request: PendingRequest | None) -> ForwardedRequest | None:
+        if pending_request is None or not pending_request.args:
+            return None
+        arg = pending_request.args[0]
+        return arg if isinstance(arg, ForwardedRequest) else None
+
+    def load(self, replica: ReplicaID) -> int:
+        queued = self._replica_queue_len_cache.get(replica)
+        return queued if queued is not None else self.in_flight.get(replica, 0)
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        request = self._forwarded(pending_request)
+        if request is not None and request.replica in by_id:
+            # It names an object only that replica holds (a stored response).
+            return [[by_id[request.replica]]]
+        blocks = request.prefix_blocks if request is not None else []
+        depths = self.table.match(blocks, by_id)
+        loads = {u: self.load(r.replica_id) for u, r in by_id.items()}
+        held = {u: self.table.blocks_held(u) for u in by_id}
+        ranks = rank_replicas(depths, loads, held, self.imbalance_threshold)
+        if pending_request is not None and ranks and depths[ranks[0][0]] > 0:
+            self._hit_pending.add(pending_request.metadata.internal_request_id)
+        return [[by_id[u] for u in rank] for rank in ranks]
+
+    def on_request_routed(
+        self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
+    ) -> None:
+        self.in_flight[replica_id] = self.in_flight.get(replica_id, 0) + 1
+        self.routed[replica_id] = self.routed.get(replica_id, 0) + 1
+        request_id = pending_request.metadata.internal_request_id
+        if request_id in self._hit_pending:
+            self._hit_pending.discard(request_id)
+            self.affinity_hits[replica_id] = self.affinity_hits.get(replica_id, 0) + 1
+        request = self._forwarded(pending_request)
+        if request is not None and request.prefix_blocks:
+            # Recorded at once, not when the answer ends: the replica's engine shares a
+            # running request's prefix with the next one too.
+            self.table.record(request.prefix_blocks, replica_id.unique_id)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self.in_flight[replica_id] = max(0, self.in_flight.get(replica_id, 0) - 1)
+        self._hit_pending.discard(internal_request_id)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.table.forget(replica_id.unique_id)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        before = {r.unique_id for r in self._replica_id_set}
+        super().update_replicas(replicas)
+        after = {r.unique_id for r in self._replica_id_set}
+        for gone in before - after:
+            self.table.forget(gone)
+
+    def view(self) -> list[dict[str, Any]]:
+        """Each replica as this router sees it, with the stats the replica last reported
+        (record_routing_stats, every few seconds)."""
+        out = []
+        for replica in self._replicas_list:
+            rid = replica.replica_id
+            out.append(
+                {
+                    "replica": rid.unique_id,
+                    "routed": self.routed.get(rid, 0),
+                    "affinity_routed": self.affinity_hits.get(rid, 0),
+                    "in_flight": self.in_flight.get(rid, 0),
+                    "load": self.load(rid),
+                    "prefix_blocks": self.table.blocks_held(rid.unique_id),
+                    "engine": dict(replica.routing_stats or {}),
+                }
+            )
+        return sorted(out, key=lambda r: r["replica"])

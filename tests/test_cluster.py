@@ -1,0 +1,190 @@
+"""`hearth serve --ray` end to end (issue 20): two replicas on a real local Ray cluster
+behind one address, answering the official openai client, routing repeated prefixes to the
+replica that holds them (seen in the x-hearth-replica header, the usage's cached tokens and
+the replicas' own counters), finding stored responses on the replica that made them, and
+sharing one data directory for files and vector stores. `-m "not ray"` skips it."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from retrieval.catalog import COMPLETED
+from tests.conftest import RunningServer, start_server, stop_server
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'ray[serve]')")
+
+REPLICA = "x-hearth-replica"
+PIRATE = "You are a pirate who answers every question about ships and the sea. " * 12
+BAKER = "You are a baker who explains bread, flour and ovens to beginners. " * 12
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    server = start_server(
+        tmp, "--ray", "--replicas", "2", "--data-dir", str(tmp / "data"), "--log-level", "warning"
+    )
+    yield server
+    stop_server(server)
+
+
+def replicas(server: RunningServer) -> list[dict]:
+    return httpx.get(f"{server.url}/cluster/replicas", timeout=10).json()["replicas"]
+
+
+def ask(client: openai.OpenAI, model: str, system: str, question: str) -> tuple[str, int]:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        max_tokens=4,
+    )
+    usage = raw.parse().usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    return raw.headers[REPLICA], usage.prompt_tokens_details.cached_tokens or 0
+
+
+def test_the_openai_client_gets_answers_and_streams(cluster: RunningServer) -> None:
+    client = cluster.client()
+    model = cluster.model_id()
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
+    )
+    assert reply.choices[0].message.content and reply.usage and reply.usage.completion_tokens > 0
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Count to five"}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    # Errors come back in the client's own shape, from the replica's own handlers.
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
+    bad = httpx.post(f"{cluster.url}/api/chat", json={"model": "nope", "messages": []})
+    assert bad.status_code == 404 and isinstance(bad.json()["error"], str)  # Ollama's shape
+
+
+def test_a_client_that_leaves_frees_the_replica(cluster: RunningServer) -> None:
+    body = {
+        "model": cluster.model_id(),
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{cluster.url}/v1/chat/completions", json=body) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 10:
+                break
+    # 3,000 tokens would take minutes here; the replicas report idle within seconds.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        rows = replicas(cluster)
+        if all(r["in_flight"] == 0 and r["engine"].get("running", 1) == 0 for r in rows):
+            return
+    pytest.fail(f"a replica still runs the abandoned request: {rows}")
+
+
+def test_repeated_prefixes_go_to_the_replica_that_holds_them(cluster: RunningServer) -> None:
+    client = cluster.client()
+    model = cluster.model_id()
+    before = {r["replica"]: r for r in replicas(cluster)}
+    seen: dict[str, list[tuple[str, int]]] = {"pirate": [], "baker": []}
+    for i in range(3):
+        seen["pirate"].append(ask(client, model, PIRATE, f"Question {i}: what is a brig?"))
+        seen["baker"].append(ask(client, model, BAKER, f"Question {i}: why does dough rise?"))
+    pirate = {replica for replica, _ in seen["pirate"]}
+    baker = {replica for replica, _ in seen["baker"]}
+    # Each prompt stays on one replica, and the two prompts went to different ones.
+    assert len(pirate) == 1 and len(baker) == 1 and pirate != baker, seen
+    for answers in seen.values():
+        assert all(cached > 100 for _, cached in answers[1:]), answers
+    # The replicas' own counters agree: each computed its prompt once and served it from
+    # its cache twice (routing stats arrive every second).
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        rows = {r["replica"]: r for r in replicas(cluster)}
+        if all(
+            r["engine"].get("requests_finished", 0)
+            >= before.get(name, {}).get("engine", {}).get("requests_finished", 0) + 3
+            for name, r in rows.items()
+        ):
+            break
+        time.sleep(1)
+    for name in (*pirate, *baker):
+        row, old = rows[name], before.get(name, {"routed": 0, "affinity_routed": 0, "engine": {}})
+        assert row["routed"] - old["routed"] >= 3
+        assert row["affinity_routed"] - old["affinity_routed"] >= 2
+        cached_before = old["engine"].get("prompt_tokens_cached", 0)
+        assert row["engine"]["prompt_tokens_cached"] - cached_before > 200, row
+
+
+def test_a_stored_response_is_found_on_the_replica_that_made_it(cluster: RunningServer) -> None:
+    client = cluster.client()
+    model = cluster.model_id()
+    made = []
+    for instructions in (PIRATE, BAKER):  # two prompts: two replicas (see above)
+        raw = client.responses.with_raw_response.create(
+            model=model, instructions=instructions, input="Hello", max_output_tokens=4
+        )
+        made.append((raw.parse().id, raw.headers[REPLICA]))
+    assert made[0][1] != made[1][1]
+    for response_id, replica in made:
+        got = httpx.get(f"{cluster.url}/v1/responses/{response_id}")
+        assert got.status_code == 200 and got.headers[REPLICA] == replica
+        follow = client.responses.with_raw_response.create(
+            model=model, previous_response_id=response_id, input="And then?", max_output_tokens=4
+        )
+        assert follow.headers[REPLICA] == replica and follow.parse().output_text is not None
+
+
+def test_replicas_share_files_and_vector_stores(cluster: RunningServer, tmp_path: Path) -> None:
+    client = cluster.client()
+    store = client.vector_stores.create(name="shared")
+    text = "The spare key of the boathouse hangs behind the tide table. " * 20
+    done = client.vector_stores.files.upload_and_poll(
+        vector_store_id=store.id, file=("boathouse.txt", io.BytesIO(text.encode()))
+    )
+    assert done.status == COMPLETED
+
+    def search(_: int) -> tuple[str, list[str]]:
+        r = httpx.post(
+            f"{cluster.url}/v1/vector_stores/{store.id}/search",
+            json={"query": "where is the spare key?", "max_num_results": 20},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        hits = r.json()["data"]
+        texts = [part["text"] for hit in hits for part in hit["content"]]
+        # One ingestion, not one per replica: no chunk is there twice.
+        assert len(texts) == len(set(texts)), texts
+        return r.headers[REPLICA], [hit["file_id"] for hit in hits]
+
+    answered_by: set[str] = set()
+    for _ in range(5):  # concurrent searches spread over both replicas
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(search, range(8)))
+        assert all(hits and set(hits) == {done.id} for _, hits in results), results
+        answered_by |= {replica for replica, _ in results}
+        if len(answered_by) == 2:
+            break
+    assert len(answered_by) == 2
+    client.files.delete(done.id)
+    with ThreadPoolExecutor(8) as pool:
+        after = list(pool.map(search, range(8)))
+    assert all(hits == [] for _, hits in after), after
