@@ -20,6 +20,10 @@ class RequestTiming:
     output_tokens: int
     # Arrival times (seconds after the request was sent) of each chunk with content.
     chunk_times: list[float] = field(default_factory=list)
+    # From the usage chunk, where the server sends one: prompt tokens, and how many of them
+    # its prefix cache served.
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def tpot(self) -> float | None:
@@ -50,6 +54,12 @@ class LoadResult:
     def tokens_per_second(self) -> float:
         return self.output_tokens / self.wall_seconds
 
+    @property
+    def cached_fraction(self) -> float:
+        """Share of the prompt tokens the server's prefix cache served (usage)."""
+        prompt = sum(t.prompt_tokens for t in self.timings)
+        return sum(t.cached_tokens for t in self.timings) / prompt if prompt else 0.0
+
     def ttft_percentile(self, q: float) -> float:
         return percentile([t.ttft for t in self.timings], q)
 
@@ -63,6 +73,7 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
     ttft = None
     tokens = 0
     chunk_times: list[float] = []
+    prompt = cached = 0
     async with client.stream("POST", url, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -70,7 +81,10 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                usage = chunk["usage"]
+                tokens = usage["completion_tokens"]
+                prompt = usage.get("prompt_tokens", 0)
+                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             for choice in chunk.get("choices", []):
                 if choice.get("delta", {}).get("content"):
                     now = time.perf_counter() - t0
@@ -82,7 +96,9 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> RequestTiming
         # No usage chunk (llama-cpp-python's server ignores stream_options): these servers
         # stream one chunk per token, so count the chunks.
         tokens = len(chunk_times)
-    return RequestTiming(ttft if ttft is not None else latency, latency, tokens, chunk_times)
+    return RequestTiming(
+        ttft if ttft is not None else latency, latency, tokens, chunk_times, prompt, cached
+    )
 
 
 Messages = list[dict[str, str]]
