@@ -105,6 +105,7 @@ bench: models
 	$(BIN)/python -m bench.chunk_backends --write docs/benchmarks.md
 	$(BIN)/python -m bench.ray_ingest --write docs/benchmarks.md
 	$(BIN)/python -m bench.cluster --write docs/benchmarks.md
+	$(BIN)/python -m bench.cluster --replicas 4 --write docs/benchmarks.md
 
 # The whole API under schemathesis (many more examples than the suite's test_fuzz.py).
 fuzz: models

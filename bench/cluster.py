@@ -1,6 +1,6 @@
 """Replicas on Ray Serve: prefix affinity against Ray Serve's default router (issue 20).
 
-    python -m bench.cluster [--rounds 2] [--write docs/benchmarks.md]
+    python -m bench.cluster [--rounds 2] [--replicas 2] [--write docs/benchmarks.md]
 
 One Ray cluster of this machine; in each round the application is deployed afresh (cold
 caches) with the prefix-affinity router and then with Ray Serve's default power-of-two
@@ -16,6 +16,9 @@ one address, streaming:
 
 Cached-token fraction is from the servers' own usage (prompt_tokens_details.cached_tokens);
 TTFT and output tokens/s from the client. Best of the rounds per router and workload.
+
+With more replicas than cores (`--replicas 4` here) the replicas share the cores, so speed
+compares the routers only with each other; the cached-token fraction is the routers' alone.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from bench.report import write_section
 from server.launch import free_port
 from server.settings import Settings, load_settings
 
-REPLICAS = 2
 ROUTERS = ("prefix", "default")
 
 
@@ -127,18 +129,18 @@ def measure(url: str, model: str) -> dict[str, LoadResult]:
     return out
 
 
-def settings_for(router: str, port: int, data_dir: str) -> Settings:
+def settings_for(router: str, port: int, data_dir: str, replicas: int) -> Settings:
     return load_settings(
         None,
         {
             "server": {"port": port, "log_level": "warning"},
             "storage": {"data_dir": data_dir},
-            "cluster": {"replicas": REPLICAS, "replica_cpus": 1, "router": router},
+            "cluster": {"replicas": replicas, "replica_cpus": 1, "router": router},
         },
     )
 
 
-def run(rounds: int) -> dict[str, list[dict[str, LoadResult]]]:
+def run(rounds: int, replicas: int) -> dict[str, list[dict[str, LoadResult]]]:
     import httpx
     import ray
     from ray import serve
@@ -148,7 +150,7 @@ def run(rounds: int) -> dict[str, list[dict[str, LoadResult]]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     results: dict[str, list[dict[str, LoadResult]]] = {r: [] for r in ROUTERS}
-    ray.init(num_cpus=REPLICAS + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=replicas + 1, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # The default data directory, where `make models` prepared the models (the
@@ -159,7 +161,9 @@ def run(rounds: int) -> dict[str, list[dict[str, LoadResult]]]:
             for router in order:
                 print(f"round {i + 1}: {router} router ...", flush=True)
                 serve.run(
-                    build(settings_for(router, port, data_dir)), name=APP_NAME, route_prefix="/"
+                    build(settings_for(router, port, data_dir, replicas)),
+                    name=APP_NAME,
+                    route_prefix="/",
                 )
                 model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
                 results[router].append(measure(url, model))
@@ -174,14 +178,16 @@ def best(rounds: list[dict[str, LoadResult]], workload: str) -> LoadResult:
     return max((r[workload] for r in rounds), key=lambda r: r.tokens_per_second)
 
 
-def render(results: dict[str, list[dict[str, LoadResult]]], rounds: int) -> str:
+def render(results: dict[str, list[dict[str, LoadResult]]], rounds: int, replicas: int) -> str:
     workloads = list(results["prefix"][0])
+    title = "## Replicas on Ray Serve: prefix affinity vs the default router"
+    flag = "" if replicas == 2 else f" --replicas {replicas}"
+    shared = " (sharing them: speed compares the routers only)" if replicas > 2 else ""
     lines = [
-        "## Replicas on Ray Serve: prefix affinity vs the default router (`python -m "
-        "bench.cluster`)",
+        f"{title}, {replicas} replicas (`python -m bench.cluster{flag}`)",
         "",
-        f"{REPLICAS} Hearth replicas (1 thread each, this machine's 2 cores) behind one "
-        "address; each deployment starts with cold caches; "
+        f"{replicas} Hearth replicas (1 thread each, this machine's 2 cores{shared}) behind "
+        "one address; each deployment starts with cold caches; "
         f"{rounds} rounds alternated, best round per router. Cached = prompt tokens the "
         "replicas' prefix caches served (their usage), TTFT from the client, streaming.",
         "",
@@ -216,13 +222,15 @@ def render(results: dict[str, list[dict[str, LoadResult]]], rounds: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--write", type=Path, help="put the figures into this Markdown file")
     args = parser.parse_args(argv)
-    results = run(args.rounds)
-    text = render(results, args.rounds)
+    results = run(args.rounds, args.replicas)
+    text = render(results, args.rounds, args.replicas)
     print(text)
     if args.write:
-        write_section(args.write, "cluster", text)
+        section = "cluster" if args.replicas == 2 else f"cluster-{args.replicas}"
+        write_section(args.write, section, text)
     return 0
 
 

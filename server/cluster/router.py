@@ -11,6 +11,7 @@ or this router's own count while Ray has none.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray.serve.request_router import (
@@ -25,6 +26,9 @@ from server.cluster import views
 from server.cluster.affinity import AffinityTable, rank_replicas
 from server.cluster.forwarding import ForwardedRequest
 
+# How long a routing choice counts as load before Ray sends the request (see _choosing).
+CHOICE_SECONDS = 5.0
+
 
 class PrefixAffinityRouter(RequestRouter):
     def initialize_state(
@@ -35,7 +39,10 @@ class PrefixAffinityRouter(RequestRouter):
         self.in_flight: dict[ReplicaID, int] = {}
         self.routed: dict[ReplicaID, int] = {}
         self.affinity_hits: dict[ReplicaID, int] = {}  # sent where their prefix was
-        self._hit_pending: set[str] = set()
+        # Requests this router has pointed at a replica but Ray has not sent yet: request
+        # id -> (replica, when, whether by affinity). Counted as load, so that a burst
+        # routed in one go does not all go to the replica that looked least busy first.
+        self._choosing: dict[str, tuple[str, float, bool]] = {}
         if self._deployment_id is not None:
             # Through the module: a name imported from it would be shipped as a copy.
             views.ROUTERS[self._deployment_id.name] = self
@@ -49,7 +56,15 @@ class PrefixAffinityRouter(RequestRouter):
 
     def load(self, replica: ReplicaID) -> int:
         queued = self._replica_queue_len_cache.get(replica)
-        return queued if queued is not None else self.in_flight.get(replica, 0)
+        base = queued if queued is not None else self.in_flight.get(replica, 0)
+        return base + sum(1 for u, _, _ in self._choosing.values() if u == replica.unique_id)
+
+    def _forget_stale_choices(self) -> None:
+        """A request cancelled while being routed never reaches on_request_routed: its
+        choice stops counting after a few seconds (routing takes milliseconds)."""
+        cutoff = time.monotonic() - CHOICE_SECONDS
+        for request_id in [k for k, (_, when, _) in self._choosing.items() if when < cutoff]:
+            del self._choosing[request_id]
 
     async def choose_replicas(
         self,
@@ -62,12 +77,16 @@ class PrefixAffinityRouter(RequestRouter):
             # It names an object only that replica holds (a stored response).
             return [[by_id[request.replica]]]
         blocks = request.prefix_blocks if request is not None else []
+        request_id = pending_request.metadata.internal_request_id if pending_request else ""
+        self._choosing.pop(request_id, None)  # a retry: its earlier choice did not stick
+        self._forget_stale_choices()
         depths = self.table.match(blocks, by_id)
         loads = {u: self.load(r.replica_id) for u, r in by_id.items()}
         held = {u: self.table.blocks_held(u) for u in by_id}
         ranks = rank_replicas(depths, loads, held, self.imbalance_threshold)
-        if pending_request is not None and ranks and depths[ranks[0][0]] > 0:
-            self._hit_pending.add(pending_request.metadata.internal_request_id)
+        if request_id and ranks:
+            top = ranks[0][0]
+            self._choosing[request_id] = (top, time.monotonic(), depths[top] > 0)
         return [[by_id[u] for u in rank] for rank in ranks]
 
     def on_request_routed(
@@ -75,9 +94,8 @@ class PrefixAffinityRouter(RequestRouter):
     ) -> None:
         self.in_flight[replica_id] = self.in_flight.get(replica_id, 0) + 1
         self.routed[replica_id] = self.routed.get(replica_id, 0) + 1
-        request_id = pending_request.metadata.internal_request_id
-        if request_id in self._hit_pending:
-            self._hit_pending.discard(request_id)
+        choice = self._choosing.pop(pending_request.metadata.internal_request_id, None)
+        if choice is not None and choice[2] and choice[0] == replica_id.unique_id:
             self.affinity_hits[replica_id] = self.affinity_hits.get(replica_id, 0) + 1
         request = self._forwarded(pending_request)
         if request is not None and request.prefix_blocks:
@@ -87,7 +105,6 @@ class PrefixAffinityRouter(RequestRouter):
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self.in_flight[replica_id] = max(0, self.in_flight.get(replica_id, 0) - 1)
-        self._hit_pending.discard(internal_request_id)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
