@@ -182,7 +182,7 @@ def render(results: dict[str, list[dict[str, LoadResult]]], rounds: int, replica
     workloads = list(results["prefix"][0])
     title = "## Replicas on Ray Serve: prefix affinity vs the default router"
     flag = "" if replicas == 2 else f" --replicas {replicas}"
-    shared = " (sharing them: speed compares the routers only)" if replicas > 2 else ""
+    shared = "; they share them, so speed compares the routers only" if replicas > 2 else ""
     lines = [
         f"{title}, {replicas} replicas (`python -m bench.cluster{flag}`)",
         "",
