@@ -9,14 +9,18 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from retrieval.catalog import Catalog
 from server.launch import ROOT
 
 
-def test_a_queued_job_is_claimed_by_one_catalog_at_a_time(tmp_path: Path) -> None:
-    first, second = Catalog(tmp_path, True), Catalog(tmp_path, True)
+def check_one_claim_at_a_time(open_catalog: Callable[[], Catalog]) -> tuple[Catalog, Catalog]:
+    """Two catalogs on one database, as two processes would have them: a queued job is
+    handed to one of them at a time, and released when its holder is done. Returns the
+    two, file-b still queued (the PostgreSQL test goes on with them)."""
+    first, second = open_catalog(), open_catalog()
     store = first.create_store("claims", {})
     first.add_file(store.id, "file-a", {})
     second.add_file(store.id, "file-b", {})
@@ -24,12 +28,16 @@ def test_a_queued_job_is_claimed_by_one_catalog_at_a_time(tmp_path: Path) -> Non
         assert a is not None and a.file_id == "file-a"
         with second.next_job() as b:
             assert b is not None and b.file_id == "file-b"  # not file-a: claimed
-            with Catalog(tmp_path, True).next_job() as c:
+            with open_catalog().next_job() as c:
                 assert c is None  # both claimed
     first.finish_job(a, 1)
     with second.next_job() as again:
         assert again is not None and again.file_id == "file-b"  # released, still queued
-    for catalog in (first, second):
+    return first, second
+
+
+def test_a_queued_job_is_claimed_by_one_catalog_at_a_time(tmp_path: Path) -> None:
+    for catalog in check_one_claim_at_a_time(lambda: Catalog(tmp_path, True)):
         catalog.close()
 
 

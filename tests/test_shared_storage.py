@@ -23,6 +23,7 @@ from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.s3 import S3Options, bucket_path
 from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 from tests.shared_services import S3Server, postgres, seaweedfs
+from tests.test_several_processes import check_one_claim_at_a_time
 
 pytestmark = pytest.mark.shared_storage
 
@@ -61,19 +62,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
 def test_catalog_jobs_are_claimed_by_one_process(database: str) -> None:
     """Two catalogs on one PostgreSQL (as two processes would have): a queued job is
     handed to one of them at a time, and released when its holder is done or gone."""
-    first, second = Catalog(database), Catalog(database)
-    store = first.create_store("claims", {})
-    first.add_file(store.id, "file-a", {})
-    second.add_file(store.id, "file-b", {})
-    with first.next_job() as a:
-        assert a is not None and a.file_id == "file-a"
-        with second.next_job() as b:
-            assert b is not None and b.file_id == "file-b"  # not file-a: claimed
-            with Catalog(database).next_job() as c:
-                assert c is None  # both claimed
-    first.finish_job(a, 1)
-    with second.next_job() as again:
-        assert again is not None and again.file_id == "file-b"  # released, still queued
+    first, second = check_one_claim_at_a_time(lambda: Catalog(database))
     # A process that dies drops its connection, and its claim with it.
     third = Catalog(database)
     with third.next_job() as held:
