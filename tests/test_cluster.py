@@ -17,7 +17,8 @@ import openai
 import pytest
 
 from retrieval.catalog import COMPLETED
-from tests.conftest import RunningServer, start_server, stop_server
+from server.launch import free_port
+from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'ray[serve]')")
@@ -188,3 +189,16 @@ def test_replicas_share_files_and_vector_stores(cluster: RunningServer, tmp_path
     with ThreadPoolExecutor(8) as pool:
         after = list(pool.map(search, range(8)))
     assert all(hits == [] for _, hits in after), after
+
+
+def test_replicas_that_cannot_start_are_one_line_and_an_exit_code(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model.gguf"
+    args = ["--replicas", "1", "--port", str(free_port()), "--data-dir", str(tmp_path / "d")]
+    out = hearth_cli("serve", "--ray", *args, "--model", str(missing), timeout=300)
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert any(line.startswith("hearth: the replicas did not start") for line in lines)
+    # No traceback of the command's own (the replicas' logs, which Ray prefixes with the
+    # replica's name, say why).
+    assert not any(line.startswith("Traceback") for line in lines), out.stderr
+    assert str(missing) in out.stderr

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -267,7 +268,14 @@ def serve_on_ray(settings: Settings) -> int:
         serve.start(
             http_options={"host": settings.server.host, "port": settings.server.port},
         )
-        serve.run(build(settings), name=APP_NAME, route_prefix="/")
+        try:
+            serve.run(build(settings), name=APP_NAME, route_prefix="/")
+        except RuntimeError as e:  # replicas that cannot start: a missing model, storage
+            print(
+                f"hearth: the replicas did not start ({e}); their log above says why",
+                file=sys.stderr,
+            )
+            return 1
         logger.warning(
             "Hearth on Ray Serve: %d replicas (%s router) on http://%s:%d",
             settings.cluster.replicas,
