@@ -203,20 +203,7 @@ class Catalog:
 
     def add_file(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
         """Attach a file (again): its status becomes in_progress, which queues ingestion."""
-        with self._db.tx() as db:
-            seq = db.execute(self._next_seq).fetchone()[0]
-            db.execute(
-                "INSERT INTO vector_store_files (vector_store_id, file_id, status, last_error, "
-                "attributes, created_at, chunks, seq, attempts) "
-                "VALUES (?, ?, ?, NULL, ?, ?, 0, ?, 0) "
-                "ON CONFLICT (vector_store_id, file_id) DO UPDATE SET status = excluded.status,"
-                " last_error = NULL, attributes = excluded.attributes, seq = excluded.seq,"
-                " attempts = 0",
-                (store_id, file_id, IN_PROGRESS, json.dumps(attributes), int(time.time()), seq),
-            )
-        vsf = self.get_file(store_id, file_id)
-        assert vsf is not None
-        return vsf
+        return self._attach(store_id, file_id, attributes, IN_PROGRESS, None, None)
 
     def record_ingested(
         self,
@@ -230,6 +217,20 @@ class Catalog:
         chunk count, or failed with the error, never queued for this process's worker."""
         status = FAILED if error else COMPLETED
         last_error = json.dumps({"code": "invalid_file", "message": error}) if error else None
+        return self._attach(store_id, file_id, attributes, status, last_error, chunks)
+
+    def _attach(
+        self,
+        store_id: str,
+        file_id: str,
+        attributes: dict[str, Any],
+        status: str,
+        last_error: str | None,
+        chunks: int | None,
+    ) -> VectorStoreFile:
+        """Insert or replace the attachment as a new attach (a new seq, no attempts);
+        `chunks` None keeps an earlier attach's count until the new one is ingested."""
+        new_chunks = "" if chunks is None else " chunks = excluded.chunks,"
         with self._db.tx() as db:
             seq = db.execute(self._next_seq).fetchone()[0]
             db.execute(
@@ -238,7 +239,7 @@ class Catalog:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
                 "ON CONFLICT (vector_store_id, file_id) DO UPDATE SET status = excluded.status,"
                 " last_error = excluded.last_error, attributes = excluded.attributes,"
-                " chunks = excluded.chunks, seq = excluded.seq, attempts = 0",
+                f"{new_chunks} seq = excluded.seq, attempts = 0",
                 (
                     store_id,
                     file_id,
@@ -246,7 +247,7 @@ class Catalog:
                     last_error,
                     json.dumps(attributes),
                     int(time.time()),
-                    chunks,
+                    chunks or 0,
                     seq,
                 ),
             )
