@@ -82,7 +82,8 @@ RECENCY = 0.8
 class StepCost:
     """What a step costs as a function of its tokens, measured as the engine runs:
     seconds ~= base + per_token * tokens, fitted (exponentially weighted least squares)
-    over small steps, where decoding and drafting live. On two CPU cores here a token
+    over small steps of decode and draft tokens only (the engine leaves out steps with
+    prompt chunks), where decoding and drafting live. On two CPU cores here a token
     costs about half a one-token step (llama.cpp is compute-bound even at two tokens);
     on a GPU a hundredth. Until the steps seen vary in size, per_token is PRIOR_RATIO of
     the base: drafting starts cautious, and its own steps teach the fit."""

@@ -379,7 +379,11 @@ class Engine:
         t2 = time.perf_counter()
         self._apply(outcome)
         t3 = time.perf_counter()
-        self.scheduler.step_cost.observe(outcome.n_tokens, t3 - t0)
+        if outcome.n_prompt_tokens == 0:
+            # Drafting's yardstick is what a decode step costs as drafts widen it. Prompt
+            # chunks run at prefill's efficiency (about half a decode token's marginal cost
+            # here), so steps holding them would bend the fit and make drafts look cheap.
+            self.scheduler.step_cost.observe(outcome.n_tokens, t3 - t0)
         profile = self.stats.profile
         profile.steps += 1
         profile.schedule += t1 - t0
