@@ -69,6 +69,7 @@ class GenerationStream:
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
         speculative: bool = True,
+        prediction: list[int] | None = None,
     ) -> None:
         self._engine = engine
         self._queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
@@ -84,6 +85,7 @@ class GenerationStream:
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             speculative=speculative,
+            prediction=prediction,
         )
         engine.submit(self.request)  # raises before anything is queued
 

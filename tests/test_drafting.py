@@ -13,7 +13,13 @@ import pytest
 from server.chat.prompt import PromptBuilder
 from server.chat.structured import schema_grammar
 from server.chat.template import ChatTemplate
-from server.engine.drafting import DraftStats, PromptLookup, StepCost, draft_length
+from server.engine.drafting import (
+    DraftStats,
+    PredictionLookup,
+    PromptLookup,
+    StepCost,
+    draft_length,
+)
 from server.engine.engine import Engine
 from server.engine.request import FinishReason
 from server.llama.model import LlamaModel
@@ -67,6 +73,25 @@ def test_incremental_index_equals_a_scan(seed: int) -> None:
                 expected = seen[start : start + 5]
                 break
         assert d.propose(5) == expected, i
+
+
+def test_a_prediction_is_proposed_from_its_start_and_after_an_edit() -> None:
+    prompt = [70, 71, 72]
+    d = PredictionLookup(list(range(1, 11)), n_prompt=len(prompt))
+    d.extend([*prompt, 1])
+    assert d.propose(3) == [2, 3, 4]
+    d.extend([2, 3, 99, 98, 6])  # an edit: 99 98 where 4 5 were predicted
+    assert d.propose(3) == []  # lost: the last tokens occur nowhere in the prediction
+    d.extend([7])  # "6 7" is there: drafting resumes after it
+    assert d.propose(3) == [8, 9, 10]
+    assert d.matched == 3
+    d.extend([8, 9, 10])
+    assert d.matched == 6 and d.propose(2) == []  # the prediction is used up
+    # A repeated line is resumed where the output is, not at its first occurrence.
+    lines = [5, 6, 1, 5, 6, 2, 5, 6, 3]
+    d = PredictionLookup(lines, n_prompt=0)
+    d.extend([5, 6, 1, 5, 6, 2, 0, 5, 6])  # an inserted 0 before the third line
+    assert d.propose(1) == [3]
 
 
 def cost(base_ms: float, per_token_ms: float) -> StepCost:
@@ -314,6 +339,76 @@ def test_grammar_output_with_drafts(engines, prompts) -> None:
             assert y.last.finish_reason is FinishReason.STOP  # the grammar completed
             assert isinstance(json.loads(y.text)["quote"], str)
     assert drafting.stats.draft_accepted > before
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+def greedy_on_its_own_logits(out: Outputs) -> list[int]:
+    """The output's tokens, each checked to be the best token of the logits the engine
+    computed for its position (a draft token kept where the model would not have chosen
+    it fails this whatever the batch shape's float noise)."""
+    rows = [lp for o in out for lp in o.logprobs or []]
+    tokens = [t for o in out for t in o.token_ids]
+    assert len(rows) == len(tokens) > 0
+    for i, (token, row) in enumerate(zip(tokens, rows, strict=True)):
+        assert row.token == token and row.top[0][0] == token, i
+    return tokens
+
+
+def test_a_prediction_is_followed_and_changes_nothing(engines, model, prompts) -> None:
+    """OpenAI's Predicted Outputs: the expected output is drafted from; every token is
+    still the model's own choice, and usage counts what followed the prediction."""
+    plain, drafting = engines
+    (reference,) = generate(plain, prompts[2:], max_tokens=96, logprobs=1)
+    expected = greedy_on_its_own_logits(reference)
+    steps = drafting.stats.steps
+    (followed,) = generate(drafting, prompts[2:], max_tokens=96, logprobs=1, prediction=expected)
+    tokens = greedy_on_its_own_logits(followed)
+    last = followed.last
+    assert last.accepted_prediction_tokens + last.rejected_prediction_tokens == len(expected)
+    common = common_prefix(tokens, expected)
+    assert last.accepted_prediction_tokens >= common >= 32  # followed until noise, if any
+    assert drafting.stats.steps - steps < len(tokens) / 2  # several tokens a step
+
+    # An edit in the middle: drafting resumes after it, the output is the model's own.
+    edited = (
+        expected[:40] + model.tokenize(" and then, quite suddenly, a dragon", False) + expected[40:]
+    )
+    (out,) = generate(drafting, prompts[2:], max_tokens=96, logprobs=1, prediction=edited)
+    tokens = greedy_on_its_own_logits(out)
+    assert out.last.accepted_prediction_tokens >= common_prefix(tokens, edited) > 0
+    assert out.last.rejected_prediction_tokens > 0
+    assert out.last.accepted_prediction_tokens + out.last.rejected_prediction_tokens == len(edited)
+
+    # A prediction the output never follows: nothing accepted, all of it rejected.
+    unrelated = model.tokenize("SELECT id FROM orders WHERE total > 100;", False)
+    (out,) = generate(drafting, prompts[2:], max_tokens=32, prediction=unrelated)
+    assert out.last.accepted_prediction_tokens == 0
+    assert out.last.rejected_prediction_tokens == len(unrelated)
+    # Without drafting the prediction is not looked at, and reported as not followed.
+    (out,) = generate(plain, prompts[2:], max_tokens=16, prediction=expected)
+    assert (out.last.accepted_prediction_tokens, out.last.rejected_prediction_tokens) == (
+        0,
+        len(expected),
+    )
+
+
+def test_a_prediction_drafts_even_for_a_request_that_opts_out_of_prompt_lookup(
+    engines, prompts
+) -> None:
+    plain, drafting = engines
+    (reference,) = generate(plain, prompts[:1], max_tokens=48)
+    expected = [t for o in reference for t in o.token_ids]
+    before = drafting.stats.draft_accepted
+    (out,) = generate(
+        drafting, prompts[:1], max_tokens=48, prediction=expected[:20], speculative=False
+    )
+    assert drafting.stats.draft_accepted - before >= 10  # from the prediction alone
+    assert out.last.accepted_prediction_tokens >= 10
 
 
 def test_logprobs_and_opting_out_with_drafts(engines, prompts) -> None:

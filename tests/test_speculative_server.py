@@ -88,6 +88,42 @@ def test_sampled_choices_logprobs_and_json_with_drafts(drafting: RunningServer) 
     assert counters(drafting)[0] > before[0]
 
 
+def test_predicted_outputs_with_the_openai_client(drafting: RunningServer) -> None:
+    """OpenAI's Predicted Outputs: a regenerated answer whose prediction is the earlier
+    one comes back the same, with usage saying how much of the prediction it followed."""
+    client, model = drafting.client(), drafting.model_id()
+    ask = [{"role": "user", "content": "Write four sentences about a harbour at dawn."}]
+    kw = dict(model=model, messages=ask, max_tokens=64, temperature=0)
+    first = client.chat.completions.create(**kw)
+    text = first.choices[0].message.content
+    assert first.usage.completion_tokens_details.accepted_prediction_tokens == 0
+    before = counters(drafting)
+    stream = client.chat.completions.create(
+        **kw,
+        prediction={"type": "content", "content": [{"type": "text", "text": text}]},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    again = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    details = chunks[-1].usage.completion_tokens_details
+    assert again and details.accepted_prediction_tokens > 16
+    predicted = details.accepted_prediction_tokens + details.rejected_prediction_tokens
+    assert predicted >= details.accepted_prediction_tokens > 0
+    if again == text:  # (batch-shape float noise may change a near-tie; see test_drafting)
+        assert details.rejected_prediction_tokens <= 2  # the text's own re-tokenization
+    assert counters(drafting)[1] - before[1] > 16  # drafted from the prediction
+    # With n and logprobs (which OpenAI refuses with a prediction): each choice follows it.
+    both = client.chat.completions.create(
+        **kw, n=2, logprobs=True, prediction={"type": "content", "content": text}
+    )
+    assert len(both.choices) == 2 and all(c.logprobs.content for c in both.choices)
+    assert both.usage.completion_tokens_details.accepted_prediction_tokens > 32
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**kw, prediction={"type": "file", "content": text})
+    assert e.value.body["param"].startswith("prediction")
+
+
 def test_counters_in_metrics_and_no_cells_left(drafting: RunningServer) -> None:
     client, model = drafting.client(), drafting.model_id()
     # Streams dropped mid-answer.

@@ -42,7 +42,13 @@ async def chat_completions(request: Request) -> Response:
         prepared = await prepare_chat(chat, req)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         streams = start_streams(
-            chat, req, [prepared.prompt], [prepared.max_tokens], logprobs, prepared.grammar
+            chat,
+            req,
+            [prepared.prompt],
+            [prepared.max_tokens],
+            logprobs,
+            prepared.grammar,
+            prediction=prepared.prediction,
         )
         envelope = Envelope.new("chatcmpl-", "chat.completion", prepared.model_id)
         if req.stream:

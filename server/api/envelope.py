@@ -43,4 +43,12 @@ def usage(results: list[ChoiceResult], n: int) -> dict[str, object]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in results[::n])},
+        # As OpenAI reports them: no reasoning or audio tokens here; prediction tokens when
+        # the request carried a prediction (Predicted Outputs).
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": sum(r.accepted_prediction_tokens for r in results),
+            "rejected_prediction_tokens": sum(r.rejected_prediction_tokens for r in results),
+        },
     }

@@ -83,6 +83,7 @@ def start_streams(
     logprobs: int | None = None,
     grammar: str | None = None,
     prompt_logprobs: int | None = None,
+    prediction: list[int] | None = None,
 ) -> list[GenerationStream]:
     """n streams per prompt, choice index = prompt index * n + j; all or none are queued
     (the engine's EngineBusy, EngineDead or ContextLengthExceeded otherwise)."""
@@ -108,6 +109,7 @@ def start_streams(
                         logprobs=logprobs,
                         prompt_logprobs=prompt_logprobs,
                         speculative=body.speculative,
+                        prediction=prediction,
                     )
                 )
     except BaseException:
@@ -153,6 +155,8 @@ class ChoiceResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] | None = None
@@ -180,6 +184,8 @@ class ChoiceResult:
             self.prompt_tokens = output.prompt_tokens
             self.completion_tokens = output.completion_tokens
             self.cached_tokens = output.cached_tokens
+            self.accepted_prediction_tokens = output.accepted_prediction_tokens
+            self.rejected_prediction_tokens = output.rejected_prediction_tokens
 
 
 async def collect(

@@ -46,6 +46,8 @@ class PreparedChat:
     sources: list[Hit]
     # The query the sources were searched with (None: the request asked for no sources).
     query: str | None
+    # The client's predicted output as tokens, at most max_tokens of them (None: none).
+    prediction: list[int] | None = None
 
     def citations(self) -> list[dict[str, Any]] | None:
         """The sources the prompt carried, numbered as it cites them (None: no retrieval)."""
@@ -66,7 +68,13 @@ async def prepare_chat(runtime: ChatRuntime, req: ChatCompletionRequest) -> Prep
         messages = tools.apply(messages)
     prompt = await asyncio.to_thread(_chat_prompt, runtime, messages)
     limit = max_tokens_for(runtime, req.token_limit, len(prompt))
-    return PreparedChat(model_id, prompt, limit, grammar, tools, sources, query)
+    prediction = None
+    if req.prediction is not None and req.prediction.text:
+        # Plain text, as the model writes it: special-token names stay text. The output
+        # cannot be longer than the limit, so neither need the drafts be.
+        tokens = await asyncio.to_thread(runtime.model.tokenize, req.prediction.text, False, False)
+        prediction = tokens[:limit] or None
+    return PreparedChat(model_id, prompt, limit, grammar, tools, sources, query, prediction)
 
 
 def _constraints(

@@ -135,6 +135,27 @@ class RetrievalOptions(BaseModel):
     rerank: bool | None = None
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class Prediction(BaseModel):
+    """OpenAI's Predicted Outputs: the output the client expects (the file being edited,
+    the document being regenerated). Hearth drafts from it, so the parts the output repeats
+    come out several tokens a step; the output itself is the same with or without it."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["content"]
+    content: str | list[TextPart]
+
+    @property
+    def text(self) -> str:
+        c = self.content
+        return c if isinstance(c, str) else "".join(part.text for part in c)
+
+
 class ChatCompletionRequest(SamplingFields):
     model_config = ConfigDict(
         json_schema_extra={
@@ -151,6 +172,7 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     retrieval: RetrievalOptions | None = None
+    prediction: Prediction | None = None
 
     @property
     def token_limit(self) -> int | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass
@@ -55,6 +56,83 @@ class PromptLookup:
         return []
 
 
+class Drafter(Protocol):
+    """What a sequence drafts from: fed the sequence's tokens (prompt, then output) as
+    they come, it proposes the next ones."""
+
+    tokens: list[int]
+
+    def extend(self, new: Sequence[int]) -> None: ...
+
+    def propose(self, k: int) -> list[int]: ...
+
+
+class PredictionLookup:
+    """Drafts from the output the client predicted (OpenAI's Predicted Outputs: a file
+    to edit, a document to regenerate with a change), falling back to prompt lookup.
+
+    The output is expected to follow the prediction from its start; while it does, the
+    next predicted tokens are proposed. Where it departs (the edit), the last generated
+    tokens are looked up in the prediction (longest n-gram first, the occurrence nearest
+    after where the output last followed it) and drafting resumes after the match, so an
+    edit in the middle costs only the edited tokens. `matched` counts output tokens that
+    followed the prediction: usage's accepted_prediction_tokens."""
+
+    def __init__(
+        self,
+        prediction: Sequence[int],
+        n_prompt: int,
+        fallback: PromptLookup | None = None,
+        max_ngram: int = 4,
+        min_ngram: int = 2,
+    ) -> None:
+        self.prediction = list(prediction)
+        self.n_prompt = n_prompt
+        self.fallback = fallback
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.tokens: list[int] = []
+        self.matched = 0
+        # Where in the prediction the output continues (None: it departed; not found yet).
+        self._next: int | None = 0
+        self._cursor = 0  # the furthest point in the prediction the output has followed
+        # n-gram -> the positions just after each of its occurrences, in order
+        self._index: dict[tuple[int, ...], list[int]] = {}
+        p = self.prediction
+        for n in range(min_ngram, max_ngram + 1):
+            for end in range(n, len(p) + 1):
+                self._index.setdefault(tuple(p[end - n : end]), []).append(end)
+
+    def extend(self, new: Sequence[int]) -> None:
+        if self.fallback is not None:
+            self.fallback.extend(new)
+        for token in new:
+            self.tokens.append(token)
+            if len(self.tokens) <= self.n_prompt:
+                continue  # the prompt: the prediction is of the output
+            nxt = self._next
+            if nxt is not None and nxt < len(self.prediction) and self.prediction[nxt] == token:
+                self.matched += 1
+                self._next = self._cursor = nxt + 1
+            else:
+                self._next = self._resync()
+
+    def _resync(self) -> int | None:
+        output = self.tokens[self.n_prompt :]
+        for n in range(min(self.max_ngram, len(output)), self.min_ngram - 1, -1):
+            ends = self._index.get(tuple(output[-n:]))
+            if ends:
+                return next((e for e in ends if e >= self._cursor), ends[0])
+        return None
+
+    def propose(self, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        nxt = self._next
+        if nxt is not None and nxt < len(self.prediction):
+            return self.prediction[nxt : nxt + k]
+        return self.fallback.propose(k) if self.fallback is not None else []
+
+
 @dataclass
 class DraftStats:
     """How a sequence's drafts fare: an estimate of the chance that its next draft token
@@ -64,6 +142,12 @@ class DraftStats:
 
     _hits: float = 0.0
     _misses: float = 0.0
+
+    @classmethod
+    def expecting(cls, hits: float) -> DraftStats:
+        """Stats that start as if `hits` draft tokens had been accepted in a row (a client's
+        prediction is meant to be followed: its drafts start long)."""
+        return cls(_hits=hits)
 
     def record(self, drafted: int, accepted: int) -> None:
         self._hits = RECENCY * self._hits + accepted

@@ -39,6 +39,10 @@ class GenerationOutput:
     prompt_logprobs: list[TokenLogprob] | None = None
     # The stop string that ended the output (finish_reason STOP), if one did.
     stop_sequence: str | None = None
+    # With a prediction (the request's, on the last output): output tokens that followed
+    # it, and prediction tokens that did not appear (OpenAI's usage fields of those names).
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
     @property
     def finished(self) -> bool:
@@ -64,6 +68,9 @@ class GenerationRequest:
     # May the engine draft this request's tokens from its prompt (when drafting is on)?
     # Its output is the same either way; false opts one request out.
     speculative: bool = True
+    # The output the client expects, as tokens (OpenAI's Predicted Outputs): drafted from
+    # while the output follows it. The output is the same with or without it.
+    prediction: list[int] | None = None
     id: int = field(default_factory=lambda: next(_ids))
     # Set from any thread; the engine notices it at its next step.
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)

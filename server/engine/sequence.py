@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.drafting import DraftStats, PromptLookup
+from server.engine.drafting import Drafter, DraftStats
 from server.engine.logprobs import TokenLogprob
 from server.engine.request import GenerationRequest
 from server.engine.sampling import TokenSampler
@@ -49,7 +49,7 @@ class Sequence:
             None if request.prompt_logprobs is None else []
         )
         # Prompt-lookup drafting (drafting.py); None: this sequence does not draft.
-        self.drafter: PromptLookup | None = None
+        self.drafter: Drafter | None = None
         self.draft_stats = DraftStats()
 
     def propose(self, k: int) -> list[int]:
