@@ -100,6 +100,7 @@ bench: models
 	$(BIN)/python -m bench.tiers --write docs/benchmarks.md
 	$(BIN)/python -m bench.models --write docs/benchmarks.md
 	$(BIN)/python -m bench.speculative --write docs/benchmarks.md
+	$(BIN)/python -m bench.speculative --predicted --write docs/benchmarks.md
 	$(BIN)/python -m bench.embeddings --write docs/benchmarks.md
 	$(BIN)/python -m bench.retrieval_quality --write docs/benchmarks.md
 	$(BIN)/python -m bench.chunk_backends --write docs/benchmarks.md

@@ -132,11 +132,14 @@ async def run_load(
     rate: float | None = None,
     on_done: Callable[[], None] | None = None,
     extra_body: dict[str, Any] | None = None,
+    bodies: list[dict[str, Any]] | None = None,
 ) -> LoadResult:
     """Send each conversation once, `concurrency` at a time, streaming; EOS is ignored so
     every server generates exactly max_tokens. With `rate`, requests start as a Poisson
-    process of that many per second (vLLM's request-rate mode) instead of back to back."""
+    process of that many per second (vLLM's request-rate mode) instead of back to back.
+    `bodies`: fields for each conversation's request alone (a prediction, say)."""
     url = f"{base_url}/v1/chat/completions"
+    own = {id(c): b for c, b in zip(conversations, bodies, strict=True)} if bodies else {}
     queue: asyncio.Queue[Messages] = asyncio.Queue()
     for c in conversations:
         queue.put_nowait(c)
@@ -159,6 +162,7 @@ async def run_load(
                 "stream": True,
                 "stream_options": {"include_usage": True},
                 **(extra_body or {}),
+                **own.get(id(messages), {}),
             }
             try:
                 timings.append(await _one(client, url, body))

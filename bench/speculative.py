@@ -7,7 +7,11 @@ natural lengths up to 160 tokens (what retrieval-augmented answers do when they 
 greedy and sampled; (b) edit: a short function returned with one change; (c) unique: the
 decode workload's distinct prompts with 128 tokens, EOS ignored. Concurrency 1, 4 and 8.
 
-    python -m bench.speculative [--write docs/benchmarks.md] [--no-peers]
+    python -m bench.speculative [--write docs/benchmarks.md] [--no-peers] [--predicted]
+
+--predicted: OpenAI's Predicted Outputs instead: the quote and edit workloads with the
+expected output sent as the request's `prediction` (the passage, the function as it was),
+against the same servers without it (llama-server ignores the field).
 """
 
 from __future__ import annotations
@@ -173,6 +177,93 @@ def measure(servers: dict[str, ServerProcess], rounds: int) -> str:
     return "\n".join(lines)
 
 
+def predictions(name: str) -> list[dict[str, object]]:
+    """Each conversation's prediction: the passage it quotes, the function it edits."""
+    if name == "quote":
+        texts = [p for p in PASSAGES for _ in range(2)]  # the order workload("quote") has
+    else:
+        texts = [CODE] * len(workload(name))
+    return [{"prediction": {"type": "content", "content": t}} for t in texts]
+
+
+PREDICTED = ("quote", "edit")
+PREDICTED_CONCURRENCY = (1, 4)
+
+
+def measure_predicted(servers: dict[str, ServerProcess], rounds: int) -> str:
+    model = httpx.get(f"{servers['off'].url}/health").json()["model"]
+    # (label, workload, concurrency) -> best result; "predicted" is the drafting server
+    # sent the predictions, "on" the same server without them.
+    runs = [("predicted", "on"), *((label, label) for label in servers)]
+    best: dict[tuple[str, str, int], LoadResult] = {}
+    accepted: dict[str, list[int]] = {name: [0, 0] for name in PREDICTED}
+    for _ in range(rounds):
+        for name in PREDICTED:
+            convs, bodies = workload(name), predictions(name)
+            for concurrency in PREDICTED_CONCURRENCY:
+                for label, server_label in runs:
+                    server = servers[server_label]
+                    r = asyncio.run(
+                        run_load(
+                            server.url,
+                            model,
+                            convs,
+                            160,
+                            concurrency,
+                            extra_body={"ignore_eos": False},
+                            bodies=bodies if label == "predicted" else None,
+                        )
+                    )
+                    if r.failures:
+                        raise RuntimeError(f"{r.failures} requests failed on {label}")
+                    key = (label, name, concurrency)
+                    if key not in best or r.tokens_per_second > best[key].tokens_per_second:
+                        best[key] = r
+    for name in PREDICTED:
+        # What followed the prediction, from the usage of one non-streamed pass.
+        for conv, body in zip(workload(name), predictions(name), strict=True):
+            usage = httpx.post(
+                f"{servers['on'].url}/v1/chat/completions",
+                json={"model": model, "messages": conv, "max_tokens": 160, "temperature": 0} | body,
+                timeout=300,
+            ).json()["usage"]["completion_tokens_details"]
+            accepted[name][0] += usage["accepted_prediction_tokens"]
+            accepted[name][1] += usage["rejected_prediction_tokens"]
+    others = [label for label, _ in runs if label != "predicted"]
+    lines = [
+        "## Predicted Outputs (`python -m bench.speculative --predicted`)",
+        "",
+        "OpenAI's `prediction` field: the quote workload with the passage as the prediction "
+        "and the edit workload with the function as it was (natural lengths, at most 160 "
+        "tokens, greedy), sent to Hearth with drafting on; against the same server without "
+        "the prediction (prompt lookup only), Hearth with drafting off, and llama-server "
+        f"(which ignores the field). Best of {rounds} alternated rounds, output tokens per "
+        "second over all requests.",
+        "",
+        "| workload | concurrency | predicted tok/s | "
+        + " | ".join(f"{o} tok/s | vs {o}" for o in others)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(others),
+    ]
+    for name in PREDICTED:
+        for concurrency in PREDICTED_CONCURRENCY:
+            ours = best[("predicted", name, concurrency)].tokens_per_second
+            row = f"| {name} | {concurrency} | {ours:.1f} |"
+            for o in others:
+                theirs = best[(o, name, concurrency)].tokens_per_second
+                row += f" {theirs:.1f} | {ours / theirs:.2f}x |"
+            lines.append(row)
+    lines += [
+        "",
+        "Labels: on = Hearth drafting from the prompt only, off = Hearth without drafting.",
+        "Prediction tokens per workload (one pass, usage.completion_tokens_details): "
+        + "; ".join(f"{n}: {a} accepted, {r} rejected" for n, (a, r) in accepted.items())
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def start_servers(tmp: Path, peers: bool) -> dict[str, ServerProcess]:
     """Hearth with drafting ("on") and without ("off"), and llama-server without and with
     its n-gram drafting, on the same GGUF with 8 parallel sequences."""
@@ -201,17 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--no-peers", action="store_true", help="Hearth with and without only")
+    p.add_argument("--predicted", action="store_true", help="OpenAI's Predicted Outputs")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         servers = start_servers(Path(tmp), not args.no_peers)
         try:
-            text = measure(servers, args.rounds)
+            run = measure_predicted if args.predicted else measure
+            text = run(servers, args.rounds)
         finally:
             for server in servers.values():
                 server.stop()
     print(text)
     if args.write:
-        write_section(args.write, "speculative", text)
+        write_section(args.write, "predicted" if args.predicted else "speculative", text)
     return 0
 
 
