@@ -45,6 +45,18 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (vector_store_id, file_id)
 );
+CREATE TABLE IF NOT EXISTS vector_store_file_batches (
+    id TEXT PRIMARY KEY,
+    vector_store_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS vector_store_file_batch_files (
+    batch_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, file_id)
+);
 """
 _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS vector_stores (
@@ -68,7 +80,19 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     PRIMARY KEY (vector_store_id, file_id)
 );
 CREATE INDEX IF NOT EXISTS vector_store_files_status ON vector_store_files (status, seq);
-CREATE SEQUENCE IF NOT EXISTS vector_store_files_seq
+CREATE SEQUENCE IF NOT EXISTS vector_store_files_seq;
+CREATE TABLE IF NOT EXISTS vector_store_file_batches (
+    id TEXT PRIMARY KEY,
+    vector_store_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS vector_store_file_batch_files (
+    batch_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (batch_id, file_id)
+)
 """
 # Columns added since the first release, for databases made before them.
 _MIGRATIONS = {
@@ -78,6 +102,12 @@ _MIGRATIONS = {
 _JOB = "vector_store_id = ? AND file_id = ? AND seq = ?"
 _FILE_COLUMNS = "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq"
 _STORE_COLUMNS = "id, name, metadata, created_at, last_active_at"
+# A batch's files: the store's rows of the attaches the batch made (one `?`: the batch).
+_BATCH_JOIN = (
+    "FROM vector_store_file_batch_files b JOIN vector_store_file_batches s ON s.id = b.batch_id "
+    "JOIN vector_store_files f ON f.vector_store_id = s.vector_store_id "
+    "AND f.file_id = b.file_id AND f.seq = b.seq WHERE b.batch_id = ?"
+)
 # Jobs a worker looks at for one it can claim (others may be claimed by other processes).
 _CLAIM_CANDIDATES = 16
 
@@ -104,6 +134,29 @@ class VectorStoreFile:
     created_at: int
     chunks: int
     seq: int = 0  # which attach this is: the ingestion job's identity
+
+
+@dataclass(frozen=True)
+class FileBatch:
+    """Files attached together (OpenAI's vector store file batch): their state is the
+    state of those attaches in the store now; a file detached since no longer counts."""
+
+    id: str
+    vector_store_id: str
+    created_at: int
+    cancelled: bool
+    file_counts: dict[str, int]
+
+    @property
+    def status(self) -> str:
+        counts = self.file_counts
+        if counts[IN_PROGRESS]:
+            return IN_PROGRESS
+        if self.cancelled and counts[CANCELLED]:  # (a cancel after the end changed nothing)
+            return CANCELLED
+        if counts["total"] and counts[FAILED] == counts["total"]:
+            return FAILED
+        return COMPLETED
 
 
 def _job_key(job: VectorStoreFile) -> tuple[str, str, int]:
@@ -190,6 +243,14 @@ class Catalog:
     def delete_store(self, store_id: str) -> bool:
         with self._db.tx() as db:
             db.execute("DELETE FROM vector_store_files WHERE vector_store_id = ?", (store_id,))
+            db.execute(
+                "DELETE FROM vector_store_file_batch_files WHERE batch_id IN "
+                "(SELECT id FROM vector_store_file_batches WHERE vector_store_id = ?)",
+                (store_id,),
+            )
+            db.execute(
+                "DELETE FROM vector_store_file_batches WHERE vector_store_id = ?", (store_id,)
+            )
             return db.execute("DELETE FROM vector_stores WHERE id = ?", (store_id,)).rowcount > 0
 
     def touch(self, store_id: str) -> None:
@@ -302,6 +363,78 @@ class Catalog:
                 > 0
             )
 
+    # --- file batches -----------------------------------------------------------------------
+
+    def create_batch(self, store_id: str, attached: list[VectorStoreFile]) -> FileBatch:
+        """Record attaches just made as one batch."""
+        batch_id = new_id("vsfb_")
+        with self._db.tx() as db:
+            db.execute(
+                "INSERT INTO vector_store_file_batches (id, vector_store_id, created_at) "
+                "VALUES (?, ?, ?)",
+                (batch_id, store_id, int(time.time())),
+            )
+            for vsf in attached:
+                db.execute(
+                    "INSERT INTO vector_store_file_batch_files (batch_id, file_id, seq) "
+                    "VALUES (?, ?, ?) ON CONFLICT (batch_id, file_id) DO UPDATE SET "
+                    "seq = excluded.seq",
+                    (batch_id, vsf.file_id, vsf.seq),
+                )
+        batch = self.get_batch(store_id, batch_id)
+        assert batch is not None
+        return batch
+
+    def get_batch(self, store_id: str, batch_id: str) -> FileBatch | None:
+        with self._db.tx() as db:
+            row = db.execute(
+                "SELECT id, vector_store_id, created_at, cancelled FROM vector_store_file_batches "
+                "WHERE id = ? AND vector_store_id = ?",
+                (batch_id, store_id),
+            ).fetchone()
+            if row is None:
+                return None
+            counts = dict(
+                db.execute(
+                    f"SELECT f.status, COUNT(*) {_BATCH_JOIN} GROUP BY f.status", (batch_id,)
+                ).fetchall()
+            )
+        file_counts = {s: counts.get(s, 0) for s in (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}
+        file_counts["total"] = sum(file_counts.values())
+        return FileBatch(row[0], row[1], row[2], bool(row[3]), file_counts)
+
+    def batch_files(
+        self, batch_id: str, status: str | None = None, order: str = "desc"
+    ) -> list[VectorStoreFile]:
+        direction = "ASC" if order == "asc" else "DESC"
+        columns = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
+        query = f"SELECT {columns} {_BATCH_JOIN}"
+        args: tuple[str, ...] = (batch_id,)
+        if status:
+            query += " AND f.status = ?"
+            args += (status,)
+        with self._db.tx() as db:
+            rows = db.execute(f"{query} ORDER BY f.seq {direction}", args).fetchall()
+        return [self._file(r) for r in rows]
+
+    def cancel_batch(self, store_id: str, batch_id: str) -> FileBatch | None:
+        """Cancel the batch's files still waiting or being ingested (a job in progress
+        then writes nothing, or has what it wrote removed); the rest stay as they are."""
+        with self._db.tx() as db:
+            found = db.execute(
+                "UPDATE vector_store_file_batches SET cancelled = 1 "
+                "WHERE id = ? AND vector_store_id = ?",
+                (batch_id, store_id),
+            ).rowcount
+            if found:
+                db.execute(
+                    "UPDATE vector_store_files SET status = ? WHERE vector_store_id = ? AND "
+                    "status = ? AND (file_id, seq) IN (SELECT file_id, seq FROM "
+                    "vector_store_file_batch_files WHERE batch_id = ?)",
+                    (CANCELLED, store_id, IN_PROGRESS, batch_id),
+                )
+        return self.get_batch(store_id, batch_id)
+
     @contextmanager
     def next_job(self) -> Iterator[VectorStoreFile | None]:
         """The oldest queued job this process can have to itself, claimed until the block
@@ -361,10 +494,11 @@ class Catalog:
 
     def is_current(self, job: VectorStoreFile) -> bool:
         """Whether the job's file is still attached by the same attach (not detached,
-        deleted or attached again since)."""
+        deleted or attached again since) and not cancelled."""
         with self._db.tx() as db:
             row = db.execute(
-                f"SELECT 1 FROM vector_store_files WHERE {_JOB}", _job_key(job)
+                f"SELECT 1 FROM vector_store_files WHERE {_JOB} AND status != ?",
+                (*_job_key(job), CANCELLED),
             ).fetchone()
         return row is not None
 
@@ -392,15 +526,15 @@ class Catalog:
         code: str = "server_error",
     ) -> bool:
         """Record the job's outcome; False when it is no longer current (then nothing is
-        recorded: the row belongs to a newer attach, or to nobody)."""
+        recorded: the row belongs to a newer attach, or to nobody, or was cancelled)."""
         status = FAILED if error else COMPLETED
         last_error = json.dumps({"code": code, "message": error}) if error else None
         with self._db.tx() as db:
             return (
                 db.execute(
                     "UPDATE vector_store_files SET status = ?, last_error = ?, chunks = ? "
-                    f"WHERE {_JOB}",
-                    (status, last_error, chunks, *_job_key(job)),
+                    f"WHERE {_JOB} AND status != ?",
+                    (status, last_error, chunks, *_job_key(job), CANCELLED),
                 ).rowcount
                 > 0
             )

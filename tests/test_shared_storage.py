@@ -23,6 +23,7 @@ from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.s3 import S3Options, bucket_path
 from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 from tests.shared_services import S3Server, postgres, seaweedfs
+from tests.test_file_batches import check_cancelling_a_batch
 from tests.test_several_processes import check_one_claim_at_a_time
 
 pytestmark = pytest.mark.shared_storage
@@ -75,6 +76,14 @@ def test_catalog_jobs_are_claimed_by_one_process(database: str) -> None:
 
         wait_for(claimable, timeout=10)  # once the server has seen the connection go
     for catalog in (first, second):
+        catalog.close()
+
+
+def test_cancelling_a_batch_on_postgresql(database: str) -> None:
+    catalog = Catalog(database)
+    try:
+        check_cancelling_a_batch(catalog)
+    finally:
         catalog.close()
 
 

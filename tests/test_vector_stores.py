@@ -178,6 +178,57 @@ def test_deleting_a_file_removes_it_from_stores(rag_server: RunningServer) -> No
         client.vector_stores.files.retrieve(file_id=f.id, vector_store_id=store.id)
 
 
+def test_file_batches(rag_server: RunningServer) -> None:
+    """OpenAI's file batches, as its docs ingest files: upload_and_poll, list, per-file
+    attributes, errors."""
+    client = rag_server.client()
+    store = client.vector_stores.create(name="batches")
+    notes = {
+        f"note-{i}.md": f"# Note {i}\n\nThe code word of batch note {i} is zebra-{i * 7}.\n"
+        for i in range(3)
+    }
+    batch = client.vector_stores.file_batches.upload_and_poll(
+        vector_store_id=store.id,
+        files=[(name, io.BytesIO(text.encode())) for name, text in notes.items()],
+        poll_interval_ms=100,
+    )
+    assert batch.object == "vector_store.files_batch" and batch.id.startswith("vsfb_")
+    assert batch.status == "completed" and batch.vector_store_id == store.id
+    assert (batch.file_counts.completed, batch.file_counts.total) == (3, 3)
+    files = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id)
+    assert len(files.data) == 3 and {f.status for f in files.data} == {"completed"}
+    hits = client.vector_stores.search(store.id, query="code word of batch note 2")
+    assert "zebra-14" in hits.data[0].content[0].text
+
+    # `files` gives each file its own attributes; a file attached again counts again.
+    extra = client.files.create(
+        file=("extra.md", io.BytesIO(b"Owls hunt at night.")), purpose="assistants"
+    )
+    again = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id,
+        files=[{"file_id": extra.id, "attributes": {"lang": "en"}}, {"file_id": files.data[0].id}],
+        poll_interval_ms=100,
+    )
+    assert again.status == "completed" and again.file_counts.total == 2
+    assert client.vector_stores.files.retrieve(extra.id, vector_store_id=store.id).attributes == {
+        "lang": "en"
+    }
+    assert client.vector_stores.retrieve(store.id).file_counts.total == 4
+    # Cancelling a finished batch changes nothing.
+    done = client.vector_stores.file_batches.cancel(again.id, vector_store_id=store.id)
+    assert done.status == "completed"
+
+    with pytest.raises(openai.NotFoundError):  # an unknown file: nothing is attached
+        client.vector_stores.file_batches.create(
+            vector_store_id=store.id, file_ids=[extra.id, "file-nope"]
+        )
+    assert client.vector_stores.retrieve(store.id).file_counts.total == 4
+    with pytest.raises(openai.BadRequestError):  # neither file_ids nor files
+        client.vector_stores.file_batches.create(vector_store_id=store.id)
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.file_batches.retrieve("vsfb_nope", vector_store_id=store.id)
+
+
 def test_kill_during_ingestion_then_restart(tmp_path: Path) -> None:
     """kill -9 in the middle of a job; after a restart the job finishes and every chunk is
     in LanceDB exactly once."""

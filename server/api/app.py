@@ -71,6 +71,22 @@ def api_routes() -> list[BaseRoute]:
         ),
         Route("/v1/vector_stores/{store_id}/files/{file_id}", vs.detach_file, methods=["DELETE"]),
         Route("/v1/vector_stores/{store_id}/search", vs.search_store, methods=["POST"]),
+        Route("/v1/vector_stores/{store_id}/file_batches", vs.create_batch, methods=["POST"]),
+        Route(
+            "/v1/vector_stores/{store_id}/file_batches/{batch_id}",
+            vs.retrieve_batch,
+            methods=["GET"],
+        ),
+        Route(
+            "/v1/vector_stores/{store_id}/file_batches/{batch_id}/cancel",
+            vs.cancel_batch,
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/vector_stores/{store_id}/file_batches/{batch_id}/files",
+            vs.list_batch_files,
+            methods=["GET"],
+        ),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/models/load", load_model, methods=["POST"]),

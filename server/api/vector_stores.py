@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from retrieval.catalog import IN_PROGRESS, VectorStore, VectorStoreFile
+from retrieval.catalog import IN_PROGRESS, FileBatch, VectorStore, VectorStoreFile
 from retrieval.chunk_store import Hit
 from retrieval.service import RetrievalService
 from server.api.body import read_json, validate_body
@@ -18,6 +18,8 @@ from server.api.listing import ListQuery, list_query, page
 from server.api.openapi import documented
 from server.chat.requests import Attributes, Metadata
 
+# OpenAI's limit on the files of one batch.
+MAX_BATCH_FILES = 2000
 # The openai client polls a file's status; tell it to look again soon.
 POLL_HEADERS = {"openai-poll-after-ms": "200"}
 STATIC_CHUNKING = {
@@ -46,6 +48,32 @@ class AttachFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     file_id: str
     attributes: Attributes | None = None
+
+
+class BatchFile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    file_id: str
+    attributes: Attributes | None = None
+
+
+class CreateBatch(BaseModel):
+    """OpenAI's file batch: `file_ids` (with `attributes` for all of them) or `files`,
+    each with its own attributes."""
+
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"examples": [{"file_ids": ["file-abc123"]}]}
+    )
+    file_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_BATCH_FILES)
+    files: list[BatchFile] | None = Field(None, min_length=1, max_length=MAX_BATCH_FILES)
+    attributes: Attributes | None = None
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:
+        if (self.file_ids is None) == (self.files is None):
+            raise bad_request("Give exactly one of 'file_ids' and 'files'.", param="file_ids")
+        if self.files is not None:
+            return [(f.file_id, dict(f.attributes or {})) for f in self.files]
+        shared = dict(self.attributes or {})
+        return [(file_id, shared) for file_id in self.file_ids or []]
 
 
 class RankingOptions(BaseModel):
@@ -110,6 +138,17 @@ def file_object(vsf: VectorStoreFile) -> dict[str, Any]:
         "chunking_strategy": STATIC_CHUNKING,
         "attributes": vsf.attributes,
         "chunk_count": vsf.chunks,  # Hearth extension
+    }
+
+
+def batch_object(batch: FileBatch) -> dict[str, Any]:
+    return {
+        "id": batch.id,
+        "object": "vector_store.files_batch",
+        "created_at": batch.created_at,
+        "vector_store_id": batch.vector_store_id,
+        "status": batch.status,
+        "file_counts": batch.file_counts,
     }
 
 
@@ -238,6 +277,66 @@ async def detach_file(request: Request) -> Response:
     _store_file_or_404(retrieval, store_id, file_id)
     await asyncio.to_thread(retrieval.detach, store_id, file_id)
     return JSONResponse({"id": file_id, "object": "vector_store.file.deleted", "deleted": True})
+
+
+@documented("Add files to a vector store together (a file batch)", body=CreateBatch)
+async def create_batch(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id = request.path_params["store_id"]
+    retrieval.vector_store(store_id)
+    items = validate_body(CreateBatch, await read_json(request)).items()
+    # Every file must exist before any is attached: a bad id attaches nothing.
+    missing = [f for f, _ in items if retrieval.files.get(f) is None]
+    if missing:
+        raise APIError(
+            404, f"No file found with id '{missing[0]}'.", param="file_ids", code="file_not_found"
+        )
+    attached = {f: retrieval.attach(store_id, f, attributes) for f, attributes in items}
+    batch = retrieval.catalog.create_batch(store_id, list(attached.values()))
+    return JSONResponse(batch_object(batch), headers=POLL_HEADERS)
+
+
+def _batch_or_404(retrieval: RetrievalService, store_id: str, batch_id: str) -> FileBatch:
+    retrieval.vector_store(store_id)
+    batch = retrieval.catalog.get_batch(store_id, batch_id)
+    if batch is None:
+        raise APIError(
+            404,
+            f"No file batch '{batch_id}' in vector store '{store_id}'.",
+            param="batch_id",
+            code="not_found",
+        )
+    return batch
+
+
+@documented("Retrieve a vector store file batch")
+async def retrieve_batch(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    p = request.path_params
+    return JSONResponse(
+        batch_object(_batch_or_404(retrieval, p["store_id"], p["batch_id"])),
+        headers=POLL_HEADERS,
+    )
+
+
+@documented("Cancel a vector store file batch (files not yet ingested are not)")
+async def cancel_batch(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id, batch_id = request.path_params["store_id"], request.path_params["batch_id"]
+    _batch_or_404(retrieval, store_id, batch_id)
+    batch = retrieval.catalog.cancel_batch(store_id, batch_id)
+    assert batch is not None
+    return JSONResponse(batch_object(batch))
+
+
+@documented("List the files of a vector store file batch", query=StoreFileListQuery)
+async def list_batch_files(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id, batch_id = request.path_params["store_id"], request.path_params["batch_id"]
+    _batch_or_404(retrieval, store_id, batch_id)
+    query = list_query(request, StoreFileListQuery)
+    files = retrieval.catalog.batch_files(batch_id, query.filter, query.order)
+    return JSONResponse(page([file_object(f) for f in files], query, default_limit=20))
 
 
 @documented("Search a vector store", body=SearchRequest)
