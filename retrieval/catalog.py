@@ -417,23 +417,25 @@ class Catalog:
             rows = db.execute(f"{query} ORDER BY f.seq {direction}", args).fetchall()
         return [self._file(r) for r in rows]
 
-    def cancel_batch(self, store_id: str, batch_id: str) -> FileBatch | None:
+    def cancel_batch(self, store_id: str, batch_id: str) -> list[str] | None:
         """Cancel the batch's files still waiting or being ingested (a job in progress
-        then writes nothing, or has what it wrote removed); the rest stay as they are."""
+        then writes nothing, or has what it wrote removed); the rest stay as they are.
+        Returns the files cancelled (None: no such batch in the store)."""
         with self._db.tx() as db:
             found = db.execute(
                 "UPDATE vector_store_file_batches SET cancelled = 1 "
                 "WHERE id = ? AND vector_store_id = ?",
                 (batch_id, store_id),
             ).rowcount
-            if found:
-                db.execute(
-                    "UPDATE vector_store_files SET status = ? WHERE vector_store_id = ? AND "
-                    "status = ? AND (file_id, seq) IN (SELECT file_id, seq FROM "
-                    "vector_store_file_batch_files WHERE batch_id = ?)",
-                    (CANCELLED, store_id, IN_PROGRESS, batch_id),
-                )
-        return self.get_batch(store_id, batch_id)
+            if not found:
+                return None
+            rows = db.execute(
+                "UPDATE vector_store_files SET status = ? WHERE vector_store_id = ? AND "
+                "status = ? AND (file_id, seq) IN (SELECT file_id, seq FROM "
+                "vector_store_file_batch_files WHERE batch_id = ?) RETURNING file_id",
+                (CANCELLED, store_id, IN_PROGRESS, batch_id),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     @contextmanager
     def next_job(self) -> Iterator[VectorStoreFile | None]:

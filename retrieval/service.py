@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Any
 
-from retrieval.catalog import VectorStore, VectorStoreFile
+from retrieval.catalog import FileBatch, VectorStore, VectorStoreFile
 from retrieval.chunk_store import ChunkStore, Hit
 from retrieval.embeddings import Embeddings
 from retrieval.filters import FilterError, matches, validate
@@ -140,6 +140,17 @@ class RetrievalService:
         if self.store is not None:
             self.store.delete(store_id, file_id)
         return removed
+
+    def cancel_batch(self, store_id: str, batch_id: str) -> FileBatch | None:
+        """Blocking (LanceDB): from the event loop, run it in a thread. A cancelled file
+        attached again keeps no chunks of its earlier attach: its status says it has none."""
+        cancelled = self.catalog.cancel_batch(store_id, batch_id)
+        if cancelled is None:
+            return None
+        if self.store is not None:
+            for file_id in cancelled:
+                self.store.delete(store_id, file_id)
+        return self.catalog.get_batch(store_id, batch_id)
 
     def delete_store(self, store_id: str) -> bool:
         """Blocking (LanceDB): from the event loop, run it in a thread."""

@@ -19,7 +19,8 @@ def check_cancelling_a_batch(catalog: Catalog) -> None:
         assert catalog.finish_job(first, 4)  # done before the cancel: stays done
     with catalog.next_job() as running:
         assert running is not None and running.file_id == "file-1"
-        cancelled = catalog.cancel_batch(store.id, batch.id)
+        assert sorted(catalog.cancel_batch(store.id, batch.id) or []) == ["file-1", "file-2"]
+        cancelled = catalog.get_batch(store.id, batch.id)
         assert cancelled is not None and cancelled.status == CANCELLED
         assert cancelled.file_counts == {
             IN_PROGRESS: 0,
@@ -44,6 +45,7 @@ def check_cancelling_a_batch(catalog: Catalog) -> None:
     after = catalog.get_batch(store.id, batch.id)
     assert after is not None and after.file_counts["total"] == 2
     assert catalog.get_batch("vs_other", batch.id) is None  # a batch belongs to its store
+    assert catalog.cancel_batch("vs_other", batch.id) is None
     assert catalog.delete_store(store.id)
     assert catalog.get_batch(store.id, batch.id) is None
 

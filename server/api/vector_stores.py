@@ -324,7 +324,9 @@ async def cancel_batch(request: Request) -> Response:
     retrieval = _retrieval(request)
     store_id, batch_id = request.path_params["store_id"], request.path_params["batch_id"]
     _batch_or_404(retrieval, store_id, batch_id)
-    batch = retrieval.catalog.cancel_batch(store_id, batch_id)
+    batch = await asyncio.to_thread(retrieval.cancel_batch, store_id, batch_id)
+    if batch is None:  # deleted meanwhile
+        _batch_or_404(retrieval, store_id, batch_id)
     assert batch is not None
     return JSONResponse(batch_object(batch))
 
