@@ -183,11 +183,24 @@ def test_previous_response_id_continues_and_get_delete(
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
     assert client.responses.retrieve(first.id).id == first.id
+    # Its input items: the first turn (asked and answered), then its own input; newest first.
+    items = client.responses.input_items.list(second.id)
+    texts = [item.content[0].text for item in items.data]
+    assert texts == ["What is my name?", first.output_text, "My name is Astrid."]
+    assert [item.role for item in items.data] == ["user", "assistant", "user"]
+    assert items.data[0].type == "message" and items.data[0].content[0].type == "input_text"
+    assert items.data[0].id and len({item.id for item in items.data}) == 3
+    page = client.responses.input_items.list(second.id, order="asc", limit=1)
+    assert [i.content[0].text for i in page.data] == ["My name is Astrid."] and page.has_more
+    rest = client.responses.input_items.list(second.id, order="asc", after=page.data[0].id)
+    assert [i.role for i in rest.data] == ["assistant", "user"] and not rest.has_more
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model=model_id, previous_response_id=first.id, input="Hi")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list(first.id)
 
 
 def test_file_search_over_a_vector_store(

@@ -54,6 +54,11 @@ def api_routes() -> list[BaseRoute]:
         Route("/v1/responses/compact", responses.compact_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
+        Route(
+            "/v1/responses/{response_id}/input_items",
+            responses.list_input_items,
+            methods=["GET"],
+        ),
         Route("/v1/files", create_file, methods=["POST"]),
         Route("/v1/files", list_files, methods=["GET"]),
         Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),

@@ -19,6 +19,9 @@ MAX_STORED_BYTES = 64 << 20
 class StoredResponse:
     body: dict[str, Any]
     items: list[dict[str, Any]]  # the whole conversation as input items, outputs included
+    # How many of the items were its input (the conversation before it, then its own
+    # input): what GET /v1/responses/{id}/input_items lists.
+    n_inputs: int = 0
     size: int = field(init=False)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""OpenAI's Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id}.
+"""OpenAI's Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id}, GET
+/v1/responses/{id}/input_items.
 
 A Responses request is translated into a chat request (wire.py) and runs through the same
 path as /v1/chat/completions (template, prefix cache, grammar, tools, retrieval); what
@@ -13,7 +14,12 @@ fields the Open Responses specification requires.
 """
 
 from server.api.responses.compact import compact_response
-from server.api.responses.handlers import create_response, delete_response, get_response
+from server.api.responses.handlers import (
+    create_response,
+    delete_response,
+    get_response,
+    list_input_items,
+)
 from server.api.responses.websocket import responses_socket
 
 __all__ = [
@@ -21,5 +27,6 @@ __all__ = [
     "create_response",
     "delete_response",
     "get_response",
+    "list_input_items",
     "responses_socket",
 ]

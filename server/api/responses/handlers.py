@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
 from sse_starlette.sse import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.body import read_json, validate_body
 from server.api.errors import APIError
+from server.api.listing import ListQuery, list_query, page
 from server.api.openapi import documented
 from server.api.responses.output import ResponseBuilder, output_items, status_of
 from server.api.responses.stream import error_events, stream_events
@@ -22,6 +24,7 @@ from server.chat.generate import cancel_all, collect, start_streams
 from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.requests import ChatCompletionRequest
 from server.chat.response_store import StoredResponse
+from server.ids import new_id
 from server.model_pool import Lease
 from server.runtime import Runtime
 
@@ -67,7 +70,7 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
         model, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
     )
     builder = ResponseBuilder(req, prepared.model_id)
-    history_items = [*history, *input_items(req)]
+    history_items = [*history, *(with_id(item) for item in input_items(req))]
 
     def remember(body: dict[str, Any]) -> None:
         if req.store:
@@ -75,7 +78,7 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
                 *history_items,
                 *(o for o in body["output"] if o["type"] != "file_search_call"),
             ]
-            runtime.responses.put(builder.id, StoredResponse(body, items))
+            runtime.responses.put(builder.id, StoredResponse(body, items, len(history_items)))
 
     return StartedResponse(req, prepared, streams, builder, remember)
 
@@ -121,6 +124,43 @@ async def delete_response(request: Request) -> Response:
     if not runtime.responses.delete(response_id):
         raise _not_found(response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+class InputItemsQuery(ListQuery):
+    limit: int | None = Field(None, ge=1, le=100)
+
+
+@documented("List a stored response's input items", query=InputItemsQuery)
+async def list_input_items(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    response_id = request.path_params["response_id"]
+    stored = runtime.responses.get(response_id)
+    if stored is None:
+        raise _not_found(response_id)
+    query = list_query(request, InputItemsQuery)
+    items = [input_item(item) for item in stored.items[: stored.n_inputs]]
+    if query.order == "desc":
+        items.reverse()
+    return JSONResponse(page(items, query, default_limit=20))
+
+
+def with_id(item: dict[str, Any]) -> dict[str, Any]:
+    """An input item as it is kept: with an id of its own (OpenAI's input items have one,
+    and list pagination goes by it)."""
+    if item.get("id"):
+        return item
+    prefix = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_"}
+    return {"id": new_id(prefix.get(str(item.get("type", "message")), "item_")), **item}
+
+
+def input_item(item: dict[str, Any]) -> dict[str, Any]:
+    """How OpenAI lists an input message: typed content parts and a status."""
+    if item.get("type", "message") != "message" or item.get("role") == "assistant":
+        return item
+    content = item.get("content")
+    if isinstance(content, str):
+        content = [{"type": "input_text", "text": content}]
+    return {**item, "type": "message", "content": content, "status": "completed"}
 
 
 def _not_found(response_id: str) -> APIError:
