@@ -504,15 +504,28 @@ class Catalog:
             ).fetchone()
         return row is not None
 
-    def attached(self, store_ids: list[str]) -> set[tuple[str, str]]:
-        """(store, file) pairs attached to these stores, whatever their status."""
+    def attached(self, store_ids: list[str]) -> dict[tuple[str, str], str]:
+        """(store, file) pairs attached to these stores, whatever their status, each with
+        its attributes as stored (JSON text: parsed only for the files a search returns)."""
         with self._db.tx() as db:
             rows = db.execute(
-                "SELECT vector_store_id, file_id FROM vector_store_files "
+                "SELECT vector_store_id, file_id, attributes FROM vector_store_files "
                 f"WHERE vector_store_id IN ({', '.join('?' * len(store_ids))})",
                 store_ids,
             ).fetchall()
-        return {(r[0], r[1]) for r in rows}
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def update_attributes(
+        self, store_id: str, file_id: str, attributes: dict[str, Any]
+    ) -> VectorStoreFile | None:
+        """Replace a file's attributes (searches filter on them from now on)."""
+        with self._db.tx() as db:
+            db.execute(
+                "UPDATE vector_store_files SET attributes = ? "
+                "WHERE vector_store_id = ? AND file_id = ?",
+                (json.dumps(attributes), store_id, file_id),
+            )
+        return self.get_file(store_id, file_id)
 
     def all_attached(self) -> set[tuple[str, str]]:
         """Every (store, file) pair attached anywhere."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from retrieval.catalog import FileBatch, VectorStore, VectorStoreFile
@@ -189,7 +191,13 @@ class RetrievalService:
         depth = 2 * want + 10 if filters is None else max(want * 5, 50)
         hits = await asyncio.to_thread(self.store.search, store_ids, query, vector, depth, mode)
         attached = self.catalog.attached(store_ids)
-        hits = [h for h in hits if (h.vector_store_id, h.file_id) in attached]
+        # The catalog's attributes are the file's: chunks carry those they were written
+        # with, and attributes can be changed after (POST .../files/{file_id}).
+        hits = [
+            replace(h, attributes=json.loads(attached[key]))
+            for h in hits
+            if (key := (h.vector_store_id, h.file_id)) in attached
+        ]
         if filters is not None:
             hits = [h for h in hits if matches(filters, h.attributes)]
         for store_id in store_ids:

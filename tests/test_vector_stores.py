@@ -143,6 +143,19 @@ def test_attribute_filters(rag_server: RunningServer) -> None:
         store.id, query="kettle", filters={"type": "eq", "key": "lang", "value": "de"}
     )
     assert [h.attributes["lang"] for h in hits.data] == ["de"]
+    # Attributes changed after ingestion: searches filter on the new ones at once.
+    en = next(f for f in client.vector_stores.files.list(store.id) if f.attributes["lang"] == "en")
+    updated = client.vector_stores.files.update(
+        en.id, vector_store_id=store.id, attributes={"lang": "de", "rev": 2}
+    )
+    assert updated.attributes == {"lang": "de", "rev": 2}
+    hits = client.vector_stores.search(
+        store.id, query="kettle", filters={"type": "eq", "key": "lang", "value": "de"}
+    )
+    assert len(hits.data) == 2
+    assert {h.attributes.get("rev") for h in hits.data} == {None, 2}
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.files.update("file-nope", vector_store_id=store.id, attributes={})
     r = httpx.post(
         f"{rag_server.base_url}/vector_stores/{store.id}/search",
         json={"query": "kettle", "filters": {"type": "near", "key": "x"}},

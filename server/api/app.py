@@ -75,6 +75,11 @@ def api_routes() -> list[BaseRoute]:
             "/v1/vector_stores/{store_id}/files/{file_id}", vs.retrieve_store_file, methods=["GET"]
         ),
         Route("/v1/vector_stores/{store_id}/files/{file_id}", vs.detach_file, methods=["DELETE"]),
+        Route(
+            "/v1/vector_stores/{store_id}/files/{file_id}",
+            vs.update_store_file,
+            methods=["POST"],
+        ),
         Route("/v1/vector_stores/{store_id}/search", vs.search_store, methods=["POST"]),
         Route("/v1/vector_stores/{store_id}/file_batches", vs.create_batch, methods=["POST"]),
         Route(

@@ -50,6 +50,13 @@ class AttachFile(BaseModel):
     attributes: Attributes | None = None
 
 
+class UpdateFile(BaseModel):
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"examples": [{"attributes": {"lang": "en"}}]}
+    )
+    attributes: Attributes | None
+
+
 class BatchFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     file_id: str
@@ -268,6 +275,19 @@ async def retrieve_store_file(request: Request) -> Response:
         retrieval, request.path_params["store_id"], request.path_params["file_id"]
     )
     return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
+
+
+@documented("Update a vector store file's attributes", body=UpdateFile)
+async def update_store_file(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
+    _store_file_or_404(retrieval, store_id, file_id)
+    body = validate_body(UpdateFile, await read_json(request))
+    vsf = retrieval.catalog.update_attributes(store_id, file_id, dict(body.attributes or {}))
+    if vsf is None:  # detached meanwhile
+        _store_file_or_404(retrieval, store_id, file_id)
+    assert vsf is not None
+    return JSONResponse(file_object(vsf))
 
 
 @documented("Remove a file from a vector store")
