@@ -196,6 +196,17 @@ class ChunkStore:
             where += f" AND file_id = {_quote(file_id)}"
         return self._table.count_rows(where)
 
+    def texts(self, vector_store_id: str, file_id: str) -> list[str]:
+        """A file's chunks in this store, in document order (the text shown and cited)."""
+        where = f"vector_store_id = {_quote(vector_store_id)} AND file_id = {_quote(file_id)}"
+        n = self._table.count_rows(where)
+        if n == 0:
+            return []
+        rows = self._table.search().where(where).select(["chunk_index", "text"]).limit(n)
+        table = rows.to_arrow()
+        pairs = zip(table["chunk_index"].to_pylist(), table["text"].to_pylist(), strict=True)
+        return [text for _, text in sorted(pairs)]
+
     def pairs(self) -> set[tuple[str, str]]:
         """Every (vector store, file) that has chunks here."""
         n = self._table.count_rows()

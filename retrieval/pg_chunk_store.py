@@ -187,6 +187,19 @@ class PgChunkStore:
                 .fetchone()[0]
             )
 
+    def texts(self, vector_store_id: str, file_id: str) -> list[str]:
+        with self._lock:
+            rows = (
+                self._db()
+                .execute(
+                    f"SELECT text FROM {TABLE} WHERE vector_store_id = %s AND file_id = %s "
+                    "ORDER BY chunk_index",
+                    [vector_store_id, file_id],
+                )
+                .fetchall()
+            )
+        return [r[0] for r in rows]
+
     def pairs(self) -> set[tuple[str, str]]:
         with self._lock:
             rows = (

@@ -65,6 +65,11 @@ def test_pdf_and_markdown_end_to_end(rag_server: RunningServer, tmp_path: Path) 
         f"{rag_server.base_url}/vector_stores/{store.id}/search", json={"query": "hamster wheels"}
     ).json()["data"][0]
     assert pdf_hit["page"] == 2
+    # The parsed content, chunk by chunk in document order.
+    parts = client.vector_stores.files.content(pdf_file.id, vector_store_id=store.id).data
+    text = "\n".join(p.text for p in parts)
+    assert len(parts) == pdf_file.chunk_count
+    assert text.index("installation of the device") < text.index("47 hamster wheels")
 
     # Detaching a file removes its chunks from search; deleting the store removes it.
     client.vector_stores.files.delete(file_id=pdf_file.id, vector_store_id=store.id)
@@ -212,6 +217,8 @@ def test_file_batches(rag_server: RunningServer) -> None:
     assert len(files.data) == 3 and {f.status for f in files.data} == {"completed"}
     hits = client.vector_stores.search(store.id, query="code word of batch note 2")
     assert "zebra-14" in hits.data[0].content[0].text
+    content = client.vector_stores.files.content(hits.data[0].file_id, vector_store_id=store.id)
+    assert "zebra-14" in "".join(part.text for part in content.data)
 
     # `files` gives each file its own attributes; a file attached again counts again.
     extra = client.files.create(

@@ -80,6 +80,11 @@ def api_routes() -> list[BaseRoute]:
             vs.update_store_file,
             methods=["POST"],
         ),
+        Route(
+            "/v1/vector_stores/{store_id}/files/{file_id}/content",
+            vs.store_file_content,
+            methods=["GET"],
+        ),
         Route("/v1/vector_stores/{store_id}/search", vs.search_store, methods=["POST"]),
         Route("/v1/vector_stores/{store_id}/file_batches", vs.create_batch, methods=["POST"]),
         Route(

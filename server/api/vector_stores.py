@@ -290,6 +290,23 @@ async def update_store_file(request: Request) -> Response:
     return JSONResponse(file_object(vsf))
 
 
+@documented("Retrieve a vector store file's parsed content (its chunks, in order)")
+async def store_file_content(request: Request) -> Response:
+    retrieval = _retrieval(request)
+    store_id, file_id = request.path_params["store_id"], request.path_params["file_id"]
+    _store_file_or_404(retrieval, store_id, file_id)
+    assert retrieval.store is not None
+    texts = await asyncio.to_thread(retrieval.store.texts, store_id, file_id)
+    return JSONResponse(
+        {
+            "object": "vector_store.file_content.page",
+            "data": [{"type": "text", "text": t} for t in texts],
+            "has_more": False,
+            "next_page": None,
+        }
+    )
+
+
 @documented("Remove a file from a vector store")
 async def detach_file(request: Request) -> Response:
     retrieval = _retrieval(request)
