@@ -10,6 +10,11 @@ from retrieval.catalog import CANCELLED, COMPLETED, IN_PROGRESS, Catalog
 
 
 def check_cancelling_a_batch(catalog: Catalog) -> None:
+    while True:  # jobs earlier tests left queued on a shared database go first
+        with catalog.next_job() as left:
+            if left is None:
+                break
+            catalog.finish_job(left, 0)
     store = catalog.create_store("batches", {})
     attached = [catalog.add_file(store.id, f"file-{i}", {}) for i in range(3)]
     batch = catalog.create_batch(store.id, attached)
