@@ -62,6 +62,8 @@ class Runtime:
     backend: BackendInfo = field(default_factory=lambda: BackendInfo("cpu"))
     watcher: FolderWatcher | None = None
     responses: ResponseStore = field(default_factory=ResponseStore)  # previous_response_id
+    # Chat completions made with `store: true` (body, and the request's messages as items).
+    chat_completions: ResponseStore = field(default_factory=ResponseStore)
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
     _watching: asyncio.Task[None] | None = None
 

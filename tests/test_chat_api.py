@@ -226,3 +226,50 @@ def test_image_parts_are_a_clear_400(client: openai.OpenAI, model_id: str) -> No
             ],
         )
     assert "image_url" in str(e.value)
+
+
+def test_stored_chat_completions(client: openai.OpenAI, model_id: str) -> None:
+    """OpenAI's stored completions: `store: true` keeps one (streamed or not); it is
+    listed (by model and metadata), retrieved, re-tagged, its messages read, deleted."""
+    ask = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Name a colour."}]},
+    ]
+    kept = client.chat.completions.create(
+        model=model_id, messages=ask, max_tokens=8, store=True, metadata={"run": "a1"}
+    )
+    stream = client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=8,
+        store=True,
+        metadata={"run": "b2"},
+        stream=True,
+    )
+    streamed_text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    streamed_id = next(iter(client.chat.completions.list(metadata={"run": "b2"}))).id
+    not_kept = client.chat.completions.create(model=model_id, messages=ask, max_tokens=2)
+
+    got = client.chat.completions.retrieve(kept.id)
+    assert got.choices[0].message.content == kept.choices[0].message.content
+    assert got.usage.completion_tokens == kept.usage.completion_tokens
+    assert client.chat.completions.retrieve(streamed_id).choices[0].message.content == (
+        streamed_text
+    )
+    listed = [c.id for c in client.chat.completions.list(model=model_id)]
+    assert kept.id in listed and streamed_id in listed and not_kept.id not in listed
+    assert [c.id for c in client.chat.completions.list(metadata={"run": "a1"})] == [kept.id]
+    assert list(client.chat.completions.list(model="another-model")) == []
+
+    messages = client.chat.completions.messages.list(kept.id)
+    assert [m.role for m in messages.data] == ["system", "user"]
+    assert messages.data[0].content == "Be brief." and messages.data[0].id == f"{kept.id}-0"
+    assert messages.data[1].content is None
+    assert messages.data[1].content_parts[0].text == "Name a colour."
+
+    updated = client.chat.completions.update(kept.id, metadata={"run": "a1", "ok": "yes"})
+    assert updated.metadata == {"run": "a1", "ok": "yes"}
+    assert client.chat.completions.delete(kept.id).deleted
+    for gone in (kept.id, not_kept.id):
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.retrieve(gone)

@@ -152,6 +152,17 @@ def test_a_stored_response_is_found_on_the_replica_that_made_it(cluster: Running
             model=model, previous_response_id=response_id, input="And then?", max_output_tokens=4
         )
         assert follow.headers[REPLICA] == replica and follow.parse().output_text is not None
+    # A stored chat completion, too, is read back from the replica that made it.
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "system", "content": BAKER}, {"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        store=True,
+    )
+    completion_id, replica = raw.parse().id, raw.headers[REPLICA]
+    for _ in range(4):
+        got = httpx.get(f"{cluster.url}/v1/chat/completions/{completion_id}/messages")
+        assert got.status_code == 200 and got.headers[REPLICA] == replica
 
 
 def test_replicas_share_files_and_vector_stores(cluster: RunningServer, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from server.api import responses
+from server.api import stored_completions as stored
 from server.api import vector_stores as vs
 from server.api.anthropic.messages import count_tokens, create_message
 from server.api.auth import APIKeyAuth
@@ -42,6 +43,15 @@ def api_routes() -> list[BaseRoute]:
     return [
         Route("/", chat_page, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/chat/completions", stored.list_stored, methods=["GET"]),
+        Route("/v1/chat/completions/{completion_id}", stored.retrieve_stored, methods=["GET"]),
+        Route("/v1/chat/completions/{completion_id}", stored.update_stored, methods=["POST"]),
+        Route("/v1/chat/completions/{completion_id}", stored.delete_stored, methods=["DELETE"]),
+        Route(
+            "/v1/chat/completions/{completion_id}/messages",
+            stored.list_stored_messages,
+            methods=["GET"],
+        ),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/rerank", rerank, methods=["POST"]),

@@ -3,7 +3,7 @@ chat completion or its chunks."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +15,7 @@ from server.api.envelope import Envelope, usage
 from server.api.logprobs import chat_logprobs
 from server.api.openapi import documented
 from server.api.sse import DONE, dumps, engine_error, error_events, sse_response
+from server.api.stored_completions import remember
 from server.async_engine import GenerationStream
 from server.chat.generate import (
     ChoiceEnd,
@@ -51,12 +52,16 @@ async def chat_completions(request: Request) -> Response:
             prediction=prepared.prediction,
         )
         envelope = Envelope.new("chatcmpl-", "chat.completion", prepared.model_id)
+        keep = (lambda body: remember(runtime, req, body)) if req.store else None
         if req.stream:
-            chunks = stream_chunks(chat, streams, req, prepared, envelope)
+            chunks = stream_chunks(chat, streams, req, prepared, envelope, keep)
             release = lease.hand_over()
             return sse_response(chunks, on_close=lambda: (cancel_all(streams), release()))
         results = await collect(streams, request.is_disconnected)
-        return JSONResponse(response_body(chat, results, req, prepared, envelope))
+        body = response_body(chat, results, req, prepared, envelope)
+        if keep is not None:
+            keep(body)
+        return JSONResponse(body)
 
 
 def response_body(
@@ -93,6 +98,7 @@ async def stream_chunks(
     req: ChatCompletionRequest,
     prepared: PreparedChat,
     envelope: Envelope,
+    keep: Callable[[dict[str, Any]], None] | None = None,
 ) -> AsyncIterator[str]:
     chunks = replace(envelope, object="chat.completion.chunk")
     # With include_usage, OpenAI sends "usage": null on every chunk but the last.
@@ -128,6 +134,8 @@ async def stream_chunks(
                 deltas = [{"index": k, **call} for k, call in enumerate(event.tool_calls)]
                 yield chunk([choice(event.index, {"tool_calls": deltas})])
             yield chunk([choice(event.index, {}, event.finish_reason)])
+    if keep is not None:  # stored as the same request without stream would have returned it
+        keep(response_body(runtime, results, req, prepared, envelope))
     if req.include_usage:
         yield chunk([], usage=usage(results, req.n))
     cited = prepared.citations()

@@ -173,6 +173,9 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     retrieval: RetrievalOptions | None = None
     prediction: Prediction | None = None
+    # Keep the completion for GET /v1/chat/completions (OpenAI's stored completions).
+    store: bool = False
+    metadata: Metadata | None = None
 
     @property
     def token_limit(self) -> int | None:

@@ -1,4 +1,5 @@
-"""Responses kept for previous_response_id and GET: an in-memory LRU, per process.
+"""Responses kept for previous_response_id and GET (and chat completions kept with
+`store`): an in-memory LRU, per process.
 
 Bounded twice: by count and by bytes (a response's body and conversation as JSON), so a
 client storing long conversations cannot grow the server's memory without end.
@@ -52,6 +53,10 @@ class ResponseStore:
         while len(self._items) > self.capacity or self.bytes > self.max_bytes:
             _, oldest = self._items.popitem(last=False)
             self.bytes -= oldest.size
+
+    def values(self) -> list[StoredResponse]:
+        """Everything kept, without touching its recency."""
+        return list(self._items.values())
 
     def delete(self, response_id: str) -> bool:
         stored = self._items.pop(response_id, None)

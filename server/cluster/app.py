@@ -117,9 +117,13 @@ class HearthReplica:
 
 
 def _stored_on(path: str, body: dict[str, Any]) -> str:
-    """The replica holding the stored response a request names ("" for none)."""
+    """The replica holding the stored response (or stored chat completion) a request
+    names ("" for none)."""
     if path.startswith("/v1/responses/"):
         return replica_of(path.removeprefix("/v1/responses/").split("/", 1)[0], "resp_")
+    if path.startswith("/v1/chat/completions/"):
+        completion = path.removeprefix("/v1/chat/completions/").split("/", 1)[0]
+        return replica_of(completion, "chatcmpl-")
     previous = body.get("previous_response_id") if path.startswith("/v1/responses") else None
     return replica_of(previous, "resp_") if isinstance(previous, str) else ""
 
