@@ -51,7 +51,9 @@ def test_huge_prompt_is_context_length_exceeded(client: openai.OpenAI, model_id:
 
 def test_unknown_path_and_method(server: RunningServer) -> None:
     assert_openai_error(httpx.get(f"{server.url}/v1/nothing-here"), 404)
-    assert_openai_error(httpx.get(f"{server.base_url}/chat/completions"), 405)
+    # (GET /v1/chat/completions lists stored completions, as OpenAI's does.)
+    assert_openai_error(httpx.put(f"{server.base_url}/chat/completions"), 405)
+    assert_openai_error(httpx.get(f"{server.base_url}/embeddings"), 405)
 
 
 def test_server_healthy_after_bad_input(

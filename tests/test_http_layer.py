@@ -105,7 +105,7 @@ def test_domain_errors_get_their_status(client: TestClient) -> None:
     assert_error(client.get("/v1/vector_stores"), 503)
     assert_error(client.post("/v1/completions", json={"prompt": "", "max_tokens": 1}), 400)
     assert_error(client.get("/v1/no-such-path"), 404)
-    assert_error(client.get("/v1/chat/completions"), 405)
+    assert_error(client.put("/v1/chat/completions"), 405)
     assert_error(client.post("/v1/chat/completions", content=b"{nope"), 415)
     r = client.post(
         "/v1/chat/completions", content=b"{nope", headers={"Content-Type": "application/json"}
