@@ -101,6 +101,7 @@ _MIGRATIONS = {
 # The row of one job: its file, in its store, by the same attach.
 _JOB = "vector_store_id = ? AND file_id = ? AND seq = ?"
 _FILE_COLUMNS = "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq"
+_F_COLUMNS = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))  # table as `f`
 _STORE_COLUMNS = "id, name, metadata, created_at, last_active_at"
 # A batch's files: the store's rows of the attaches the batch made (one `?`: the batch).
 _BATCH_JOIN = (
@@ -159,6 +160,13 @@ class FileBatch:
         return COMPLETED
 
 
+def _counts(by_status: dict[str, int]) -> dict[str, int]:
+    """OpenAI's file_counts from (status -> files): every status, and the total."""
+    counts = {s: by_status.get(s, 0) for s in (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
 def _job_key(job: VectorStoreFile) -> tuple[str, str, int]:
     return job.vector_store_id, job.file_id, job.seq
 
@@ -211,9 +219,7 @@ class Catalog:
                     (store_id,),
                 ).fetchall()
             )
-        file_counts = {s: counts.get(s, 0) for s in (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}
-        file_counts["total"] = sum(file_counts.values())
-        return VectorStore(row[0], row[1], json.loads(row[2]), row[3], row[4], file_counts)
+        return VectorStore(row[0], row[1], json.loads(row[2]), row[3], row[4], _counts(counts))
 
     def list_stores(self, order: str = "desc") -> list[VectorStore]:
         direction = "ASC" if order == "asc" else "DESC"
@@ -334,14 +340,21 @@ class Catalog:
     def list_files(
         self, store_id: str, status: str | None = None, order: str = "desc"
     ) -> list[VectorStoreFile]:
+        source = "FROM vector_store_files f WHERE f.vector_store_id = ?"
+        return self._select_files(source, store_id, status, order)
+
+    def _select_files(
+        self, source: str, key: str, status: str | None, order: str
+    ) -> list[VectorStoreFile]:
+        """Files from `source` (FROM ... WHERE with one `?`, the key; the files table as
+        `f`), of one status or all, oldest or newest attach first."""
         direction = "ASC" if order == "asc" else "DESC"
-        query = f"SELECT {_FILE_COLUMNS} FROM vector_store_files WHERE vector_store_id = ?"
-        args: tuple[str, ...] = (store_id,)
+        query, args = f"SELECT {_F_COLUMNS} {source}", [key]
         if status:
-            query += " AND status = ?"
-            args += (status,)
+            query += " AND f.status = ?"
+            args.append(status)
         with self._db.tx() as db:
-            rows = db.execute(f"{query} ORDER BY seq {direction}", args).fetchall()
+            rows = db.execute(f"{query} ORDER BY f.seq {direction}", args).fetchall()
         return [self._file(r) for r in rows]
 
     def stores_with_file(self, file_id: str) -> list[str]:
@@ -399,23 +412,12 @@ class Catalog:
                     f"SELECT f.status, COUNT(*) {_BATCH_JOIN} GROUP BY f.status", (batch_id,)
                 ).fetchall()
             )
-        file_counts = {s: counts.get(s, 0) for s in (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}
-        file_counts["total"] = sum(file_counts.values())
-        return FileBatch(row[0], row[1], row[2], bool(row[3]), file_counts)
+        return FileBatch(row[0], row[1], row[2], bool(row[3]), _counts(counts))
 
     def batch_files(
         self, batch_id: str, status: str | None = None, order: str = "desc"
     ) -> list[VectorStoreFile]:
-        direction = "ASC" if order == "asc" else "DESC"
-        columns = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
-        query = f"SELECT {columns} {_BATCH_JOIN}"
-        args: tuple[str, ...] = (batch_id,)
-        if status:
-            query += " AND f.status = ?"
-            args += (status,)
-        with self._db.tx() as db:
-            rows = db.execute(f"{query} ORDER BY f.seq {direction}", args).fetchall()
-        return [self._file(r) for r in rows]
+        return self._select_files(_BATCH_JOIN, batch_id, status, order)
 
     def cancel_batch(self, store_id: str, batch_id: str) -> list[str] | None:
         """Cancel the batch's files still waiting or being ingested (a job in progress
