@@ -6,6 +6,7 @@ sharing one data directory for files and vector stores. `-m "not ray"` skips it.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Iterator
@@ -42,6 +43,18 @@ def replicas(server: RunningServer) -> list[dict]:
     return httpx.get(f"{server.url}/cluster/replicas", timeout=10).json()["replicas"]
 
 
+def settled(server: RunningServer) -> list[dict]:
+    """The replicas once every one is idle as the router sees it: a request that left
+    may count as load a few seconds more (Ray's cached queue length), and a new prompt
+    goes to the least loaded replica before taking turns."""
+    deadline = time.monotonic() + 30
+    rows = replicas(server)
+    while any(r["load"] or r["in_flight"] for r in rows) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rows = replicas(server)
+    return rows
+
+
 def ask(client: openai.OpenAI, model: str, system: str, question: str) -> tuple[str, int]:
     raw = client.chat.completions.with_raw_response.create(
         model=model,
@@ -66,6 +79,7 @@ def test_the_openai_client_gets_answers_and_streams(cluster: RunningServer) -> N
         max_tokens=12,
         stream=True,
         stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},  # sampled: "1, 2, 3, 4, 5" may end before 12
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -104,7 +118,7 @@ def test_a_client_that_leaves_frees_the_replica(cluster: RunningServer) -> None:
 def test_repeated_prefixes_go_to_the_replica_that_holds_them(cluster: RunningServer) -> None:
     client = cluster.client()
     model = cluster.model_id()
-    before = {r["replica"]: r for r in replicas(cluster)}
+    before = {r["replica"]: r for r in settled(cluster)}
     seen: dict[str, list[tuple[str, int]]] = {"pirate": [], "baker": []}
     for i in range(3):
         seen["pirate"].append(ask(client, model, PIRATE, f"Question {i}: what is a brig?"))
@@ -139,12 +153,13 @@ def test_a_stored_response_is_found_on_the_replica_that_made_it(cluster: Running
     client = cluster.client()
     model = cluster.model_id()
     made = []
-    for instructions in (PIRATE, BAKER):  # two prompts: two replicas (see above)
+    rows = settled(cluster)
+    for instructions in (PIRATE, BAKER):  # two new prompts: two replicas (see above)
         raw = client.responses.with_raw_response.create(
             model=model, instructions=instructions, input="Hello", max_output_tokens=4
         )
         made.append((raw.parse().id, raw.headers[REPLICA]))
-    assert made[0][1] != made[1][1]
+    assert made[0][1] != made[1][1], (made, rows)
     for response_id, replica in made:
         got = httpx.get(f"{cluster.url}/v1/responses/{response_id}")
         assert got.status_code == 200 and got.headers[REPLICA] == replica
@@ -213,3 +228,51 @@ def test_replicas_that_cannot_start_are_one_line_and_an_exit_code(tmp_path: Path
     # replica's name, say why).
     assert not any(line.startswith("Traceback") for line in lines), out.stderr
     assert str(missing) in out.stderr
+
+
+def test_new_prompts_take_turns_over_idle_replicas() -> None:
+    """The router itself, driven without a cluster: on idle replicas a prompt nobody holds
+    goes to the replica sent a new prompt longest ago, whatever the replicas hold (a
+    replica holding more blocks than the other used to get every new prompt in turn)."""
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import (
+        DeploymentHandleSource,
+        DeploymentID,
+        ReplicaID,
+        RequestMetadata,
+    )
+    from ray.serve._private.request_router.common import PendingRequest
+
+    from server.cluster import views
+    from server.cluster.affinity import block_hashes
+    from server.cluster.forwarding import ForwardedRequest
+    from server.cluster.router import PrefixAffinityRouter
+
+    deployment = DeploymentID(name="turns-test", app_name="hearth")
+    router = PrefixAffinityRouter(deployment, DeploymentHandleSource.UNKNOWN)
+    router.initialize_state()
+    views.ROUTERS.pop(deployment.name, None)
+    ids = [ReplicaID(unique_id, deployment) for unique_id in ("aaaa", "bbbb")]
+    candidates = [SimpleNamespace(replica_id=rid) for rid in ids]
+
+    async def route(n: int, text: str) -> str:
+        request = ForwardedRequest("POST", "/v1/chat/completions", b"", [], b"", ("x", 1))
+        request.prefix_blocks = block_hashes(text, 64)
+        pending = PendingRequest([request], {}, RequestMetadata(f"r{n}", f"r{n}"))
+        ranks = await router.choose_replicas(candidates, pending)  # type: ignore[arg-type]
+        chosen = ranks[0][0].replica_id
+        router.on_request_routed(pending, chosen, None)  # type: ignore[arg-type]
+        router.on_request_completed(chosen, f"r{n}")
+        return chosen.unique_id
+
+    async def scenario() -> None:
+        # One long prompt and its repeats: a replica holding many blocks.
+        first = [await route(i, PIRATE + f" question {i}") for i in range(3)]
+        assert len(set(first)) == 1
+        # Two distinct new prompts in a row: one each, the other replica first.
+        baker, third = await route(10, BAKER), await route(11, "You are a gardener. " * 40)
+        assert baker != first[0] and third == first[0]
+        assert await route(12, BAKER + " more") == baker  # and affinity still holds
+
+    asyncio.run(scenario())

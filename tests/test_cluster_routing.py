@@ -94,9 +94,14 @@ def test_the_holder_is_preferred_until_it_is_too_busy() -> None:
     assert rank_replicas(depths, {"r1": 9, "r2": 0}, {}, 8) == [["r2"], ["r1"]]
 
 
-def test_requests_without_a_match_go_to_the_least_loaded_then_the_emptiest() -> None:
+def test_requests_without_a_match_go_to_the_least_loaded_then_take_turns() -> None:
     none = {"r1": 0, "r2": 0, "r3": 0}
-    assert rank_replicas(none, {"r1": 2, "r2": 1, "r3": 1}, {"r2": 50, "r3": 10}, 8)[0] == ["r3"]
+    assert rank_replicas(none, {"r1": 2, "r2": 1, "r3": 1}, {"r2": 50.0, "r3": 10.0}, 8)[0] == [
+        "r3"
+    ]
+    # Idle replicas: the one never sent a new prompt, then the one sent one longest ago.
+    assert rank_replicas(none, {}, {"r1": 5.0, "r3": 1.0}, 8)[0] == ["r2"]
+    assert rank_replicas(none, {}, {"r1": 5.0, "r2": 7.0, "r3": 1.0}, 8)[0] == ["r3"]
     assert rank_replicas({}, {}, {}, 8) == []
 
 

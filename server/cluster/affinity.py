@@ -140,7 +140,7 @@ class AffinityTable:
 def rank_replicas(
     depths: Mapping[str, int],
     loads: Mapping[str, int],
-    blocks_held: Mapping[str, int],
+    last_new: Mapping[str, float],
     imbalance_threshold: int,
 ) -> list[list[str]]:
     """The replicas in order of preference, as groups (the router takes the least loaded
@@ -150,10 +150,13 @@ def rank_replicas(
        replica by more than `imbalance_threshold` requests: recomputing a prefix elsewhere
        then costs less than queueing behind a full batch (and leaves a second copy of a
        hot prefix, so its later requests may go either way).
-    2. Otherwise the least loaded replica, and among equals the one holding the fewest
-       blocks, so distinct prompts spread over the replicas instead of piling on one.
+    2. Otherwise the least loaded replica, and among equals the one least recently sent
+       a prompt it did not hold (`last_new`, a clock reading; never: absent), so distinct
+       prompts take turns over idle replicas whatever each was sent before. (Ranking
+       equals by prefix blocks held instead sent one new prompt after another to the
+       same replica for as long as the other held more.)
     """
-    replicas = sorted(depths, key=lambda r: (loads.get(r, 0), blocks_held.get(r, 0), r))
+    replicas = sorted(depths, key=lambda r: (loads.get(r, 0), last_new.get(r, 0.0), r))
     if not replicas:
         return []
     least = loads.get(replicas[0], 0)

@@ -39,6 +39,9 @@ class PrefixAffinityRouter(RequestRouter):
         self.in_flight: dict[ReplicaID, int] = {}
         self.routed: dict[ReplicaID, int] = {}
         self.affinity_hits: dict[ReplicaID, int] = {}  # sent where their prefix was
+        # When each replica (by unique id) was last sent a prompt it did not hold: new
+        # prompts take turns among equally loaded replicas (rank_replicas).
+        self.last_new: dict[str, float] = {}
         # Requests this router has pointed at a replica but Ray has not sent yet: request
         # id -> (replica, when, whether by affinity). Counted as load, so that a burst
         # routed in one go does not all go to the replica that looked least busy first.
@@ -82,8 +85,7 @@ class PrefixAffinityRouter(RequestRouter):
         self._forget_stale_choices()
         depths = self.table.match(blocks, by_id)
         loads = {u: self.load(r.replica_id) for u, r in by_id.items()}
-        held = {u: self.table.blocks_held(u) for u in by_id}
-        ranks = rank_replicas(depths, loads, held, self.imbalance_threshold)
+        ranks = rank_replicas(depths, loads, self.last_new, self.imbalance_threshold)
         if request_id and ranks:
             top = ranks[0][0]
             self._choosing[request_id] = (top, time.monotonic(), depths[top] > 0)
@@ -97,6 +99,8 @@ class PrefixAffinityRouter(RequestRouter):
         choice = self._choosing.pop(pending_request.metadata.internal_request_id, None)
         if choice is not None and choice[2] and choice[0] == replica_id.unique_id:
             self.affinity_hits[replica_id] = self.affinity_hits.get(replica_id, 0) + 1
+        else:
+            self.last_new[replica_id.unique_id] = time.monotonic()
         request = self._forwarded(pending_request)
         if request is not None and request.prefix_blocks:
             # Recorded at once, not when the answer ends: the replica's engine shares a
@@ -109,6 +113,7 @@ class PrefixAffinityRouter(RequestRouter):
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self.table.forget(replica_id.unique_id)
+        self.last_new.pop(replica_id.unique_id, None)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         before = {r.unique_id for r in self._replica_id_set}
@@ -116,6 +121,7 @@ class PrefixAffinityRouter(RequestRouter):
         after = {r.unique_id for r in self._replica_id_set}
         for gone in before - after:
             self.table.forget(gone)
+            self.last_new.pop(gone, None)
 
     def view(self) -> list[dict[str, Any]]:
         """Each replica as this router sees it, with the stats the replica last reported
