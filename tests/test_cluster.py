@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from retrieval.catalog import COMPLETED
+from server import ids
 from server.launch import free_port
 from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
 
@@ -178,6 +181,62 @@ def test_a_stored_response_is_found_on_the_replica_that_made_it(cluster: Running
     for _ in range(4):
         got = httpx.get(f"{cluster.url}/v1/chat/completions/{completion_id}/messages")
         assert got.status_code == 200 and got.headers[REPLICA] == replica
+
+
+def test_the_websocket_mode_is_answered_by_the_replicas(cluster: RunningServer) -> None:
+    """Each response.create on one connection is routed as a request of its own: a chain
+    of previous_response_id stays on the replica that holds it (another replica would not
+    find it), events arrive as messages, errors are events and the socket stays open."""
+    client = cluster.client()
+    model = cluster.model_id()
+
+    def events_until_done(connection: Any) -> list[dict[str, Any]]:
+        events = []
+        while True:
+            events.append(json.loads(connection.recv_bytes()))
+            if events[-1]["type"] in ("response.completed", "response.incomplete", "error"):
+                return events
+
+    with client.responses.connect() as connection:
+        made: list[str] = []
+        for text in ("Hello", "And then?", "Why?", "Go on."):
+            extra = {"previous_response_id": made[-1]} if made else {}
+            connection.response.create(
+                model=model, instructions=PIRATE, input=text, max_output_tokens=4, **extra
+            )
+            events = events_until_done(connection)
+            assert events[0]["type"] == "response.created", events[-1]
+            final = events[-1]["response"]
+            assert final["previous_response_id"] == (made[-1] if made else None)
+            assert [e["sequence_number"] for e in events] == list(range(len(events)))
+            made.append(final["id"])
+        assert len({ids.replica_of(m, "resp_") for m in made}) == 1, made
+        connection.send({"type": "response.create", "model": model, "input": []})
+        (error,) = events_until_done(connection)
+        assert error["error"]["param"] == "input" and error["code"]
+        nobody = {"previous_response_id": "resp_nobody_0123"}  # the replicas' own 404
+        connection.send({"type": "response.create", "model": model, "input": "x", **nobody})
+        (error,) = events_until_done(connection)
+        assert "resp_nobody_0123" in error["error"]["message"], error
+        connection.response.create(model=model, input="Hi", max_output_tokens=4)
+        assert events_until_done(connection)[-1]["type"] in (
+            "response.completed",
+            "response.incomplete",
+        )
+    got = httpx.get(f"{cluster.url}/v1/responses/{made[-1]}")
+    assert got.status_code == 200 and got.json()["previous_response_id"] == made[-2]
+    # A client that leaves mid-answer frees the replica making it.
+    with client.responses.connect() as connection:
+        long = {"input": "Write a very long story.", "max_output_tokens": 3000}
+        connection.send({"type": "response.create", "model": model, **long, "ignore_eos": True})
+        for _ in range(10):
+            connection.recv_bytes()
+    deadline = time.monotonic() + 20
+    rows = replicas(cluster)
+    while any(r["engine"].get("running", 1) for r in rows) and time.monotonic() < deadline:
+        time.sleep(1)
+        rows = replicas(cluster)
+    assert all(r["engine"].get("running", 1) == 0 for r in rows), rows
 
 
 def test_replicas_share_files_and_vector_stores(cluster: RunningServer, tmp_path: Path) -> None:

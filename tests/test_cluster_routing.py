@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from server import ids
 from server.cluster.affinity import AffinityTable, block_hashes, rank_replicas, routing_text
 from server.cluster.forwarding import ForwardedRequest, ResponseStart, answer, json_body
+from server.cluster.socket import SSEData, replica_error
 
 SYSTEM = "You are the assistant of a bakery. " * 20
 
@@ -203,3 +204,28 @@ def test_an_app_that_fails_to_answer_gives_an_openai_error(crash: str) -> None:
     parts = asyncio.run(collect(answer(broken, forwarded("/v1/models", method="GET"), [])))
     assert isinstance(parts[0], ResponseStart) and parts[0].status == 500
     assert b'"error"' in parts[1]
+
+
+def test_server_sent_events_are_split_into_their_data_however_they_arrive() -> None:
+    stream = (
+        b'event: response.created\ndata: {"a": 1}\n\n: ping\n\n'
+        b'event: x\r\ndata: {"b":\r\ndata: 2}\r\n\r\ndata: [DONE]\n\n'
+    )
+    whole = list(SSEData().feed(stream))
+    assert whole == ['{"a": 1}', '{"b":\n2}', "[DONE]"]
+    pieces = SSEData()
+    one_by_one = [d for i in range(len(stream)) for d in pieces.feed(stream[i : i + 1])]
+    assert one_by_one == whole
+
+
+def test_a_replicas_error_answer_keeps_its_fields() -> None:
+    body = b'{"error": {"message": "No such response", "type": "invalid_request_error", '
+    body += b'"param": "previous_response_id", "code": "response_not_found"}}'
+    error = replica_error(404, body)
+    assert (error.status, error.message, error.param, error.code) == (
+        404,
+        "No such response",
+        "previous_response_id",
+        "response_not_found",
+    )
+    assert replica_error(502, b"<html>bad gateway</html>").message == "<html>bad gateway</html>"

@@ -26,16 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from server.api.app import create_app, middleware
 from server.api.error_shapes import shaped
 from server.api.errors import APIError
+from server.api.responses.websocket import answer_socket
 from server.cluster import views
 from server.cluster.affinity import block_hashes, routing_text
 from server.cluster.forwarding import ForwardedRequest, ResponseStart, answer, json_body
+from server.cluster.socket import post_body, post_headers, relay
 from server.ids import name_replica, replica_of
 from server.settings import Settings
 
@@ -137,16 +140,22 @@ class HearthIngress:
         self.settings = settings
         self.served: dict[str, int] = {}  # responses per replica (its header)
 
-    def forwarded(self, request: Request, body: bytes) -> ForwardedRequest:
+    def forwarded(
+        self,
+        request: HTTPConnection,
+        body: bytes,
+        method: str = "",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> ForwardedRequest:
         client = request.client
         forwarded = ForwardedRequest(
-            method=request.method,
+            method=method or request.scope["method"],
             path=request.url.path,
             query_string=request.scope.get("query_string", b""),
-            headers=list(request.scope["headers"]),
+            headers=headers if headers is not None else list(request.scope["headers"]),
             body=body,
             client=(client.host, client.port) if client else None,
-            scheme=request.url.scheme,
+            scheme={"ws": "http", "wss": "https"}.get(request.url.scheme, request.url.scheme),
         )
         payload = json_body(forwarded)
         text = routing_text(forwarded.path, payload)
@@ -179,6 +188,18 @@ class HearthIngress:
         response.raw_headers = start.headers
         return response
 
+    async def responses_socket(self, ws: WebSocket) -> None:
+        """The Responses WebSocket mode: each response.create forwarded as a streamed
+        POST /v1/responses to the replica the router picks (socket.py)."""
+
+        async def respond(ws: WebSocket, fields: dict[str, Any]) -> None:
+            forwarded = self.forwarded(ws, post_body(fields), "POST", post_headers(ws))
+            start = await relay(ws, self.replicas.handle.remote(forwarded))
+            replica = dict(start.headers).get(REPLICA_HEADER, b"").decode()
+            self.served[replica] = self.served.get(replica, 0) + 1
+
+        await answer_socket(ws, respond)
+
     async def replica_stats(self, request: Request) -> JSONResponse:
         router = views.ROUTERS.get(REPLICA_DEPLOYMENT)
         view = router.view() if router is not None else []
@@ -192,6 +213,7 @@ class HearthIngress:
         return Starlette(
             routes=[
                 Route("/cluster/replicas", self.replica_stats, methods=["GET"]),
+                WebSocketRoute("/v1/responses", self.responses_socket),
                 Route("/{path:path}", self.forward, methods=ALL_METHODS),
             ],
             middleware=middleware(self.settings),

@@ -8,18 +8,21 @@ is answered with an `error` event and the connection stays open. Responses on on
 connection run one after another, as OpenAI's do without its beta stream ids.
 
 Who may connect is checked before the handshake is accepted, by the same middleware as
-every HTTP route (server/api/auth.py, server/api/browser.py).
+every HTTP route (server/api/auth.py, server/api/browser.py). `answer_socket` is the
+connection's loop apart from how one response is made, so the cluster's ingress
+(server/cluster/socket.py) keeps the same protocol while its replicas make the responses.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.api.body import validate_body
-from server.api.errors import api_error, bad_request
+from server.api.errors import APIError, api_error, bad_request
 from server.api.responses.handlers import start_response
 from server.api.responses.stream import DONE, error_fields
 from server.api.responses.wire import ResponsesRequest
@@ -32,22 +35,41 @@ from server.runtime import Runtime
 MAX_MESSAGE_BYTES = 8 << 20
 
 
+# Makes one response from a response.create message's fields, sending its events.
+Respond = Callable[[WebSocket, dict[str, Any]], Awaitable[None]]
+
+
 async def responses_socket(ws: WebSocket) -> None:
-    await ws.accept()
     runtime: Runtime = ws.app.state.runtime
+
+    async def respond(ws: WebSocket, body: dict[str, Any]) -> None:
+        await _respond(ws, runtime, body)
+
+    await answer_socket(ws, respond)
+
+
+async def answer_socket(ws: WebSocket, respond: Respond) -> None:
+    """Accept the connection, then answer its messages one after another until it closes;
+    a message that fails gets an `error` event and the next one is read."""
+    await ws.accept()
     try:
         while True:
             text = await ws.receive_text()
             try:
-                body = _create_body(text)
-                await _respond(ws, runtime, body)
+                await respond(ws, _create_body(text))
             except WebSocketDisconnect:
                 raise
             except Exception as e:
-                error = {"type": "error", "sequence_number": 0, **error_fields(api_error(e))}
-                await ws.send_text(dumps(error))
+                try:
+                    await ws.send_text(error_message(api_error(e)))
+                except Exception:  # the send failed too: the client is gone
+                    return
     except WebSocketDisconnect:
         return
+
+
+def error_message(error: APIError) -> str:
+    return dumps({"type": "error", "sequence_number": 0, **error_fields(error)})
 
 
 def _create_body(text: str) -> dict[str, Any]:
