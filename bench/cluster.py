@@ -12,7 +12,12 @@ one address, streaming:
   4 documents (~900 tokens), 6 questions each;
 - conversations: 8 conversations of 4 turns, each turn resending the history, all
   conversations advancing together (each comes back after the others' turns);
-- unique prompts: 32 prompts that share nothing (what affinity must not slow down).
+- unique prompts: 32 prompts that share nothing (what affinity must not slow down);
+- many prefixes, small caches: 16 distinct system prompts, 4 questions each, interleaved,
+  on deployments whose replicas may each keep idle KV for only 60% of the prompts
+  (`cache.max_cells`, host-RAM tier off): as when a team has more long prefixes than one
+  replica's cache holds. Affinity splits the prompts between the replicas, so each keeps
+  its half; at random each replica must keep them all, and least recently used goes.
 
 Cached-token fraction is from the servers' own usage (prompt_tokens_details.cached_tokens);
 TTFT and output tokens/s from the client. Best of the rounds per router and workload.
@@ -33,6 +38,10 @@ from server.launch import free_port
 from server.settings import Settings, load_settings
 
 ROUTERS = ("prefix", "default")
+PRESSURE = "many prefixes, small caches"
+PRESSURE_PROMPTS = 16
+# Idle KV each replica may keep under pressure, as a share of all the prompts' tokens.
+PRESSURE_SHARE = 0.6
 
 
 def system_prompts(n: int, first: int = 0) -> list[str]:
@@ -100,6 +109,30 @@ def conversation_turns(conversations: int = 8, turns: int = 4) -> list[list[Mess
     return out
 
 
+def pressure_workload() -> list[Messages]:
+    prompts = system_prompts(PRESSURE_PROMPTS, first=200)
+    return [
+        [
+            {"role": "system", "content": prompts[i % PRESSURE_PROMPTS]},
+            {"role": "user", "content": f"Question {i}: do you sell {TOPICS[i % 16]}?"},
+        ]
+        for i in range(4 * PRESSURE_PROMPTS)
+    ]
+
+
+def pressure_cells() -> int:
+    """cache.max_cells for the pressure deployments: PRESSURE_SHARE of the tokens of all
+    its system prompts (each counted with 40 tokens of template and question)."""
+    from llama_cpp import Llama
+
+    from bench.servers import hearth_model_file
+
+    vocab = Llama(str(hearth_model_file()), vocab_only=True, verbose=False)
+    prompts = system_prompts(PRESSURE_PROMPTS, first=200)
+    tokens = sum(len(vocab.tokenize(p.encode(), add_bos=False)) + 40 for p in prompts)
+    return int(PRESSURE_SHARE * tokens)
+
+
 def unique_workload() -> list[Messages]:
     return [
         [{"role": "user", "content": f"Request {i}: write about {TOPICS[i % 16]} no. {i}."}]
@@ -113,34 +146,41 @@ def merged(results: list[LoadResult]) -> LoadResult:
     return LoadResult(results[0].concurrency, len(timings), wall, timings)
 
 
-def measure(url: str, model: str) -> dict[str, LoadResult]:
+def measure(url: str, model: str, pressure: bool = False) -> dict[str, LoadResult]:
     def load(convs: list[Messages], max_tokens: int, concurrency: int) -> LoadResult:
         return asyncio.run(run_load(url, model, convs, max_tokens, concurrency))
 
-    out = {
-        "shared prefixes": load(shared_prefix_workload(), 16, 8),
-        "documents (RAG)": load(documents_workload(), 16, 6),
-        "conversations": merged([load(turn, 16, 8) for turn in conversation_turns()]),
-        "unique prompts": load(unique_workload(), 32, 8),
-    }
+    if pressure:
+        out = {PRESSURE: load(pressure_workload(), 16, 8)}
+    else:
+        out = {
+            "shared prefixes": load(shared_prefix_workload(), 16, 8),
+            "documents (RAG)": load(documents_workload(), 16, 6),
+            "conversations": merged([load(turn, 16, 8) for turn in conversation_turns()]),
+            "unique prompts": load(unique_workload(), 32, 8),
+        }
     for name, result in out.items():
         if result.failures:
             raise RuntimeError(f"{name}: {result.failures} requests failed")
     return out
 
 
-def settings_for(router: str, port: int, data_dir: str, replicas: int) -> Settings:
-    return load_settings(
-        None,
-        {
-            "server": {"port": port, "log_level": "warning"},
-            "storage": {"data_dir": data_dir},
-            "cluster": {"replicas": replicas, "replica_cpus": 1, "router": router},
-        },
-    )
+def settings_for(
+    router: str, port: int, data_dir: str, replicas: int, max_cells: int = 0
+) -> Settings:
+    overrides: dict = {
+        "server": {"port": port, "log_level": "warning"},
+        "storage": {"data_dir": data_dir},
+        "cluster": {"replicas": replicas, "replica_cpus": 1, "router": router},
+    }
+    if max_cells:
+        overrides["cache"] = {"max_cells": max_cells, "ram_mb": 0}
+    return load_settings(None, overrides)
 
 
-def run(rounds: int, replicas: int) -> dict[str, list[dict[str, LoadResult]]]:
+def run(
+    rounds: int, replicas: int, passes: tuple[str, ...] = ("plain", "pressure")
+) -> dict[str, list[dict[str, LoadResult]]]:
     import httpx
     import ray
     from ray import serve
@@ -156,18 +196,23 @@ def run(rounds: int, replicas: int) -> dict[str, list[dict[str, LoadResult]]]:
         # The default data directory, where `make models` prepared the models (the
         # workloads upload nothing).
         data_dir = str(load_settings().storage.resolved_data_dir())
+        cells = pressure_cells()
         for i in range(rounds):
             order = ROUTERS if i % 2 == 0 else ROUTERS[::-1]
             for router in order:
-                print(f"round {i + 1}: {router} router ...", flush=True)
-                serve.run(
-                    build(settings_for(router, port, data_dir, replicas)),
-                    name=APP_NAME,
-                    route_prefix="/",
-                )
-                model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-                results[router].append(measure(url, model))
-                serve.delete(APP_NAME)  # the next deployment starts with cold caches
+                measured: dict[str, LoadResult] = {}
+                for name in passes:
+                    print(f"round {i + 1}: {router} router, {name} ...", flush=True)
+                    pressure = name == "pressure"
+                    serve.run(
+                        build(settings_for(router, port, data_dir, replicas, pressure * cells)),
+                        name=APP_NAME,
+                        route_prefix="/",
+                    )
+                    model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+                    measured |= measure(url, model, pressure)
+                    serve.delete(APP_NAME)  # the next deployment starts with cold caches
+                results[router].append(measured)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -189,7 +234,10 @@ def render(results: dict[str, list[dict[str, LoadResult]]], rounds: int, replica
         f"{replicas} Hearth replicas (1 thread each, this machine's 2 cores{shared}) behind "
         "one address; each deployment starts with cold caches; "
         f"{rounds} rounds alternated, best round per router. Cached = prompt tokens the "
-        "replicas' prefix caches served (their usage), TTFT from the client, streaming.",
+        "replicas' prefix caches served (their usage), TTFT from the client, streaming. "
+        f"{PRESSURE!r}: {PRESSURE_PROMPTS} system prompts x 4 questions on replicas that may "
+        f"each keep idle KV for {PRESSURE_SHARE:.0%} of them (`cache.max_cells`, RAM tier "
+        "off); the other workloads on the default cache.",
         "",
         "| workload | router | cached | TTFT p50 (ms) | TTFT p90 (ms) | output tok/s "
         "| affinity vs default |",
@@ -224,8 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--write", type=Path, help="put the figures into this Markdown file")
+    parser.add_argument(
+        "--pass",
+        dest="passes",
+        action="append",
+        choices=("plain", "pressure"),
+        help="only these deployments (default: both)",
+    )
     args = parser.parse_args(argv)
-    results = run(args.rounds, args.replicas)
+    results = run(args.rounds, args.replicas, tuple(args.passes or ("plain", "pressure")))
     text = render(results, args.rounds, args.replicas)
     print(text)
     if args.write:
