@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     chunks INTEGER NOT NULL DEFAULT 0,
     seq INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    chunking TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (vector_store_id, file_id)
 );
 CREATE TABLE IF NOT EXISTS vector_store_file_batches (
@@ -77,8 +78,10 @@ CREATE TABLE IF NOT EXISTS vector_store_files (
     chunks INTEGER NOT NULL DEFAULT 0,
     seq BIGINT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    chunking TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (vector_store_id, file_id)
 );
+ALTER TABLE vector_store_files ADD COLUMN IF NOT EXISTS chunking TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS vector_store_files_status ON vector_store_files (status, seq);
 CREATE SEQUENCE IF NOT EXISTS vector_store_files_seq;
 CREATE TABLE IF NOT EXISTS vector_store_file_batches (
@@ -96,11 +99,14 @@ CREATE TABLE IF NOT EXISTS vector_store_file_batch_files (
 """
 # Columns added since the first release, for databases made before them.
 _MIGRATIONS = {
-    "attempts": "ALTER TABLE vector_store_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+    "attempts": "ALTER TABLE vector_store_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    "chunking": "ALTER TABLE vector_store_files ADD COLUMN chunking TEXT NOT NULL DEFAULT ''",
 }
 # The row of one job: its file, in its store, by the same attach.
 _JOB = "vector_store_id = ? AND file_id = ? AND seq = ?"
-_FILE_COLUMNS = "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq"
+_FILE_COLUMNS = (
+    "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq, chunking"
+)
 _F_COLUMNS = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))  # table as `f`
 _STORE_COLUMNS = "id, name, metadata, created_at, last_active_at"
 # A batch's files: the store's rows of the attaches the batch made (one `?`: the batch).
@@ -135,6 +141,9 @@ class VectorStoreFile:
     created_at: int
     chunks: int
     seq: int = 0  # which attach this is: the ingestion job's identity
+    # The attach's chunk size and overlap in tokens (OpenAI's static chunking strategy);
+    # None: the server's (retrieval.chunk_tokens, retrieval.chunk_overlap).
+    chunking: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,13 @@ def _counts(by_status: dict[str, int]) -> dict[str, int]:
     counts = {s: by_status.get(s, 0) for s in (IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}
     counts["total"] = sum(counts.values())
     return counts
+
+
+def _chunking(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    size, overlap = json.loads(text)
+    return int(size), int(overlap)
 
 
 def _job_key(job: VectorStoreFile) -> tuple[str, str, int]:
@@ -268,9 +284,16 @@ class Catalog:
 
     # --- files in stores (and the ingestion queue) ----------------------------------------
 
-    def add_file(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
-        """Attach a file (again): its status becomes in_progress, which queues ingestion."""
-        return self._attach(store_id, file_id, attributes, IN_PROGRESS, None, None)
+    def add_file(
+        self,
+        store_id: str,
+        file_id: str,
+        attributes: dict[str, Any],
+        chunking: tuple[int, int] | None = None,
+    ) -> VectorStoreFile:
+        """Attach a file (again): its status becomes in_progress, which queues ingestion
+        (chunked as `chunking` says: size and overlap in tokens; None: the server's)."""
+        return self._attach(store_id, file_id, attributes, IN_PROGRESS, None, None, chunking)
 
     def record_ingested(
         self,
@@ -294,6 +317,7 @@ class Catalog:
         status: str,
         last_error: str | None,
         chunks: int | None,
+        chunking: tuple[int, int] | None = None,
     ) -> VectorStoreFile:
         """Insert or replace the attachment as a new attach (a new seq, no attempts);
         `chunks` None keeps an earlier attach's count until the new one is ingested."""
@@ -302,11 +326,11 @@ class Catalog:
             seq = db.execute(self._next_seq).fetchone()[0]
             db.execute(
                 "INSERT INTO vector_store_files (vector_store_id, file_id, status, last_error, "
-                "attributes, created_at, chunks, seq, attempts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0) "
+                "attributes, created_at, chunks, seq, attempts, chunking) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
                 "ON CONFLICT (vector_store_id, file_id) DO UPDATE SET status = excluded.status,"
                 " last_error = excluded.last_error, attributes = excluded.attributes,"
-                f"{new_chunks} seq = excluded.seq, attempts = 0",
+                f"{new_chunks} seq = excluded.seq, attempts = 0, chunking = excluded.chunking",
                 (
                     store_id,
                     file_id,
@@ -316,6 +340,7 @@ class Catalog:
                     int(time.time()),
                     chunks or 0,
                     seq,
+                    json.dumps(list(chunking)) if chunking else "",
                 ),
             )
         vsf = self.get_file(store_id, file_id)
@@ -567,6 +592,7 @@ class Catalog:
             row[5],
             row[6],
             row[7],
+            _chunking(row[8]),
         )
 
     def close(self) -> None:

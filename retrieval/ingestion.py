@@ -96,8 +96,11 @@ class RemoteIndexer(Protocol):
     """Parses, chunks and embeds a stored file elsewhere (a Ray cluster: ray_ingestion.py's
     RayIndexer); the worker keeps the job's bookkeeping and the writes. Blocking."""
 
-    def index(self, file_id: str, filename: str) -> tuple[list[Chunk], np.ndarray]:
-        """The file's chunks and vectors; ParseError for a file that cannot be read."""
+    def index(
+        self, file_id: str, filename: str, options: ChunkingOptions | None = None
+    ) -> tuple[list[Chunk], np.ndarray]:
+        """The file's chunks and vectors (chunked as `options` say, None: as configured);
+        ParseError for a file that cannot be read."""
         ...
 
     def close(self) -> None:
@@ -194,8 +197,10 @@ class IngestionWorker:
             raise Stopping
         return self.embedder.count_tokens(text)
 
-    def _chunk(self, sections: list[Any], filename: str) -> tuple[list[Any], list[list[int]]]:
-        return chunk_file(sections, filename, self.embedder, self.options, self.count_tokens)
+    def _chunk(
+        self, sections: list[Any], filename: str, options: ChunkingOptions
+    ) -> tuple[list[Any], list[list[int]]]:
+        return chunk_file(sections, filename, self.embedder, options, self.count_tokens)
 
     async def _embed(self, inputs: list[list[int]]) -> np.ndarray:
         """Vectors for the inputs; while API requests fill the embedder's queue, wait."""
@@ -222,14 +227,16 @@ class IngestionWorker:
                 "ingestion_failed",
             )
             return
+        # The attach's own chunking (OpenAI's chunking_strategy), else the server's.
+        options = ChunkingOptions(*job.chunking) if job.chunking else self.options
         try:
             if self.remote is not None:
                 chunks, vectors = await self._thread(
-                    self.remote.index, job.file_id, stored.filename
+                    self.remote.index, job.file_id, stored.filename, options
                 )
             else:
                 sections = await self._thread(self._parse, job.file_id, stored.filename)
-                chunks, inputs = await self._thread(self._chunk, sections, stored.filename)
+                chunks, inputs = await self._thread(self._chunk, sections, stored.filename, options)
                 parts = [
                     await self._embed(inputs[i : i + EMBED_GROUP])
                     for i in range(0, len(inputs), EMBED_GROUP)

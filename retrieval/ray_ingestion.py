@@ -209,13 +209,15 @@ class RayIndexer:
         self.parse_timeout = parse_timeout
         self._started = False
 
-    def index(self, file_id: str, filename: str) -> tuple[list[Any], np.ndarray]:
+    def index(
+        self, file_id: str, filename: str, options: ChunkingOptions | None = None
+    ) -> tuple[list[Any], np.ndarray]:
         files = [{"file_id": file_id, "filename": filename}]
         rows = run_pipeline(
             self.storage,
             files,
             self.spec,
-            self.options,
+            options or self.options,
             self.address,
             self.workers,
             self.parse_timeout,

@@ -46,6 +46,7 @@ class RetrievalService:
         several Hearth processes share (retrieval/storage.py)."""
         self.files = storage.files(max_upload_bytes)
         self.catalog = storage.catalog()
+        self.chunking = options  # what an attach without a chunking strategy of its own gets
         self.embedder = embedder
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
@@ -130,8 +131,16 @@ class RetrievalService:
                 out.append(f"{task.get_name()} stopped{why}")
         return out
 
-    def attach(self, store_id: str, file_id: str, attributes: dict[str, Any]) -> VectorStoreFile:
-        vsf = self.catalog.add_file(store_id, file_id, attributes)
+    def attach(
+        self,
+        store_id: str,
+        file_id: str,
+        attributes: dict[str, Any],
+        chunking: tuple[int, int] | None = None,
+    ) -> VectorStoreFile:
+        """Attach a file; it is chunked as `chunking` says (tokens per chunk, overlap) or,
+        None, as the server's settings say."""
+        vsf = self.catalog.add_file(store_id, file_id, attributes, chunking)
         if self.worker is not None:
             self.worker.wake()
         return vsf

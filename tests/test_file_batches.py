@@ -4,6 +4,7 @@ Real SQLite here; the same check on PostgreSQL runs in test_shared_storage.py.""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from retrieval.catalog import CANCELLED, COMPLETED, IN_PROGRESS, Catalog
@@ -61,3 +62,28 @@ def test_cancelling_a_batch_on_sqlite(tmp_path: Path) -> None:
         check_cancelling_a_batch(catalog)
     finally:
         catalog.close()
+
+
+def test_an_attach_keeps_its_chunk_sizes_and_old_catalogs_gain_the_column(
+    tmp_path: Path,
+) -> None:
+    with sqlite3.connect(tmp_path / "vector_stores.db") as db:  # as made before the column
+        db.execute(
+            "CREATE TABLE vector_store_files (vector_store_id TEXT NOT NULL, file_id TEXT NOT "
+            "NULL, status TEXT NOT NULL, last_error TEXT, attributes TEXT NOT NULL DEFAULT "
+            "'{}', created_at INTEGER NOT NULL, chunks INTEGER NOT NULL DEFAULT 0, seq INTEGER "
+            "NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (vector_store_id, "
+            "file_id))"
+        )
+        db.execute(
+            "INSERT INTO vector_store_files VALUES ('vs_1', 'f0', ?, NULL, '{}', 1, 3, 1, 0)",
+            (COMPLETED,),
+        )
+    catalog = Catalog(tmp_path)
+    old = catalog.get_file("vs_1", "f0")
+    assert old is not None and old.chunking is None and old.chunks == 3
+    store = catalog.create_store("sizes", {})
+    assert catalog.add_file(store.id, "f1", {}, (800, 400)).chunking == (800, 400)
+    with catalog.next_job() as job:
+        assert job is not None and job.chunking == (800, 400)  # what the worker chunks by
+    assert catalog.add_file(store.id, "f1", {}).chunking is None  # a new attach: its own

@@ -249,6 +249,72 @@ def test_file_batches(rag_server: RunningServer) -> None:
         client.vector_stores.file_batches.retrieve("vsfb_nope", vector_store_id=store.id)
 
 
+def test_chunking_strategy(rag_server: RunningServer) -> None:
+    """OpenAI's chunking_strategy on a file, a batch and a new store: static sizes change
+    how the file is cut (and the file says how), auto is the server's, bad sizes are 400s
+    in OpenAI's shape that attach nothing."""
+    client = rag_server.client()
+    text = "\n\n".join(
+        f"Paragraph {i}: the {i}th lantern of the harbour is lit at dusk by keeper {i * 3}, "
+        f"checked at midnight, and put out at dawn; its oil is kept in store room {i + 40}."
+        for i in range(40)
+    )
+    stored = client.files.create(
+        file=("harbour.txt", io.BytesIO(text.encode())), purpose="assistants"
+    )
+    store = client.vector_stores.create(name="chunking")
+
+    def attach(strategy: dict | None) -> tuple[int, dict]:
+        extra = {"chunking_strategy": strategy} if strategy else {}
+        vsf = client.vector_stores.files.create_and_poll(
+            file_id=stored.id, vector_store_id=store.id, poll_interval_ms=100, **extra
+        )
+        assert vsf.status == "completed", vsf.last_error
+        return vsf.model_extra["chunk_count"], vsf.chunking_strategy.model_dump()
+
+    def static(size: int, overlap: int) -> dict:
+        return {
+            "type": "static",
+            "static": {"max_chunk_size_tokens": size, "chunk_overlap_tokens": overlap},
+        }
+
+    server_default = attach(None)
+    assert server_default == attach({"type": "auto"}) and server_default[1] == static(256, 32)
+    small, large = attach(static(100, 50)), attach(static(2000, 0))
+    assert small[1] == static(100, 50) and large[1] == static(2000, 0)
+    assert small[0] > server_default[0] > large[0] >= 1, (small, server_default, large)
+    content = client.vector_stores.files.content(stored.id, vector_store_id=store.id)
+    assert len(content.data) == large[0] and "Paragraph 39" in content.data[-1].text
+
+    batch = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id,
+        files=[{"file_id": stored.id, "chunking_strategy": static(100, 0)}],
+        chunking_strategy=static(2000, 0),  # a file's own strategy comes first
+        poll_interval_ms=100,
+    )
+    assert batch.status == "completed"
+    (vsf,) = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id).data
+    assert vsf.chunking_strategy.model_dump() == static(100, 0)
+    made = client.vector_stores.create(file_ids=[stored.id], chunking_strategy=static(2000, 0))
+    vsf = client.vector_stores.files.poll(stored.id, vector_store_id=made.id, poll_interval_ms=100)
+    assert vsf.model_extra["chunk_count"] == large[0]
+
+    for bad, param in [
+        (static(100, 60), "chunking_strategy"),  # overlap above half the size
+        (static(50, 0), "chunking_strategy.static.max_chunk_size_tokens"),
+        ({"type": "static"}, "chunking_strategy"),
+        ({"type": "semantic"}, "chunking_strategy.type"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.vector_stores.files.create(
+                file_id=stored.id, vector_store_id=store.id, chunking_strategy=bad
+            )
+        assert caught.value.body["param"] == param, caught.value.body
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.create(file_ids=[stored.id], chunking_strategy=static(100, 99))
+    assert client.vector_stores.retrieve(store.id).file_counts.total == 1
+
+
 def test_kill_during_ingestion_then_restart(tmp_path: Path) -> None:
     """kill -9 in the middle of a job; after a restart the job finishes and every chunk is
     in LanceDB exactly once."""

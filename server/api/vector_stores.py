@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from retrieval.catalog import IN_PROGRESS, FileBatch, VectorStore, VectorStoreFile
 from retrieval.chunk_store import Hit
+from retrieval.ingestion import ChunkingOptions
 from retrieval.service import RetrievalService
 from server.api.body import read_json, validate_body
 from server.api.errors import APIError, bad_request
@@ -22,10 +23,57 @@ from server.chat.requests import Attributes, Metadata
 MAX_BATCH_FILES = 2000
 # The openai client polls a file's status; tell it to look again soon.
 POLL_HEADERS = {"openai-poll-after-ms": "200"}
-STATIC_CHUNKING = {
-    "type": "static",
-    "static": {"max_chunk_size_tokens": 256, "chunk_overlap_tokens": 32},
-}
+
+
+class StaticChunking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_chunk_size_tokens: int = Field(ge=100, le=4096)
+    chunk_overlap_tokens: int = Field(ge=0)
+
+
+class ChunkingStrategy(BaseModel):
+    """OpenAI's chunking_strategy: "auto" (the server's retrieval.chunk_tokens and
+    chunk_overlap) or "static" with a size and an overlap of at most half of it. Hearth
+    packs whole paragraphs into chunks of at most that size and overlaps the windows it
+    cuts a longer paragraph into; a chunk longer than the embedding model's input is
+    embedded by its beginning and found by full text whole."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "static",
+                    "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400},
+                }
+            ]
+        },
+    )
+    type: Literal["auto", "static"]
+    static: StaticChunking | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChunkingStrategy:
+        if self.type == "static" and self.static is None:
+            raise ValueError('a "static" chunking strategy needs "static" sizes')
+        if self.type == "auto" and self.static is not None:
+            raise ValueError('"static" sizes go with type "static"')
+        if (
+            self.static
+            and self.static.chunk_overlap_tokens > self.static.max_chunk_size_tokens // 2
+        ):
+            raise ValueError("chunk_overlap_tokens may be at most half of max_chunk_size_tokens")
+        return self
+
+    def sizes(self) -> tuple[int, int] | None:
+        """(tokens per chunk, overlap), or None for the server's."""
+        if self.static is None:
+            return None
+        return self.static.max_chunk_size_tokens, self.static.chunk_overlap_tokens
+
+
+def _sizes(strategy: ChunkingStrategy | None) -> tuple[int, int] | None:
+    return strategy.sizes() if strategy is not None else None
 
 
 class CreateStore(BaseModel):
@@ -36,6 +84,7 @@ class CreateStore(BaseModel):
     name: str | None = Field(None, max_length=256)
     file_ids: list[str] = Field(default_factory=list, max_length=500)
     metadata: Metadata | None = None
+    chunking_strategy: ChunkingStrategy | None = None  # for file_ids
 
 
 class ModifyStore(BaseModel):
@@ -48,6 +97,7 @@ class AttachFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     file_id: str
     attributes: Attributes | None = None
+    chunking_strategy: ChunkingStrategy | None = None
 
 
 class UpdateFile(BaseModel):
@@ -61,6 +111,11 @@ class BatchFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     file_id: str
     attributes: Attributes | None = None
+    chunking_strategy: ChunkingStrategy | None = None
+
+
+# One file of a batch: its id, attributes, and chunk sizes (None: the server's).
+BatchItem = tuple[str, dict[str, Any], tuple[int, int] | None]
 
 
 class CreateBatch(BaseModel):
@@ -73,14 +128,21 @@ class CreateBatch(BaseModel):
     file_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_BATCH_FILES)
     files: list[BatchFile] | None = Field(None, min_length=1, max_length=MAX_BATCH_FILES)
     attributes: Attributes | None = None
+    chunking_strategy: ChunkingStrategy | None = None
 
-    def items(self) -> list[tuple[str, dict[str, Any]]]:
+    def items(self) -> list[BatchItem]:
+        """(file, attributes, chunk sizes) of each file; a file's own chunking strategy
+        before the batch's."""
         if (self.file_ids is None) == (self.files is None):
             raise bad_request("Give exactly one of 'file_ids' and 'files'.", param="file_ids")
+        shared = _sizes(self.chunking_strategy)
         if self.files is not None:
-            return [(f.file_id, dict(f.attributes or {})) for f in self.files]
-        shared = dict(self.attributes or {})
-        return [(file_id, shared) for file_id in self.file_ids or []]
+            return [
+                (f.file_id, dict(f.attributes or {}), _sizes(f.chunking_strategy) or shared)
+                for f in self.files
+            ]
+        attributes = dict(self.attributes or {})
+        return [(file_id, attributes, shared) for file_id in self.file_ids or []]
 
 
 class RankingOptions(BaseModel):
@@ -133,7 +195,8 @@ def store_object(store: VectorStore) -> dict[str, Any]:
     }
 
 
-def file_object(vsf: VectorStoreFile) -> dict[str, Any]:
+def file_object(vsf: VectorStoreFile, default_chunking: ChunkingOptions) -> dict[str, Any]:
+    size, overlap = vsf.chunking or (default_chunking.max_tokens, default_chunking.overlap_tokens)
     return {
         "id": vsf.file_id,
         "object": "vector_store.file",
@@ -142,7 +205,10 @@ def file_object(vsf: VectorStoreFile) -> dict[str, Any]:
         "vector_store_id": vsf.vector_store_id,
         "status": vsf.status,
         "last_error": vsf.last_error,
-        "chunking_strategy": STATIC_CHUNKING,
+        "chunking_strategy": {
+            "type": "static",
+            "static": {"max_chunk_size_tokens": size, "chunk_overlap_tokens": overlap},
+        },
         "attributes": vsf.attributes,
         "chunk_count": vsf.chunks,  # Hearth extension
     }
@@ -177,13 +243,17 @@ def hit_object(hit: Hit) -> dict[str, Any]:
 
 
 def _attach(
-    retrieval: RetrievalService, store_id: str, file_id: str, attributes: dict[str, Any]
+    retrieval: RetrievalService,
+    store_id: str,
+    file_id: str,
+    attributes: dict[str, Any],
+    chunking: tuple[int, int] | None,
 ) -> VectorStoreFile:
     if retrieval.files.get(file_id) is None:
         raise APIError(
             404, f"No file found with id '{file_id}'.", param="file_id", code="file_not_found"
         )
-    return retrieval.attach(store_id, file_id, attributes)
+    return retrieval.attach(store_id, file_id, attributes, chunking)
 
 
 @documented("Create a vector store", body=CreateStore, creates="store_id")
@@ -197,7 +267,7 @@ async def create_store(request: Request) -> Response:
         )
     store = retrieval.catalog.create_store(body.name, body.metadata or {})
     for file_id in body.file_ids:
-        retrieval.attach(store.id, file_id, {})
+        retrieval.attach(store.id, file_id, {}, _sizes(body.chunking_strategy))
     return JSONResponse(store_object(retrieval.vector_store(store.id)))
 
 
@@ -241,8 +311,9 @@ async def attach_file(request: Request) -> Response:
     store_id = request.path_params["store_id"]
     retrieval.vector_store(store_id)
     body = validate_body(AttachFile, await read_json(request))
-    vsf = _attach(retrieval, store_id, body.file_id, dict(body.attributes or {}))
-    return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
+    attributes = dict(body.attributes or {})
+    vsf = _attach(retrieval, store_id, body.file_id, attributes, _sizes(body.chunking_strategy))
+    return JSONResponse(file_object(vsf, retrieval.chunking), headers=POLL_HEADERS)
 
 
 @documented("List a vector store's files", query=StoreFileListQuery)
@@ -252,7 +323,9 @@ async def list_store_files(request: Request) -> Response:
     retrieval.vector_store(store_id)
     query = list_query(request, StoreFileListQuery)
     files = retrieval.catalog.list_files(store_id, query.filter, query.order)
-    return JSONResponse(page([file_object(f) for f in files], query, default_limit=20))
+    return JSONResponse(
+        page([file_object(f, retrieval.chunking) for f in files], query, default_limit=20)
+    )
 
 
 def _store_file_or_404(retrieval: RetrievalService, store_id: str, file_id: str) -> VectorStoreFile:
@@ -274,7 +347,7 @@ async def retrieve_store_file(request: Request) -> Response:
     vsf = _store_file_or_404(
         retrieval, request.path_params["store_id"], request.path_params["file_id"]
     )
-    return JSONResponse(file_object(vsf), headers=POLL_HEADERS)
+    return JSONResponse(file_object(vsf, retrieval.chunking), headers=POLL_HEADERS)
 
 
 @documented("Update a vector store file's attributes", body=UpdateFile)
@@ -287,7 +360,7 @@ async def update_store_file(request: Request) -> Response:
     if vsf is None:  # detached meanwhile
         _store_file_or_404(retrieval, store_id, file_id)
     assert vsf is not None
-    return JSONResponse(file_object(vsf))
+    return JSONResponse(file_object(vsf, retrieval.chunking))
 
 
 @documented("Retrieve a vector store file's parsed content (its chunks, in order)")
@@ -327,16 +400,14 @@ async def create_batch(request: Request) -> Response:
     return JSONResponse(batch_object(batch), headers=POLL_HEADERS)
 
 
-def _attach_batch(
-    retrieval: RetrievalService, store_id: str, items: list[tuple[str, dict[str, Any]]]
-) -> FileBatch:
+def _attach_batch(retrieval: RetrievalService, store_id: str, items: list[BatchItem]) -> FileBatch:
     # Every file must exist before any is attached: a bad id attaches nothing.
-    missing = [f for f, _ in items if retrieval.files.get(f) is None]
+    missing = [f for f, _, _ in items if retrieval.files.get(f) is None]
     if missing:
         raise APIError(
             404, f"No file found with id '{missing[0]}'.", param="file_ids", code="file_not_found"
         )
-    attached = {f: retrieval.attach(store_id, f, attributes) for f, attributes in items}
+    attached = {f: retrieval.attach(store_id, f, attrs, sizes) for f, attrs, sizes in items}
     return retrieval.catalog.create_batch(store_id, list(attached.values()))
 
 
@@ -382,7 +453,9 @@ async def list_batch_files(request: Request) -> Response:
     _batch_or_404(retrieval, store_id, batch_id)
     query = list_query(request, StoreFileListQuery)
     files = retrieval.catalog.batch_files(batch_id, query.filter, query.order)
-    return JSONResponse(page([file_object(f) for f in files], query, default_limit=20))
+    return JSONResponse(
+        page([file_object(f, retrieval.chunking) for f in files], query, default_limit=20)
+    )
 
 
 @documented("Search a vector store", body=SearchRequest)
