@@ -26,6 +26,7 @@ from retrieval.s3 import S3Options
 from retrieval.service import RetrievalService
 from retrieval.storage import Storage
 from retrieval.watcher import FolderWatcher
+from server.chat.conversation_store import ConversationStore
 from server.chat.prompt import PromptBuilder
 from server.chat.response_store import ResponseStore
 from server.engine.embedder import Embedder
@@ -62,6 +63,7 @@ class Runtime:
     backend: BackendInfo = field(default_factory=lambda: BackendInfo("cpu"))
     watcher: FolderWatcher | None = None
     responses: ResponseStore = field(default_factory=ResponseStore)  # previous_response_id
+    conversations: ConversationStore = field(default_factory=ConversationStore)
     # Chat completions made with `store: true` (body, and the request's messages as items).
     chat_completions: ResponseStore = field(default_factory=ResponseStore)
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)

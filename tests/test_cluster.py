@@ -181,6 +181,21 @@ def test_a_stored_response_is_found_on_the_replica_that_made_it(cluster: Running
     for _ in range(4):
         got = httpx.get(f"{cluster.url}/v1/chat/completions/{completion_id}/messages")
         assert got.status_code == 200 and got.headers[REPLICA] == replica
+    # A conversation, and the responses that extend it, live on the replica that made it.
+    made_conversation = client.conversations.with_raw_response.create(metadata={"k": "v"})
+    conversation_id, replica = made_conversation.parse().id, made_conversation.headers[REPLICA]
+    for instructions in (PIRATE, BAKER, PIRATE):  # prompts that would otherwise go apart
+        turn = client.responses.with_raw_response.create(
+            model=model,
+            instructions=instructions,
+            conversation=conversation_id,
+            input="Hello",
+            max_output_tokens=4,
+        )
+        assert turn.headers[REPLICA] == replica
+    got = httpx.get(f"{cluster.url}/v1/conversations/{conversation_id}/items")
+    assert got.status_code == 200 and got.headers[REPLICA] == replica
+    assert len(got.json()["data"]) == 6
 
 
 def test_the_websocket_mode_is_answered_by_the_replicas(cluster: RunningServer) -> None:

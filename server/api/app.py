@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from server.api import conversations as conv
 from server.api import responses
 from server.api import stored_completions as stored
 from server.api import vector_stores as vs
@@ -68,6 +69,20 @@ def api_routes() -> list[BaseRoute]:
             "/v1/responses/{response_id}/input_items",
             responses.list_input_items,
             methods=["GET"],
+        ),
+        Route("/v1/conversations", conv.create_conversation, methods=["POST"]),
+        Route("/v1/conversations/{conversation_id}", conv.get_conversation, methods=["GET"]),
+        Route("/v1/conversations/{conversation_id}", conv.update_conversation, methods=["POST"]),
+        Route("/v1/conversations/{conversation_id}", conv.delete_conversation, methods=["DELETE"]),
+        Route("/v1/conversations/{conversation_id}/items", conv.add_items, methods=["POST"]),
+        Route("/v1/conversations/{conversation_id}/items", conv.list_items, methods=["GET"]),
+        Route(
+            "/v1/conversations/{conversation_id}/items/{item_id}", conv.get_item, methods=["GET"]
+        ),
+        Route(
+            "/v1/conversations/{conversation_id}/items/{item_id}",
+            conv.delete_item,
+            methods=["DELETE"],
         ),
         Route("/v1/files", create_file, methods=["POST"]),
         Route("/v1/files", list_files, methods=["GET"]),

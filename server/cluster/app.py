@@ -120,14 +120,23 @@ class HearthReplica:
 
 
 def _stored_on(path: str, body: dict[str, Any]) -> str:
-    """The replica holding the stored response (or stored chat completion) a request
-    names ("" for none)."""
+    """The replica holding the stored response, stored chat completion or conversation a
+    request names ("" for none)."""
     if path.startswith("/v1/responses/"):
         return replica_of(path.removeprefix("/v1/responses/").split("/", 1)[0], "resp_")
     if path.startswith("/v1/chat/completions/"):
         completion = path.removeprefix("/v1/chat/completions/").split("/", 1)[0]
         return replica_of(completion, "chatcmpl-")
-    previous = body.get("previous_response_id") if path.startswith("/v1/responses") else None
+    if path.startswith("/v1/conversations/"):
+        return replica_of(path.removeprefix("/v1/conversations/").split("/", 1)[0], "conv_")
+    if not path.startswith("/v1/responses"):
+        return ""
+    conversation = body.get("conversation")
+    if isinstance(conversation, dict):
+        conversation = conversation.get("id")
+    if isinstance(conversation, str):
+        return replica_of(conversation, "conv_")
+    previous = body.get("previous_response_id")
     return replica_of(previous, "resp_") if isinstance(previous, str) else ""
 
 

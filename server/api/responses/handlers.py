@@ -17,14 +17,21 @@ from server.api.listing import ListQuery, list_query, page
 from server.api.openapi import documented
 from server.api.responses.output import ResponseBuilder, output_items, status_of
 from server.api.responses.stream import error_events, stream_events
-from server.api.responses.wire import ResponsesRequest, chat_request, input_items
+from server.api.responses.wire import (
+    ResponsesRequest,
+    chat_request,
+    conversation_id,
+    input_item,
+    input_items,
+    with_id,
+)
 from server.api.sse import sse_response
 from server.async_engine import GenerationStream
+from server.chat.conversation_store import Conversation
 from server.chat.generate import cancel_all, collect, start_streams
 from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.requests import ChatCompletionRequest
 from server.chat.response_store import StoredResponse
-from server.ids import new_id
 from server.model_pool import Lease
 from server.runtime import Runtime
 
@@ -42,6 +49,18 @@ def conversation(runtime: Runtime, previous_response_id: str | None) -> list[dic
             code="previous_response_not_found",
         )
     return previous.items
+
+
+def history(
+    runtime: Runtime, req: ResponsesRequest
+) -> tuple[list[dict[str, Any]], Conversation | None]:
+    """The items a request continues, from previous_response_id or from its conversation
+    (then also returned, to be extended when the response is made)."""
+    conversation_key = conversation_id(req)
+    if conversation_key is None:
+        return conversation(runtime, req.previous_response_id), None
+    kept = runtime.conversations.require(conversation_key, param="conversation")
+    return list(kept.items), kept
 
 
 @dataclass
@@ -62,23 +81,28 @@ class StartedResponse:
 async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) -> StartedResponse:
     """Translate, prepare and queue one response on the leased model (errors: APIError or
     the chat service's, before anything is queued)."""
-    history = conversation(runtime, req.previous_response_id)
-    chat: ChatCompletionRequest = chat_request(req, history)
+    earlier, kept = history(runtime, req)
+    new_items = [with_id(item) for item in input_items(req)]
+    if kept is not None:  # a conversation already full fails now, not after the answer
+        runtime.conversations.check_room(kept, new_items)
+    chat: ChatCompletionRequest = chat_request(req, earlier)
     model = lease.model
     prepared = await prepare_chat(model, chat)
     streams = start_streams(
         model, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
     )
     builder = ResponseBuilder(req, prepared.model_id)
-    history_items = [*history, *(with_id(item) for item in input_items(req))]
+    history_items = [*earlier, *new_items]
 
     def remember(body: dict[str, Any]) -> None:
+        outputs = [o for o in body["output"] if o["type"] != "file_search_call"]
         if req.store:
-            items = [
-                *history_items,
-                *(o for o in body["output"] if o["type"] != "file_search_call"),
-            ]
+            items = [*history_items, *outputs]
             runtime.responses.put(builder.id, StoredResponse(body, items, len(history_items)))
+        if kept is not None:  # the turn joins its conversation (past its bound if need be)
+            runtime.conversations.extend(
+                kept, [input_item(item) for item in new_items] + outputs, force=True
+            )
 
     return StartedResponse(req, prepared, streams, builder, remember)
 
@@ -87,7 +111,7 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
 async def create_response(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(ResponsesRequest, await read_json(request))
-    conversation(runtime, req.previous_response_id)  # an unknown id fails before loading
+    history(runtime, req)  # an unknown id fails before loading
     lease = await runtime.models.acquire(req.model)
     with lease:
         started = await start_response(runtime, req, lease)
@@ -142,25 +166,6 @@ async def list_input_items(request: Request) -> Response:
     if query.order == "desc":
         items.reverse()
     return JSONResponse(page(items, query, default_limit=20))
-
-
-def with_id(item: dict[str, Any]) -> dict[str, Any]:
-    """An input item as it is kept: with an id of its own (OpenAI's input items have one,
-    and list pagination goes by it)."""
-    if item.get("id"):
-        return item
-    prefix = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_"}
-    return {"id": new_id(prefix.get(str(item.get("type", "message")), "item_")), **item}
-
-
-def input_item(item: dict[str, Any]) -> dict[str, Any]:
-    """How OpenAI lists an input message: typed content parts and a status."""
-    if item.get("type", "message") != "message" or item.get("role") == "assistant":
-        return item
-    content = item.get("content")
-    if isinstance(content, str):
-        content = [{"type": "input_text", "text": content}]
-    return {**item, "type": "message", "content": content, "status": "completed"}
 
 
 def _not_found(response_id: str) -> APIError:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.chunk_store import Hit
-from server.api.responses.wire import FILE_SEARCH_RESULTS, ResponsesRequest
+from server.api.responses.wire import FILE_SEARCH_RESULTS, ResponsesRequest, conversation_id
 from server.chat.generate import ChoiceResult
 from server.chat.tools import parse_answer
 from server.engine.request import FinishReason
@@ -47,6 +47,7 @@ class ResponseBuilder:
             "output": output,
             "parallel_tool_calls": req.parallel_tool_calls is True,
             "previous_response_id": req.previous_response_id,
+            "conversation": {"id": kept} if (kept := conversation_id(req)) else None,
             "reasoning": {"effort": None, "summary": None},
             "store": req.store,
             "temperature": 1.0 if req.temperature is None else req.temperature,

@@ -35,6 +35,9 @@ class ResponsesRequest(BaseModel):
     text: dict[str, Any] | None = None
     stream: bool = False
     previous_response_id: str | None = None
+    # A conversation (/v1/conversations) whose items are the history, and which gets this
+    # response's input and output: its id, or {"id": ...}.
+    conversation: str | dict[str, Any] | None = None
     store: bool = True
     metadata: Metadata | None = None
     user: str | None = None
@@ -236,7 +239,41 @@ def chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCo
         raise bad_request(first["msg"], param=".".join(str(x) for x in first["loc"])) from None
 
 
+def conversation_id(req: ResponsesRequest) -> str | None:
+    """The conversation a request continues, or None; with previous_response_id too, 400
+    (they are two ways to give one history)."""
+    given = req.conversation
+    if isinstance(given, dict):
+        given = given.get("id")
+        if not isinstance(given, str):
+            raise bad_request('conversation must be an id or {"id": ...}.', param="conversation")
+    if given is not None and req.previous_response_id is not None:
+        raise bad_request(
+            "Give previous_response_id or conversation, not both.", param="conversation"
+        )
+    return given
+
+
 def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
     if isinstance(req.input, str):
         return [{"type": "message", "role": "user", "content": req.input}]
     return req.input
+
+
+def with_id(item: dict[str, Any]) -> dict[str, Any]:
+    """An input item as it is kept: with an id of its own (OpenAI's input items have one,
+    and list pagination goes by it)."""
+    if item.get("id"):
+        return item
+    prefix = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_"}
+    return {"id": new_id(prefix.get(str(item.get("type", "message")), "item_")), **item}
+
+
+def input_item(item: dict[str, Any]) -> dict[str, Any]:
+    """How OpenAI lists an input message: typed content parts and a status."""
+    if item.get("type", "message") != "message" or item.get("role") == "assistant":
+        return item
+    content = item.get("content")
+    if isinstance(content, str):
+        content = [{"type": "input_text", "text": content}]
+    return {**item, "type": "message", "content": content, "status": "completed"}
