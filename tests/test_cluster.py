@@ -246,7 +246,10 @@ def test_the_websocket_mode_is_answered_by_the_replicas(cluster: RunningServer) 
         connection.send({"type": "response.create", "model": model, **long, "ignore_eos": True})
         for _ in range(10):
             connection.recv_bytes()
-    deadline = time.monotonic() + 20
+        leaving = time.monotonic()
+    # At once, not when a send to the closed socket fails: Ray's proxy drops those.
+    assert time.monotonic() - leaving < 5  # the server answered the close at once
+    deadline = time.monotonic() + 8
     rows = replicas(cluster)
     while any(r["engine"].get("running", 1) for r in rows) and time.monotonic() < deadline:
         time.sleep(1)

@@ -85,13 +85,15 @@ def test_responses_read_and_extend_their_conversation(
     assert items[3].id == first.output[0].id and items[3].role == "assistant"  # type: ignore[union-attr]
 
     # Streamed, and named as {"id": ...}: the turn joins the conversation too.
-    with client.responses.stream(
+    events = client.responses.create(
         model=model_id,
         conversation={"id": conversation.id},
         input="Say it again.",
         max_output_tokens=8,
-    ) as stream:
-        final = stream.get_final_response()
+        stream=True,
+    )
+    ends = ("response.completed", "response.incomplete")
+    (final,) = [e.response for e in events if e.type in ends]  # type: ignore[union-attr]
     assert final.conversation is not None and final.conversation.id == conversation.id
     assert final.usage and final.usage.input_tokens > first.usage.input_tokens
     assert len(client.conversations.items.list(conversation.id).data) == 6

@@ -314,6 +314,24 @@ def test_websocket_mode_with_the_official_client(client: openai.OpenAI, model_id
         )
 
 
+def test_a_websocket_client_that_leaves_mid_answer_frees_its_sequence(
+    client: openai.OpenAI, model_id: str, server: RunningServer
+) -> None:
+    with client.responses.connect() as connection:
+        long = {"input": "Write a very long story.", "max_output_tokens": 1900}  # ~20 s here
+        connection.send({"type": "response.create", "model": model_id, **long, "ignore_eos": True})  # type: ignore[typeddict-item]
+        for _ in range(5):
+            assert json.loads(connection.recv_bytes())["type"] != "error"
+        leaving = time.monotonic()
+    assert time.monotonic() - leaving < 5  # the server answered the close at once
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        if httpx.get(f"{server.url}/stats").json()["running"] == 0:
+            return
+        time.sleep(0.2)
+    pytest.fail("the engine still runs the answer of a client that left")
+
+
 def test_a_client_giving_up_is_one_log_line(server: RunningServer, model_id: str) -> None:
     before = server.proc.log_text()
     with pytest.raises(httpx.ReadTimeout):

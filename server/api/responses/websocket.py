@@ -15,6 +15,8 @@ connection's loop apart from how one response is made, so the cluster's ingress
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,22 +52,69 @@ async def responses_socket(ws: WebSocket) -> None:
 
 async def answer_socket(ws: WebSocket, respond: Respond) -> None:
     """Accept the connection, then answer its messages one after another until it closes;
-    a message that fails gets an `error` event and the next one is read."""
+    a message that fails gets an `error` event and the next one is read.
+
+    Messages are read as they come, also while a response is being made: a client that
+    closes mid-answer cancels it at once (its sequence is freed), even where sending to
+    the closed socket does not fail (Ray Serve's proxy drops such sends), and messages
+    sent meanwhile wait their turn."""
     await ws.accept()
+    inbox: asyncio.Queue[str] = asyncio.Queue()
+    closed = asyncio.Event()
+    reader = asyncio.create_task(_read(ws, inbox, closed))
     try:
         while True:
-            text = await ws.receive_text()
-            try:
-                await respond(ws, _create_body(text))
-            except WebSocketDisconnect:
-                raise
-            except Exception as e:
-                try:
-                    await ws.send_text(error_message(api_error(e)))
-                except Exception:  # the send failed too: the client is gone
-                    return
-    except WebSocketDisconnect:
+            next_text = asyncio.create_task(inbox.get())
+            if not await _first(next_text, closed):
+                return
+            answer = asyncio.create_task(_answer(ws, respond, next_text.result()))
+            if not await _first(answer, closed):
+                return
+            failure = answer.exception()
+            if isinstance(failure, WebSocketDisconnect):
+                return
+            if failure is not None:
+                await ws.send_text(error_message(api_error(failure)))  # type: ignore[arg-type]
+    except Exception:  # a send failed: the client is gone
         return
+    finally:
+        reader.cancel()
+
+
+async def _answer(ws: WebSocket, respond: Respond, text: str) -> None:
+    await respond(ws, _create_body(text))
+
+
+async def _read(ws: WebSocket, inbox: asyncio.Queue[str], closed: asyncio.Event) -> None:
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None and message.get("bytes") is not None:
+                text = message["bytes"].decode("utf-8", errors="replace")
+            await inbox.put(text or "")
+    except Exception:  # the connection broke
+        return
+    finally:
+        closed.set()
+
+
+async def _first(task: asyncio.Task[Any], closed: asyncio.Event) -> bool:
+    """Wait for the task or the connection's end: True if the task finished (its error,
+    if any, kept in it), False if the connection ended first (the task is cancelled)."""
+    gone = asyncio.create_task(closed.wait())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return True
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    return False
 
 
 def error_message(error: APIError) -> str:
