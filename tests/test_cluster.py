@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -23,6 +21,7 @@ from retrieval.catalog import COMPLETED
 from server import ids
 from server.launch import free_port
 from tests.conftest import RunningServer, hearth_cli, start_server, stop_server
+from tests.test_responses_compliance import events_until_done
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'ray[serve]')")
@@ -204,13 +203,6 @@ def test_the_websocket_mode_is_answered_by_the_replicas(cluster: RunningServer) 
     find it), events arrive as messages, errors are events and the socket stays open."""
     client = cluster.client()
     model = cluster.model_id()
-
-    def events_until_done(connection: Any) -> list[dict[str, Any]]:
-        events = []
-        while True:
-            events.append(json.loads(connection.recv_bytes()))
-            if events[-1]["type"] in ("response.completed", "response.incomplete", "error"):
-                return events
 
     with client.responses.connect() as connection:
         made: list[str] = []

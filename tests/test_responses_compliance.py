@@ -279,16 +279,18 @@ def test_compact_keeps_user_turns_and_summarises_the_rest(
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 
 
+def events_until_done(connection: Any) -> list[dict[str, Any]]:
+    """A WebSocket-mode connection's messages up to the end of one response (or an error)."""
+    events = []
+    while True:
+        events.append(json.loads(connection.recv_bytes()))
+        if events[-1]["type"] in ("response.completed", "response.incomplete", "error"):
+            return events
+
+
 def test_websocket_mode_with_the_official_client(client: openai.OpenAI, model_id: str) -> None:
     """The SDK sends; the raw messages are validated (the SDK's own models would turn
     integers into floats)."""
-
-    def events_until_done(connection: Any) -> list[dict[str, Any]]:
-        events = []
-        while True:
-            events.append(json.loads(connection.recv_bytes()))
-            if events[-1]["type"] in ("response.completed", "response.incomplete", "error"):
-                return events
 
     with client.responses.connect() as connection:
         ids: list[str] = []
@@ -314,6 +316,14 @@ def test_websocket_mode_with_the_official_client(client: openai.OpenAI, model_id
             "response.completed",
             "response.incomplete",
         )
+        # Messages sent while earlier ones are answered wait their turn (past the read-ahead
+        # of server/api/responses/websocket.py too), each answered in order.
+        for i in range(7):
+            connection.response.create(
+                model=model_id, input="Hi", max_output_tokens=2, metadata={"n": str(i)}
+            )
+        for i in range(7):
+            assert events_until_done(connection)[-1]["response"]["metadata"] == {"n": str(i)}
 
 
 def test_a_websocket_client_that_leaves_mid_answer_frees_its_sequence(

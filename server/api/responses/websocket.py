@@ -35,6 +35,8 @@ from server.runtime import Runtime
 # A message larger than this is refused (the HTTP routes' JSON body limit is larger; one
 # socket message carries one request).
 MAX_MESSAGE_BYTES = 8 << 20
+# Messages read ahead while a response is being made.
+INBOX_MESSAGES = 4
 
 
 # Makes one response from a response.create message's fields, sending its events.
@@ -59,7 +61,8 @@ async def answer_socket(ws: WebSocket, respond: Respond) -> None:
     the closed socket does not fail (Ray Serve's proxy drops such sends), and messages
     sent meanwhile wait their turn."""
     await ws.accept()
-    inbox: asyncio.Queue[str] = asyncio.Queue()
+    # Bounded: a client sending faster than it is answered waits (its reader stops).
+    inbox: asyncio.Queue[str] = asyncio.Queue(maxsize=INBOX_MESSAGES)
     closed = asyncio.Event()
     reader = asyncio.create_task(_read(ws, inbox, closed))
     try:
@@ -94,7 +97,8 @@ async def _read(ws: WebSocket, inbox: asyncio.Queue[str], closed: asyncio.Event)
             text = message.get("text")
             if text is None and message.get("bytes") is not None:
                 text = message["bytes"].decode("utf-8", errors="replace")
-            await inbox.put(text or "")
+            # One character past the limit is enough for _create_body to refuse it.
+            await inbox.put((text or "")[: MAX_MESSAGE_BYTES + 1])
     except Exception:  # the connection broke
         return
     finally:
