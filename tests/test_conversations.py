@@ -29,6 +29,8 @@ def test_a_conversation_and_its_items(client: openai.OpenAI) -> None:
     assert [i.role for i in items] == ["user", "assistant"]  # type: ignore[union-attr]
     assert items[0].content[0].type == "input_text"  # type: ignore[union-attr]
     assert items[0].content[0].text == FIRST[0]["content"]  # type: ignore[union-attr]
+    assert items[1].content[0].type == "output_text"  # type: ignore[union-attr]
+    assert items[1].content[0].text == FIRST[1]["content"]  # type: ignore[union-attr]
     added = client.conversations.items.create(
         made.id,
         items=[

@@ -270,10 +270,14 @@ def with_id(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def input_item(item: dict[str, Any]) -> dict[str, Any]:
-    """How OpenAI lists an input message: typed content parts and a status."""
-    if item.get("type", "message") != "message" or item.get("role") == "assistant":
+    """How OpenAI lists an input message: typed content parts (an assistant's text is
+    output_text, as in the response that made it) and a status."""
+    if item.get("type", "message") != "message":
         return item
     content = item.get("content")
     if isinstance(content, str):
-        content = [{"type": "input_text", "text": content}]
-    return {**item, "type": "message", "content": content, "status": "completed"}
+        if item.get("role") == "assistant":
+            content = [{"type": "output_text", "text": content, "annotations": []}]
+        else:
+            content = [{"type": "input_text", "text": content}]
+    return {"status": "completed", **item, "type": "message", "content": content}
