@@ -207,3 +207,96 @@ def test_answer_stream_holds_tool_calls_to_the_end() -> None:
     rest, calls = stream.finish()
     assert rest == "" and calls is not None
     assert calls[0]["function"] == {"name": "add", "arguments": '{"a": 1, "b": 2}'}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('{"tool_calls": [{"na', None),  # no call named yet
+        ('{"tool_calls": [{"name": "add", "arguments": ', [("add", "")]),
+        ('{"tool_calls": [{"name": "add", "arguments": {"a": 1, "b', [("add", '{"a": 1, "b')]),
+        (  # the first call whole, the second cut
+            '{"tool_calls": [{"name": "add", "arguments": {"a": 1}}, {"name": "mul", '
+            '"arguments": {"x": "}, {\\"name',
+            [("add", '{"a": 1}'), ("mul", '{"x": "}, {\\"name')],
+        ),
+        ('{"tool_calls": [{"name": "add", "arguments": {"a": 1} ', [("add", '{"a": 1}')]),
+    ],
+)
+def test_tool_calls_cut_by_max_tokens_come_back_as_calls(
+    raw: str, expected: list[tuple[str, str]] | None
+) -> None:
+    content, calls = parse_answer(raw)
+    assert not content  # never Hearth's own JSON format as text
+    if expected is None:
+        assert calls is None
+    else:
+        assert calls is not None
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == expected
+
+
+def test_a_call_cut_by_max_tokens_says_length_in_every_api(
+    client: openai.OpenAI, server: RunningServer, model_id: str
+) -> None:
+    # Greedy, so each limit cuts the same answer further along: before the call is named
+    # (no call, no text), then inside its arguments (a call whose arguments are cut short,
+    # as OpenAI returns it, with finish_reason "length", never "tool_calls").
+    cut_inside_arguments = 0
+    for limit in range(8, 40, 3):
+        choice = chat(client, model_id, tools=[WEATHER], tool_choice="required", max_tokens=limit)
+        assert choice.choices[0].finish_reason == "length"
+        message = choice.choices[0].message
+        assert not (message.content or "").strip()
+        if message.tool_calls:
+            (call,) = message.tool_calls
+            assert call.function.name == "get_weather" and call.id.startswith("call_")
+            try:
+                json.loads(call.function.arguments)  # whole, the answer cut just after
+            except json.JSONDecodeError:
+                cut_inside_arguments += 1
+                last_limit, arguments = limit, call.function.arguments
+    assert cut_inside_arguments >= 3
+
+    streamed = chat(
+        client,
+        model_id,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=last_limit,
+        stream=True,
+    )
+    deltas, finishes = [], []
+    for chunk in streamed:
+        for c in chunk.choices:
+            deltas += c.delta.tool_calls or []
+            finishes.append(c.finish_reason)
+    assert [f for f in finishes if f] == ["length"]
+    assert [d.function.arguments for d in deltas] == [arguments]
+
+    body = {
+        "model": model_id,
+        "input": QUESTION[0]["content"],
+        "tools": [{"type": "function", **WEATHER["function"]}],
+        "tool_choice": "required",
+        "max_output_tokens": last_limit,
+        "temperature": 0,
+    }
+    response = httpx.post(f"{server.base_url}/responses", json=body, timeout=60).json()
+    assert response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": "max_output_tokens"}
+    (item,) = response["output"]
+    assert item["type"] == "function_call" and item["status"] == "incomplete"
+    assert item["name"] == "get_weather" and item["arguments"] == arguments
+
+    body = {
+        "model": model_id,
+        "max_tokens": last_limit,
+        "messages": QUESTION,
+        "tools": [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}],
+        "tool_choice": {"type": "any"},
+        "temperature": 0,
+    }
+    message = httpx.post(f"{server.url}/v1/messages", json=body, timeout=60).json()
+    assert message["stop_reason"] == "max_tokens"
+    assert message["content"][-1]["type"] == "tool_use"
+    assert message["content"][-1]["input"] == {}

@@ -25,6 +25,7 @@ from server.chat.generate import (
     cancel_all,
     collect,
     events,
+    finish_reason,
     start_streams,
 )
 from server.chat.prepare import PreparedChat, prepare_chat
@@ -74,13 +75,13 @@ def response_body(
     choices = []
     for i, r in enumerate(results):
         message: dict[str, Any] = {"role": "assistant", "content": r.text, "refusal": None}
-        finish = str(r.finish_reason)
+        calls = None
         if prepared.tools is not None:
             content, calls = parse_answer(r.text)
             message["content"] = content
             if calls is not None:
                 message["tool_calls"] = calls
-                finish = "tool_calls"
+        finish = finish_reason(r, calls is not None)
         logprobs = chat_logprobs(runtime.model, r.logprobs) if req.logprobs else None
         choices.append(
             {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}

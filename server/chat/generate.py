@@ -240,7 +240,15 @@ class ChoiceEnd:
 
     @property
     def finish_reason(self) -> str:
-        return "tool_calls" if self.tool_calls is not None else str(self.result.finish_reason)
+        return finish_reason(self.result, self.tool_calls is not None)
+
+
+def finish_reason(result: ChoiceResult, called: bool) -> str:
+    """OpenAI's finish_reason: "tool_calls" for calls made, but "length" for calls cut
+    short by max_tokens (their last arguments are incomplete JSON; a client must see it)."""
+    if called and result.finish_reason is not FinishReason.LENGTH:
+        return "tool_calls"
+    return str(result.finish_reason)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ from server.ids import new_id
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # What the grammar lets the model open with, before the answer's string starts.
 _RESPONSE_OPENING = re.compile(r'^\s*\{\s*"response"\s*:\s*"')
+# The grammar's tool-call form, up to where a call list, and each call's arguments, begin.
+_CALLS_OPENING = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[')
+_CALL_CLOSING = re.compile(r"\s*\}")
+_CALL_OPENING = re.compile(r'\s*,?\s*\{\s*"name"\s*:\s*"([a-zA-Z0-9_-]+)"\s*,\s*"arguments"\s*:\s*')
 
 
 @dataclass(frozen=True)
@@ -203,14 +207,16 @@ def tool_calls_of(value: Any) -> list[dict[str, Any]]:
         if (name, arguments) in seen:
             continue  # the same call twice is one call (small models repeat themselves)
         seen.add((name, arguments))
-        out.append(
-            {
-                "id": new_id("call_"),
-                "type": "function",
-                "function": {"name": name, "arguments": arguments},
-            }
-        )
+        out.append(_openai_call(name, arguments))
     return out
+
+
+def _openai_call(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": new_id("call_"),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
 
 
 def parse_answer(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
@@ -274,9 +280,37 @@ class AnswerStream:
             if parsed is not None and parsed[0] is not None:
                 return parsed[0][self._sent :], None
             return "", None  # cut short by max_tokens: what decoded so far was sent
-        # Cut short before the format was clear, or inside tool calls: the raw text is
-        # all there is to give back.
-        return self.raw, None
+        if parsed is not None or not self.raw.lstrip().startswith("{"):
+            return self.raw, None  # not the format at all (the grammar prevents it)
+        # Cut short inside tool calls: as OpenAI does, the calls so far, the last one with
+        # its arguments as far as they got (not valid JSON; finish_reason says "length").
+        # Cut short before any call was named: nothing to give (the text so far is Hearth's
+        # own wire format, meaningless to a client).
+        return "", cut_tool_calls(self.raw)
+
+
+def cut_tool_calls(raw: str) -> list[dict[str, Any]] | None:
+    """The calls in the prefix `raw` of a tool-call answer cut short: each named call, the
+    last one's arguments as far as they were written; None when no call was named yet."""
+    opening = _CALLS_OPENING.match(raw)
+    if opening is None:
+        return None
+    decoder = json.JSONDecoder()
+    complete: list[dict[str, Any]] = []
+    pos = opening.end()
+    while call := _CALL_OPENING.match(raw, pos):
+        start = call.end()
+        try:
+            arguments, end = decoder.raw_decode(raw, start)
+        except json.JSONDecodeError:
+            cut = _openai_call(call.group(1), raw[start:].rstrip())
+            return [*tool_calls_of({"tool_calls": complete}), cut]
+        complete.append({"name": call.group(1), "arguments": arguments})
+        closing = _CALL_CLOSING.match(raw, end)
+        if closing is None:
+            break
+        pos = closing.end()
+    return tool_calls_of({"tool_calls": complete}) if complete else None
 
 
 def _decode_partial(body: str) -> str | None:

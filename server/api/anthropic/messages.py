@@ -99,15 +99,25 @@ def tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
         "type": "tool_use",
         "id": "toolu_" + call["id"].removeprefix("call_"),
         "name": fn["name"],
-        "input": json.loads(fn["arguments"]),
+        "input": _input_object(fn["arguments"]),
     }
 
 
+def _input_object(arguments: str) -> dict[str, Any]:
+    # Arguments cut short by max_tokens are not JSON (stop_reason says max_tokens); an
+    # Anthropic client expects an object, so it gets an empty one.
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def stop_reason(result: ChoiceResult, called: bool) -> str:
+    if result.finish_reason is FinishReason.LENGTH:
+        return "max_tokens"  # also for a tool call cut short
     if called:
         return "tool_use"
-    if result.finish_reason is FinishReason.LENGTH:
-        return "max_tokens"
     return "stop_sequence" if result.stop_sequence is not None else "end_turn"
 
 

@@ -125,8 +125,7 @@ async def create_response(request: Request) -> Response:
         (result,) = await collect(started.streams, request.is_disconnected)
     prepared = started.prepared
     output = output_items(result, prepared.tools is not None, prepared.sources, prepared.query)
-    called = any(o["type"] == "function_call" for o in output)
-    status = "completed" if called else status_of(result.finish_reason)
+    status = status_of(result.finish_reason)  # a call cut short: incomplete too
     body = started.builder.body(status, output, result)
     started.remember(body)
     return JSONResponse(body)

@@ -126,6 +126,17 @@ def function_call_item(call: dict[str, Any], status: str = "completed") -> dict[
     }
 
 
+def function_call_items(
+    calls: list[dict[str, Any]], reason: FinishReason | None
+) -> list[dict[str, Any]]:
+    """The calls as items; cut short by max_output_tokens, the last one is incomplete (its
+    arguments are as far as they got)."""
+    items = [function_call_item(c) for c in calls]
+    if reason is FinishReason.LENGTH:
+        items[-1]["status"] = "incomplete"
+    return items
+
+
 def file_search_item(query: str) -> dict[str, Any]:
     return {
         "type": "file_search_call",
@@ -162,8 +173,7 @@ def output_items(
         items.append(file_search_item(query))
     content, calls = parse_answer(result.text) if with_tools else (result.text, None)
     if calls:
-        items += [function_call_item(c) for c in calls]
-        return items
+        return items + function_call_items(calls, result.finish_reason)
     text = content or ""
     status = status_of(result.finish_reason)
     items.append(message_item(new_id("msg_"), text, status, file_citations(sources, len(text))))

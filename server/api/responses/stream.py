@@ -15,7 +15,7 @@ from server.api.responses.output import (
     ResponseBuilder,
     file_citations,
     file_search_item,
-    function_call_item,
+    function_call_items,
     message_item,
     status_of,
     text_part,
@@ -124,8 +124,7 @@ async def stream_events(
         if not isinstance(out, ChoiceEnd):
             continue
         if out.tool_calls:
-            for call in out.tool_calls:
-                item = function_call_item(call)
+            for item in function_call_items(out.tool_calls, out.result.finish_reason):
                 index = len(output)
                 yield event(
                     "response.output_item.added",
@@ -147,7 +146,7 @@ async def stream_events(
                 )
                 yield event("response.output_item.done", output_index=index, item=item)
                 output.append(item)
-            status = "completed"
+            status = status_of(out.result.finish_reason)
         else:
             if not opened:
                 for e in open_message():
