@@ -64,15 +64,24 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # The clients whose own dependencies clash with the suite's (LlamaIndex's OpenAI
-# integration needs openai<3) get their own environment; tests run them as subprocesses.
+# integration needs openai<3; LangChain's standard tests bring their own pytest plugins)
+# get their own environments; tests run them as subprocesses.
 CLIENTS_VENV := .venv-llamaindex
 CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
-clients: $(CLIENTS_STAMP)
+LANGCHAIN_VENV := .venv-langchain
+LANGCHAIN_STAMP := $(LANGCHAIN_VENV)/.installed
+clients: $(CLIENTS_STAMP) $(LANGCHAIN_STAMP)
 
 $(CLIENTS_STAMP): tests/clients/llamaindex-constraints.txt
 	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/python -m pip install --quiet -c tests/clients/llamaindex-constraints.txt \
 	  llama-index-core llama-index-llms-openai-like llama-index-embeddings-openai-like
+	touch $@
+
+$(LANGCHAIN_STAMP): tests/clients/langchain-constraints.txt
+	test -x $(LANGCHAIN_VENV)/bin/python || $(PYTHON) -m venv $(LANGCHAIN_VENV)
+	$(LANGCHAIN_VENV)/bin/python -m pip install --quiet -c tests/clients/langchain-constraints.txt \
+	  langchain-tests langchain-openai
 	touch $@
 
 # The chat page's tests drive Debian's Chromium (packages chromium and chromium-driver).
@@ -123,4 +132,4 @@ soak: models
 	$(BIN)/python -m bench.soak --requests 2000 --concurrency 32 --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) $(LANGCHAIN_VENV) .pytest_cache .ruff_cache
