@@ -24,6 +24,12 @@ def new_id(prefix: str) -> str:
     return prefix + _replica + secrets.token_hex(12)
 
 
+def owns(object_id: str, prefix: str) -> bool:
+    """Whether this process made `object_id` (with new_id(prefix)), as far as ids say:
+    always, outside a cluster."""
+    return replica_of(object_id, prefix) == _replica.removesuffix("_")
+
+
 def replica_of(object_id: str, prefix: str) -> str:
     """The replica named in an id new_id(prefix) made ("" for none)."""
     rest = object_id.removeprefix(prefix)

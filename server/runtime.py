@@ -26,6 +26,8 @@ from retrieval.s3 import S3Options
 from retrieval.service import RetrievalService
 from retrieval.storage import Storage
 from retrieval.watcher import FolderWatcher
+from server.batch.records import BatchRecords
+from server.batch.runner import BatchRunner
 from server.chat.conversation_store import ConversationStore
 from server.chat.prompt import PromptBuilder
 from server.chat.response_store import ResponseStore
@@ -67,7 +69,16 @@ class Runtime:
     # Chat completions made with `store: true` (body, and the request's messages as items).
     chat_completions: ResponseStore = field(default_factory=ResponseStore)
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # The Batch API's runner (/v1/batches); it runs through the app, which starts it.
+    batches: BatchRunner = field(init=False)
     _watching: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        records = BatchRecords(self.settings.storage.resolved_data_dir() / "batches")
+        # Half the sequences at most, so interactive requests keep a share of the engine.
+        concurrency = max(1, self.settings.engine.max_running // 2)
+        api_key = self.settings.server.api_key
+        self.batches = BatchRunner(records, self.retrieval.files, concurrency, api_key)
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:

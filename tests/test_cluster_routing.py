@@ -117,8 +117,13 @@ def test_ids_name_their_replica() -> None:
         made = ids.new_id("resp_")
         assert made.startswith("resp_ab12cd34_")
         assert ids.replica_of(made, "resp_") == "ab12cd34"
+        # A replica goes on with its own batches after a restart, not its neighbours'.
+        assert ids.owns(ids.new_id("batch_"), "batch_")
+        assert not ids.owns("batch_ef56ab78_0123", "batch_")
+        assert not ids.owns("batch_0123", "batch_")
     finally:
         ids.name_replica("")
+    assert ids.owns("batch_0123", "batch_") and not ids.owns("batch_ab12cd34_0123", "batch_")
     assert ids.replica_of(ids.new_id("resp_"), "resp_") == ""
     assert ids.replica_of("resp_../../x_y", "resp_") == ""
     assert ids.replica_of("msg_ab_cd", "resp_") == ""

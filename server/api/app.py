@@ -15,8 +15,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from server.api import batches, responses
 from server.api import conversations as conv
-from server.api import responses
 from server.api import stored_completions as stored
 from server.api import vector_stores as vs
 from server.api.anthropic.messages import count_tokens, create_message
@@ -55,6 +55,10 @@ def api_routes() -> list[BaseRoute]:
         ),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/batches", batches.create_batch, methods=["POST"]),
+        Route("/v1/batches", batches.list_batches, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batches.retrieve_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
         Route("/v1/rerank", rerank, methods=["POST"]),
         Route("/v1/reranking", rerank, methods=["POST"]),
         Route("/rerank", rerank, methods=["POST"]),
@@ -167,9 +171,11 @@ def create_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        runtime.batches.start(app)
         try:
             yield
         finally:
+            await runtime.batches.stop()
             await runtime.stop()
 
     app = Starlette(

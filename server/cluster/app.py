@@ -120,8 +120,8 @@ class HearthReplica:
 
 
 def _stored_on(path: str, body: dict[str, Any]) -> str:
-    """The replica holding the stored response, stored chat completion or conversation a
-    request names ("" for none)."""
+    """The replica holding the stored response, stored chat completion, conversation or
+    batch a request names ("" for none)."""
     if path.startswith("/v1/responses/"):
         return replica_of(path.removeprefix("/v1/responses/").split("/", 1)[0], "resp_")
     if path.startswith("/v1/chat/completions/"):
@@ -129,6 +129,8 @@ def _stored_on(path: str, body: dict[str, Any]) -> str:
         return replica_of(completion, "chatcmpl-")
     if path.startswith("/v1/conversations/"):
         return replica_of(path.removeprefix("/v1/conversations/").split("/", 1)[0], "conv_")
+    if path.startswith("/v1/batches/"):  # the replica running it (others read its file)
+        return replica_of(path.removeprefix("/v1/batches/").split("/", 1)[0], "batch_")
     if not path.startswith("/v1/responses"):
         return ""
     conversation = body.get("conversation")
