@@ -4,6 +4,7 @@ function tools and their outputs, JSON schema output, previous_response_id, file
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -243,3 +244,92 @@ def test_bad_requests(server: RunningServer, model_id: str, body: dict, param: s
     r = httpx.post(f"{server.base_url}/responses", json={"model": model_id, **body}, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def wait_for(client: openai.OpenAI, response_id: str) -> Any:
+    deadline = time.monotonic() + 120
+    response = client.responses.retrieve(response_id)
+    while response.status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        response = client.responses.retrieve(response_id)
+    return response
+
+
+def test_a_background_response_is_queued_then_made(client: openai.OpenAI, model_id: str) -> None:
+    queued = client.responses.create(
+        model=model_id, input="Name three birds.", background=True, max_output_tokens=24
+    )
+    assert queued.status == "queued" and queued.background is True and queued.output == []
+    done = wait_for(client, queued.id)
+    assert done.status in ("completed", "incomplete") and done.background is True
+    assert done.output_text and done.usage is not None and done.usage.output_tokens > 0
+    # It continues like any stored response.
+    follow_up = client.responses.create(
+        model=model_id, previous_response_id=done.id, input="One more.", max_output_tokens=8
+    )
+    assert follow_up.usage.input_tokens > done.usage.input_tokens
+
+
+def test_a_background_stream_can_be_dropped_and_picked_up(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    stream = client.responses.create(
+        model=model_id,
+        input="Tell a story about a fox.",
+        background=True,
+        stream=True,
+        max_output_tokens=48,
+        extra_body={"ignore_eos": True},
+    )
+    before = []
+    for event in stream:
+        before.append(event)
+        if len(before) == 8:
+            break
+    stream.close()  # the connection is gone; the response goes on
+    response_id = before[0].response.id
+    after = list(
+        client.responses.retrieve(
+            response_id, stream=True, starting_after=before[-1].sequence_number
+        )
+    )
+    numbers = [e.sequence_number for e in before + after]
+    assert numbers == list(range(len(numbers)))  # nothing lost, nothing twice
+    assert after[-1].type == "response.incomplete"
+    text = "".join(e.delta for e in before + after if e.type == "response.output_text.delta")
+    final = wait_for(client, response_id)
+    assert final.usage.output_tokens == 48 and text == final.output_text
+    # From the start again, whole.
+    again = list(client.responses.retrieve(response_id, stream=True))
+    assert [e.sequence_number for e in again] == numbers
+
+
+def test_cancelling_a_background_response(
+    server: RunningServer, client: openai.OpenAI, model_id: str
+) -> None:
+    long = client.responses.create(
+        model=model_id,
+        input="Tell a long story.",
+        background=True,
+        max_output_tokens=1000,
+        extra_body={"ignore_eos": True},
+    )
+    while client.responses.retrieve(long.id).status == "queued":
+        time.sleep(0.05)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.status == "cancelled"
+    assert client.responses.retrieve(long.id).status == "cancelled"
+    deadline = time.monotonic() + 30
+    while server.stats()["running"]:  # its sequence is free
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # Cancelling again changes nothing; a response not made in background is refused.
+    assert client.responses.cancel(long.id).status == "cancelled"
+    plain = client.responses.create(model=model_id, input="Hi", max_output_tokens=4)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(plain.id)
+    r = httpx.get(f"{server.base_url}/responses/{plain.id}", params={"stream": "true"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.cancel("resp_0123456789abcdef01234567")

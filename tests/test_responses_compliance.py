@@ -233,7 +233,7 @@ def test_unsupported_options_are_clear_errors(server: RunningServer, model_id: s
     }
     for body, param in (
         ({"input": [image]}, "input.[0].[1].type"),  # a text-only model
-        ({"input": "Hi", "background": True}, "background"),
+        ({"input": "Hi", "background": True, "store": False}, "store"),
     ):
         r = httpx.post(url, json={"model": model_id, **body}, timeout=60)
         assert r.status_code == 400, r.text

@@ -33,6 +33,7 @@ from server.api.models import list_models, load_model, retrieve_model, unload_mo
 from server.api.ollama.routes import ollama_routes
 from server.api.openapi import openapi
 from server.api.rerank import rerank
+from server.api.responses.background import BackgroundResponses
 from server.api.status import health, metrics, stats
 from server.api.tokenize import detokenize, tokenize
 from server.runtime import Runtime
@@ -69,6 +70,7 @@ def api_routes() -> list[BaseRoute]:
         Route("/v1/responses/compact", responses.compact_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/cancel", responses.cancel_response, methods=["POST"]),
         Route(
             "/v1/responses/{response_id}/input_items",
             responses.list_input_items,
@@ -175,6 +177,7 @@ def create_app(runtime: Runtime) -> Starlette:
         try:
             yield
         finally:
+            await app.state.background_responses.stop()
             await runtime.batches.stop()
             await runtime.stop()
 
@@ -185,4 +188,5 @@ def create_app(runtime: Runtime) -> Starlette:
         exception_handlers=HANDLERS,
     )
     app.state.runtime = runtime
+    app.state.background_responses = BackgroundResponses()
     return app

@@ -6,15 +6,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.body import read_json, validate_body
-from server.api.errors import APIError
+from server.api.errors import APIError, bad_request
 from server.api.listing import ListQuery, list_query, page
 from server.api.openapi import documented
+from server.api.responses.background import BackgroundResponses, BackgroundRun
 from server.api.responses.output import ResponseBuilder, output_items, status_of
 from server.api.responses.stream import error_events, stream_events
 from server.api.responses.wire import (
@@ -73,6 +74,7 @@ class StartedResponse:
     streams: list[GenerationStream]
     builder: ResponseBuilder
     remember: Callable[[dict[str, Any]], None]
+    keep: Callable[[dict[str, Any]], None]  # stores the response as it stands (background)
 
     def events(self) -> AsyncIterator[ServerSentEvent]:
         return stream_events(self.builder, self.streams, self.prepared, self.remember)
@@ -94,6 +96,9 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
     builder = ResponseBuilder(req, prepared.model_id)
     history_items = [*earlier, *new_items]
 
+    def keep(body: dict[str, Any]) -> None:
+        runtime.responses.put(builder.id, StoredResponse(body, history_items, len(history_items)))
+
     def remember(body: dict[str, Any]) -> None:
         outputs = [o for o in body["output"] if o["type"] != "file_search_call"]
         if req.store:
@@ -104,17 +109,21 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
                 kept, [input_item(item) for item in new_items] + outputs, force=True
             )
 
-    return StartedResponse(req, prepared, streams, builder, remember)
+    return StartedResponse(req, prepared, streams, builder, remember, keep)
 
 
 @documented("Create a response", body=ResponsesRequest, creates="response_id")
 async def create_response(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     req = validate_body(ResponsesRequest, await read_json(request))
+    if req.background and not req.store:
+        raise bad_request("A background response is stored: send store=true.", param="store")
     history(runtime, req)  # an unknown id fails before loading
     lease = await runtime.models.acquire(req.model)
     with lease:
         started = await start_response(runtime, req, lease)
+        if req.background:
+            return _in_background(request, started, lease.hand_over())
         if req.stream:
             release = lease.hand_over()
             return sse_response(
@@ -131,12 +140,69 @@ async def create_response(request: Request) -> Response:
     return JSONResponse(body)
 
 
-@documented("Retrieve a stored response")
+def _in_background(
+    request: Request, started: StartedResponse, release: Callable[[], None]
+) -> Response:
+    """Start a background response: it is queued now, made by a task of its own."""
+    queued = started.builder.body("queued", [])
+    started.keep(queued)
+    run = BackgroundRun(started.builder, started.streams, started.keep, release=release)
+    _background(request).start(run, started.events())
+    if started.req.stream:  # the events as they come; leaving does not stop the response
+        return sse_response(run.follow(), on_close=_nothing, on_error=error_events)
+    return JSONResponse(queued)
+
+
+def _nothing() -> None:
+    """A reader of a background response leaving changes nothing for the response."""
+
+
+def _background(request: Request) -> BackgroundResponses:
+    return request.app.state.background_responses
+
+
+class RetrieveQuery(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    stream: bool = False
+    starting_after: int = Field(-1, ge=-1)
+
+
+@documented("Retrieve a stored response (or stream a background one's events)", query=RetrieveQuery)
 async def get_response(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    stored = runtime.responses.get(request.path_params["response_id"])
+    response_id = request.path_params["response_id"]
+    query = validate_body(RetrieveQuery, dict(request.query_params))
+    if query.stream:
+        run = _background(request).get(response_id)
+        if run is None:
+            if runtime.responses.get(response_id) is None:
+                raise _not_found(response_id)
+            raise bad_request(
+                "Only a background response can be streamed again (and only while its "
+                "events are kept: the latest 64 finished ones).",
+                param="stream",
+            )
+        return sse_response(
+            run.follow(query.starting_after), on_close=_nothing, on_error=error_events
+        )
+    stored = runtime.responses.get(response_id)
     if stored is None:
-        raise _not_found(request.path_params["response_id"])
+        raise _not_found(response_id)
+    return JSONResponse(stored.body)
+
+
+@documented("Cancel a background response")
+async def cancel_response(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    response_id = request.path_params["response_id"]
+    background = _background(request)
+    if background.cancel(response_id):
+        await background.wait(response_id)  # its stored response now says cancelled
+    stored = runtime.responses.get(response_id)
+    if stored is None:
+        raise _not_found(response_id)
+    if not stored.body.get("background"):
+        raise bad_request("Only a background response can be cancelled.", param="response_id")
     return JSONResponse(stored.body)
 
 

@@ -63,7 +63,7 @@ class ResponseBuilder:
             "user": req.user,
             "metadata": req.metadata or {},
             "max_tool_calls": req.max_tool_calls,
-            "background": False,
+            "background": req.background,
             "service_tier": "default",
             "safety_identifier": req.safety_identifier,
             "prompt_cache_key": req.prompt_cache_key,

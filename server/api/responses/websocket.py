@@ -142,6 +142,12 @@ def _create_body(text: str) -> dict[str, Any]:
 
 async def _respond(ws: WebSocket, runtime: Runtime, body: dict[str, Any]) -> None:
     req = validate_body(ResponsesRequest, {**body, "stream": True})
+    if req.background:
+        raise bad_request(
+            "background is for POST /v1/responses; on a WebSocket each response is already "
+            "sent as it is made.",
+            param="background",
+        )
     lease = await runtime.models.acquire(req.model)
     with lease:
         started = await start_response(runtime, req, lease)

@@ -7,7 +7,7 @@ import binascii
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.api.errors import bad_request
 from server.chat.requests import ChatCompletionRequest, Metadata
@@ -50,16 +50,6 @@ class ResponsesRequest(BaseModel):
     service_tier: str | None = None
     safety_identifier: str | None = Field(None, max_length=64)
     prompt_cache_key: str | None = Field(None, max_length=256)
-
-    @field_validator("background")
-    @classmethod
-    def _foreground(cls, v: bool) -> bool:
-        if v:
-            raise ValueError(
-                "background responses are not supported; send the request with stream=true "
-                "or wait for it"
-            )
-        return v
 
 
 def _text_of(content: Any, param: str) -> str:
