@@ -286,6 +286,28 @@ def test_replicas_share_files_and_vector_stores(cluster: RunningServer, tmp_path
     assert all(hits == [] for _, hits in after), after
 
 
+def test_a_batch_runs_on_a_replica_and_background_responses_too(cluster: RunningServer) -> None:
+    from tests.test_batches import chat_line, results, upload, wait
+
+    client = cluster.client()
+    model = cluster.model_id()
+    lines = [chat_line(f"c{i}", model, f"Say {i}.") for i in range(3)]
+    batch = client.batches.create(
+        input_file_id=upload(client, lines),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    done = wait(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 3
+    assert sorted(results(client, done.output_file_id)) == ["c0", "c1", "c2"]
+    queued = client.responses.create(model=model, input="Hi", background=True, max_output_tokens=4)
+    deadline = time.monotonic() + 60
+    while client.responses.retrieve(queued.id).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.responses.retrieve(queued.id).output_text
+
+
 def test_replicas_that_cannot_start_are_one_line_and_an_exit_code(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model.gguf"
     args = ["--replicas", "1", "--port", str(free_port()), "--data-dir", str(tmp_path / "d")]
@@ -343,5 +365,50 @@ def test_new_prompts_take_turns_over_idle_replicas() -> None:
         baker, third = await route(10, BAKER), await route(11, "You are a gardener. " * 40)
         assert baker != first[0] and third == first[0]
         assert await route(12, BAKER + " more") == baker  # and affinity still holds
+
+    asyncio.run(scenario())
+
+
+def test_a_request_ray_never_reports_ended_stops_counting() -> None:
+    """Ray Serve does not always tell the router that a request ended (seen with a client
+    leaving mid-stream under load): the replica's own report mends the router's count, so
+    the replica does not look busy for good."""
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import (
+        DeploymentHandleSource,
+        DeploymentID,
+        ReplicaID,
+        RequestMetadata,
+    )
+    from ray.serve._private.request_router.common import PendingRequest
+
+    from server.cluster import views
+    from server.cluster.router import PrefixAffinityRouter
+
+    deployment = DeploymentID(name="heal-test", app_name="hearth")
+    router = PrefixAffinityRouter(deployment, DeploymentHandleSource.UNKNOWN)
+    router.initialize_state()
+    views.ROUTERS.pop(deployment.name, None)
+    rid = ReplicaID("aaaa", deployment)
+    replica = SimpleNamespace(replica_id=rid, routing_stats={})
+    router._replicas = {rid: replica}  # type: ignore[dict-item]
+
+    def send(n: int) -> None:
+        pending = PendingRequest([], {}, RequestMetadata(f"r{n}", f"r{n}"))
+        router.on_request_routed(pending, rid, None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:  # (pending requests carry a future: a loop runs)
+        for n in range(3):
+            send(n)
+        router.on_request_completed(rid, "r0")  # r1 never reported ended; r2 still runs
+        assert router.open_on(rid) == 2  # no report from the replica yet: its own count
+        replica.routing_stats = {"requests_started": 3, "requests_open": 1}
+        assert router.open_on(rid) == 1 and router.load(rid) == 1
+        # Sent after the replica's report: still counted until the next one.
+        send(3)
+        assert router.open_on(rid) == 2
+        replica.routing_stats = {"requests_started": 4, "requests_open": 0}
+        assert router.open_on(rid) == 0
 
     asyncio.run(scenario())

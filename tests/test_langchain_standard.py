@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv-langchain" / "bin" / "python"
@@ -28,13 +29,31 @@ MODEL_BOUND = {
     "test_json_mode": "nests the object instead of writing the two strings",
     "test_structured_output_optional_param": "repeats 'a cat is a cat' to max_tokens",
     "test_structured_output_pydantic_2_v1": "repeats the punchline to max_tokens",
+    # Whether it copies a Chinese and a Japanese company name into the call's arguments
+    # (or loops on them to max_tokens) changes with the float noise of what the prefix
+    # cache already holds; that non-ASCII arguments come back unescaped is
+    # tests/test_tools.py's to check.
+    "test_unicode_tool_call_integration": "copies CJK names only some of the time",
 }
 
 
 @pytest.fixture(scope="module")
-def report(server: RunningServer, model_id: str, tmp_path_factory: pytest.TempPathFactory) -> ET:
+def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ET]:
     if not PYTHON.exists():
         pytest.skip("LangChain's environment is missing: `make clients` (make test) builds it")
+    # A server of its own: what the suite's greedy answers are does not depend on what
+    # other tests left in the prefix cache.
+    server = start_server(
+        tmp_path_factory.mktemp("langchain-server"), "--n-ctx", "8192", "--parallel", "8"
+    )
+    try:
+        yield _run_suite(server, tmp_path_factory)
+    finally:
+        stop_server(server)
+
+
+def _run_suite(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> ET:
+    model_id = server.model_id()
     models = httpx.get(f"{server.base_url}/models").json()["data"]
     embedding = next(m["id"] for m in models if m["meta"]["kind"] == "embedding")
     junit = tmp_path_factory.mktemp("langchain") / "junit.xml"

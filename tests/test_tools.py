@@ -200,6 +200,13 @@ def test_an_answer_cut_by_max_tokens_is_still_just_the_answer() -> None:
     assert content == "Hello, I am a long answer th" and calls is None
 
 
+def test_non_ascii_arguments_come_back_as_written() -> None:
+    raw = '{"tool_calls": [{"name": "add", "arguments": {"who": "你好 こんにちは"}}]}'
+    _, calls = parse_answer(raw)
+    assert calls is not None
+    assert calls[0]["function"]["arguments"] == '{"who": "你好 こんにちは"}'  # not \\u escapes
+
+
 def test_answer_stream_holds_tool_calls_to_the_end() -> None:
     raw = '{"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}]}'
     stream = AnswerStream()

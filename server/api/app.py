@@ -169,17 +169,28 @@ def middleware(settings: Settings) -> list[Middleware]:
     return stack
 
 
+async def start_app(app: Starlette) -> None:
+    """Start what the app serves: the runtime, then what runs through the app itself."""
+    runtime: Runtime = app.state.runtime
+    await runtime.start()
+    runtime.batches.start(app)
+
+
+async def stop_app(app: Starlette) -> None:
+    """Everything start_app started, newest first."""
+    await app.state.background_responses.stop()
+    await app.state.runtime.batches.stop()
+    await app.state.runtime.stop()
+
+
 def create_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
-        runtime.batches.start(app)
+        await start_app(app)
         try:
             yield
         finally:
-            await app.state.background_responses.stop()
-            await runtime.batches.stop()
-            await runtime.stop()
+            await stop_app(app)
 
     app = Starlette(
         routes=api_routes(),

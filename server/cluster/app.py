@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from server.api.app import create_app, middleware
+from server.api.app import create_app, middleware, start_app, stop_app
 from server.api.error_shapes import shaped
 from server.api.errors import APIError
 from server.api.responses.websocket import answer_socket
@@ -87,12 +87,21 @@ class HearthReplica:
         own = replica_settings(settings, int(rank), settings.cluster.replicas)
         self.runtime = await asyncio.to_thread(Runtime.load, own)
         self.app = create_app(self.runtime)
-        await self.runtime.start()
+        await start_app(self.app)
         self._header = [(REPLICA_HEADER, self.name.encode())]
+        # Forwarded requests begun, and those not yet answered (what the routers check
+        # their own counts against: router.py).
+        self.started = 0
+        self.open = 0
 
     async def handle(self, request: ForwardedRequest) -> AsyncIterator[ResponseStart | bytes]:
-        async for part in answer(self.app, request, self._header):
-            yield part
+        self.started += 1
+        self.open += 1
+        try:
+            async for part in answer(self.app, request, self._header):
+                yield part
+        finally:
+            self.open -= 1
 
     def record_routing_stats(self) -> dict[str, Any]:
         """The engine's counters the routers show (Ray Serve asks every few seconds)."""
@@ -108,6 +117,8 @@ class HearthReplica:
             "cached_fraction": round(cached / (cached + computed), 4) if cached + computed else 0.0,
             "cache_cells": stats.cache_cells,
             "ram_bytes": stats.ram_bytes,
+            "requests_started": self.started,
+            "requests_open": self.open,
         }
 
     def check_health(self) -> None:
@@ -116,7 +127,7 @@ class HearthReplica:
             raise RuntimeError("; ".join(problems))
 
     async def __del__(self) -> None:
-        await self.runtime.stop()
+        await stop_app(self.app)
 
 
 def _stored_on(path: str, body: dict[str, Any]) -> str:

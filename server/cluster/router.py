@@ -59,8 +59,29 @@ class PrefixAffinityRouter(RequestRouter):
 
     def load(self, replica: ReplicaID) -> int:
         queued = self._replica_queue_len_cache.get(replica)
-        base = queued if queued is not None else self.in_flight.get(replica, 0)
+        base = queued if queued is not None else self.open_on(replica)
         return base + sum(1 for u, _, _ in self._choosing.values() if u == replica.unique_id)
+
+    def open_on(self, replica: ReplicaID) -> int:
+        """Requests sent to `replica` and not answered yet: this router's count, mended by
+        what the replica last reported. Ray Serve does not always tell a router that a
+        request ended (a client that left mid-stream can go unreported), and a count that
+        only grows would make the replica look busy for good. The replica reports how many
+        requests it began and how many are still open; those sent since that report
+        (sent in all, less begun there) are open too. Only ever lowers the count: with
+        several routers, the replica's figures include requests the others sent."""
+        count = self.in_flight.get(replica, 0)
+        stats = self._stats_of(replica)
+        started, still_open = stats.get("requests_started"), stats.get("requests_open")
+        if isinstance(started, int) and isinstance(still_open, int):
+            since = max(0, self.routed.get(replica, 0) - started)
+            count = min(count, still_open + since)
+            self.in_flight[replica] = count
+        return count
+
+    def _stats_of(self, replica: ReplicaID) -> dict[str, Any]:
+        running = self._replicas.get(replica)
+        return dict(running.routing_stats or {}) if running is not None else {}
 
     def _forget_stale_choices(self) -> None:
         """A request cancelled while being routed never reaches on_request_routed: its
@@ -134,7 +155,7 @@ class PrefixAffinityRouter(RequestRouter):
                     "replica": rid.unique_id,
                     "routed": self.routed.get(rid, 0),
                     "affinity_routed": self.affinity_hits.get(rid, 0),
-                    "in_flight": self.in_flight.get(rid, 0),
+                    "in_flight": self.open_on(rid),
                     "load": self.load(rid),
                     "prefix_blocks": self.table.blocks_held(rid.unique_id),
                     "engine": dict(replica.routing_stats or {}),
