@@ -24,6 +24,11 @@ def new_id(prefix: str) -> str:
     return prefix + _replica + secrets.token_hex(12)
 
 
+def replica_name() -> str:
+    """This process's replica name ("" outside a cluster)."""
+    return _replica.removesuffix("_")
+
+
 def owns(object_id: str, prefix: str) -> bool:
     """Whether this process made `object_id` (with new_id(prefix)), as far as ids say:
     always, outside a cluster."""

@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -29,12 +30,14 @@ from retrieval.watcher import FolderWatcher
 from server.batch.records import BatchRecords
 from server.batch.runner import BatchRunner
 from server.chat.conversation_store import ConversationStore
+from server.chat.kept_on_disk import KeptOnDisk
 from server.chat.prompt import PromptBuilder
 from server.chat.response_store import ResponseStore
 from server.engine.embedder import Embedder
 from server.engine.engine import Engine
 from server.engine.reranker import Reranker
 from server.host_resources import threads
+from server.ids import replica_name
 from server.llama.backend import BackendInfo, backend_info
 from server.llama.model import LlamaModel
 from server.metrics import make_registry
@@ -123,11 +126,13 @@ class Runtime:
             watcher = FolderWatcher(
                 retrieval, folder, rs.watch_store, rs.watch_interval, data_dir, rs.watch_symlinks
             )
+        kept = _kept_stores(settings, data_dir)
         return cls(
             settings=settings,
             models=models,
             retrieval=retrieval,
             created=int(time.time()),
+            **kept,
             embedder=embedder,
             embedding_model_id=embedding_model_id,
             reranker=reranker,
@@ -214,6 +219,21 @@ class Runtime:
         if task is not None and task.done() and not task.cancelled():
             out.append(f"the folder watcher stopped: {task.exception()!r}")
         return out
+
+
+def _kept_stores(settings: Settings, data_dir: Path) -> dict[str, Any]:
+    """The stores of what clients keep on the server, written through to disk unless
+    storage.keep_across_restarts is off (each replica of a cluster its own file: the ids
+    it hands out name it)."""
+    if not settings.storage.keep_across_restarts:
+        return {}
+    name = replica_name()
+    disk = KeptOnDisk(data_dir / (f"kept-{name}.db" if name else "kept.db"))
+    return {
+        "responses": ResponseStore(disk=disk, kind="response"),
+        "chat_completions": ResponseStore(disk=disk, kind="chat_completion"),
+        "conversations": ConversationStore(disk=disk),
+    }
 
 
 def _log_backend(backend: BackendInfo, layers_on_gpu: int, n_layer: int) -> None:

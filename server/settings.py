@@ -203,6 +203,8 @@ class StorageSettings(_Section):
     # Several Hearth processes of this machine use data_dir at once (hearth serve --ray
     # sets it for its replicas).
     several_processes: bool = False
+    # Stored responses, stored chat completions and conversations outlive a restart.
+    keep_across_restarts: bool = True
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir:

@@ -93,6 +93,7 @@ async def update_conversation(request: Request) -> Response:
     conversation = _runtime(request).conversations.require(request.path_params["conversation_id"])
     body = validate_body(UpdateConversation, await read_json(request))
     conversation.metadata = dict(body.metadata)
+    _runtime(request).conversations.changed(conversation)
     return JSONResponse(conversation_object(conversation))
 
 

@@ -1,6 +1,7 @@
 """Conversations (OpenAI's Conversations API): items a client keeps on the server, which
 a response given `conversation` reads as its history and extends with its input and
-output. In memory, per process, as stored responses are (response_store.py).
+output. In memory, per process, as stored responses are (response_store.py), and written
+through to disk when given a KeptOnDisk (kept_on_disk.py).
 
 Bounded by count and by bytes (least recently used out), and each conversation by bytes,
 so a client cannot grow the server's memory without end.
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.chat.kept_on_disk import KeptOnDisk
 from server.errors import InvalidRequest, NotFound
 
 MAX_CONVERSATIONS = 1024
@@ -43,12 +45,39 @@ class ConversationStore:
         capacity: int = MAX_CONVERSATIONS,
         max_bytes: int = MAX_CONVERSATIONS_BYTES,
         max_conversation_bytes: int = MAX_CONVERSATION_BYTES,
+        disk: KeptOnDisk | None = None,
     ) -> None:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.max_conversation_bytes = max_conversation_bytes
         self.bytes = 0
         self._kept: OrderedDict[str, Conversation] = OrderedDict()
+        self._disk = None  # not while reading back what is already there
+        for row in disk.read("conversation", capacity) if disk is not None else []:
+            try:
+                self.add(Conversation(row["id"], row["metadata"], row["items"], row["created_at"]))
+            except (KeyError, TypeError, InvalidRequest):
+                continue
+        self._disk = disk
+
+    def changed(self, conversation: Conversation) -> None:
+        """Write a conversation through to disk (after any change to it)."""
+        if self._disk is not None and self._kept.get(conversation.id) is conversation:
+            row = {
+                "id": conversation.id,
+                "metadata": conversation.metadata,
+                "items": conversation.items,
+                "created_at": conversation.created_at,
+            }
+            self._disk.write("conversation", conversation.id, row)
+
+    def _forget(self, conversation_id: str) -> Conversation | None:
+        conversation = self._kept.pop(conversation_id, None)
+        if conversation is not None:
+            self.bytes -= conversation.size
+        if self._disk is not None:
+            self._disk.remove("conversation", conversation_id)
+        return conversation
 
     def get(self, conversation_id: str) -> Conversation | None:
         conversation = self._kept.get(conversation_id)
@@ -73,6 +102,7 @@ class ConversationStore:
             raise InvalidRequest("These items are too large for one conversation.", "items")
         self._kept[conversation.id] = conversation
         self.bytes += conversation.size
+        self.changed(conversation)
         self._bound(keep=conversation.id)
 
     def check_room(self, conversation: Conversation, items: list[dict[str, Any]]) -> None:
@@ -97,6 +127,7 @@ class ConversationStore:
         if self._kept.get(conversation.id) is conversation:
             self.bytes += added
             self._kept.move_to_end(conversation.id)
+            self.changed(conversation)
             self._bound(keep=conversation.id)
 
     def remove_item(self, conversation: Conversation, item_id: str) -> bool:
@@ -108,18 +139,15 @@ class ConversationStore:
         conversation.size -= removed
         if self._kept.get(conversation.id) is conversation:
             self.bytes -= removed
+            self.changed(conversation)
         return True
 
     def delete(self, conversation_id: str) -> bool:
-        conversation = self._kept.pop(conversation_id, None)
-        if conversation is None:
-            return False
-        self.bytes -= conversation.size
-        return True
+        return self._forget(conversation_id) is not None
 
     def _bound(self, keep: str) -> None:
         while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
             oldest = next(iter(self._kept))
             if oldest == keep:
                 break
-            self.bytes -= self._kept.pop(oldest).size
+            self._forget(oldest)
