@@ -73,10 +73,12 @@ def js(driver: Any, script: str, *args: Any) -> Any:
     return driver.execute_script(script, *args)
 
 
-def open_page(driver: Any, server: RunningServer) -> None:
+def open_page(driver: Any, server: RunningServer, new_chat: bool = True) -> None:
     driver.get(server.url)
     wait_for(lambda: js(driver, "return $('model').options.length > 0"), what="the models")
     js(driver, "$('temperature').value = '0'")
+    if new_chat:  # what an earlier test left in this browser's kept chat is forgotten
+        js(driver, "$('clear').click()")
 
 
 def ask(driver: Any, question: str) -> None:
@@ -122,6 +124,37 @@ def test_answer_streams_and_stops(browser: Any, server: RunningServer) -> None:
     # The server heard it: the request left the engine.
     stats = lambda: httpx.get(f"{server.url}/stats").json()  # noqa: E731
     wait_for(lambda: stats()["running"] == 0, timeout=10, what="the engine to drop it")
+
+
+def test_the_chat_is_kept_across_a_reload_until_new_chat(
+    browser: Any, server: RunningServer
+) -> None:
+    open_page(browser, server)
+    js(browser, "$('system').value = 'You answer in French.'; $('system').onchange()")
+    js(browser, "$('max_tokens').value = '12'")
+    ask(browser, "Name a colour.")
+    wait_for(lambda: button(browser) == "Send" and last_answer(browser)["meta"], what="the answer")
+    answer = last_answer(browser)["text"]
+    first_prompt = int(last_answer(browser)["meta"].split(" prompt tokens")[0])
+    open_page(browser, server, new_chat=False)  # a reload (or the server restarted)
+    shown = js(
+        browser,
+        "return [...document.querySelectorAll('.msg')].map(m => [m.classList[1], "
+        "m.querySelector('.text').textContent])",
+    )
+    assert shown == [["user", "Name a colour."], ["assistant", answer]]
+    assert js(browser, "return $('system').value") == "You answer in French."
+    # The next question carries the earlier turn.
+    js(browser, "$('max_tokens').value = '4'")
+    ask(browser, "Another?")
+    wait_for(lambda: button(browser) == "Send" and last_answer(browser)["meta"], what="the answer")
+    second_prompt = int(last_answer(browser)["meta"].split(" prompt tokens")[0])
+    assert second_prompt > first_prompt + 5  # the question, the answer and this one
+    kept = "return JSON.parse(localStorage.getItem('hearth-chat')).messages.length"
+    assert js(browser, kept) == 4
+    js(browser, "$('clear').click()")
+    open_page(browser, server, new_chat=False)
+    assert js(browser, "return document.querySelectorAll('.msg').length") == 0
 
 
 def test_server_error_is_shown(browser: Any, server: RunningServer) -> None:
