@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -468,21 +468,32 @@ class Catalog:
     def next_job(self) -> Iterator[VectorStoreFile | None]:
         """The oldest queued job this process can have to itself, claimed until the block
         ends (None: nothing queued, or every queued job is being done elsewhere)."""
+        with self.next_jobs(1) as jobs:
+            yield jobs[0] if jobs else None
+
+    @contextmanager
+    def next_jobs(self, limit: int) -> Iterator[list[VectorStoreFile]]:
+        """Up to `limit` of the oldest queued jobs this process can have to itself, oldest
+        first, each claimed until the block ends (empty: nothing queued, or every queued
+        job is being done elsewhere)."""
         with self._db.tx() as db:
             rows = db.execute(
                 f"SELECT {_FILE_COLUMNS} FROM vector_store_files WHERE status = ? "
                 "ORDER BY seq LIMIT ?",
-                (IN_PROGRESS, _CLAIM_CANDIDATES),
+                (IN_PROGRESS, limit + _CLAIM_CANDIDATES - 1),
             ).fetchall()
-        for row in rows:
-            job = self._file(row)
-            with self._db.claim(f"job/{job.vector_store_id}/{job.file_id}") as mine:
+        jobs: list[VectorStoreFile] = []
+        with ExitStack() as claims:
+            for row in rows:
+                if len(jobs) == limit:
+                    break
+                job = self._file(row)
+                claim = self._db.claim(f"job/{job.vector_store_id}/{job.file_id}")
                 # Claimed: still queued by the same attach? (It may have finished, here or
                 # elsewhere, between the query and the claim.)
-                if mine and self.is_queued(job):
-                    yield job
-                    return
-        yield None
+                if claims.enter_context(claim) and self.is_queued(job):
+                    jobs.append(job)
+            yield jobs
 
     def is_queued(self, job: VectorStoreFile) -> bool:
         with self._db.tx() as db:

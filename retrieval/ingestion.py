@@ -29,7 +29,7 @@ from retrieval.catalog import Catalog, VectorStoreFile
 from retrieval.chunk_store import ChunkStore
 from retrieval.chunking import Chunk, chunk_sections
 from retrieval.embeddings import Embeddings
-from retrieval.files import FileStore
+from retrieval.files import FileStore, StoredFile
 from retrieval.parse_process import ParserProcess
 from retrieval.parsing import ParseError, Section
 from retrieval.pg_chunk_store import PgChunkStore
@@ -40,6 +40,8 @@ logger = logging.getLogger("hearth.ingestion")
 # Inputs per embedding request: enough to fill the embedder's batches, few enough that
 # chat-side embedding requests are not stuck behind one huge document.
 EMBED_GROUP = 64
+# Queued jobs handed to Ray together (one Ray Data pipeline).
+REMOTE_BATCH = 32
 BUSY_RETRY_SECONDS = 0.5
 # While idle, how often to see whether the table is due for compaction (deletes from the
 # API write versions too).
@@ -93,14 +95,14 @@ def embed_all(embedder: Embeddings, inputs: list[list[int]]) -> np.ndarray:
 
 
 class RemoteIndexer(Protocol):
-    """Parses, chunks and embeds a stored file elsewhere (a Ray cluster: ray_ingestion.py's
-    RayIndexer); the worker keeps the job's bookkeeping and the writes. Blocking."""
+    """Parses, chunks and embeds stored files elsewhere (a Ray cluster: ray_ingestion.py's
+    RayIndexer); the worker keeps the jobs' bookkeeping and the writes. Blocking."""
 
-    def index(
-        self, file_id: str, filename: str, options: ChunkingOptions | None = None
-    ) -> tuple[list[Chunk], np.ndarray]:
-        """The file's chunks and vectors (chunked as `options` say, None: as configured);
-        ParseError for a file that cannot be read."""
+    def index_many(
+        self, files: list[tuple[str, str]], options: ChunkingOptions
+    ) -> dict[str, tuple[list[Chunk], np.ndarray] | str]:
+        """For each (file id, filename), in one go: its chunks and vectors, or why it
+        cannot be read."""
         ...
 
     def close(self) -> None:
@@ -149,11 +151,17 @@ class IngestionWorker:
         # A shared catalog also queues other processes' jobs (and those of a process that
         # died), which nothing here is told about: look more often.
         idle = SHARED_IDLE_CHECK_SECONDS if self.catalog.shared else IDLE_CHECK_SECONDS
+        # On Ray, queued jobs go together: one pipeline (its start, its actors loading the
+        # model) for many files, not one each.
+        batch = REMOTE_BATCH if self.remote is not None else 1
         while True:
-            with self.catalog.next_job() as job:
-                if job is not None:
-                    await self._process(job)
-                    self.jobs_done += 1
+            with self.catalog.next_jobs(batch) as jobs:
+                if jobs:
+                    if self.remote is not None:
+                        await self._process_remote(jobs)
+                    else:
+                        await self._process(jobs[0])
+                    self.jobs_done += len(jobs)
                     continue
             if self.store.compaction_due:
                 await self._thread(self.store.compact)
@@ -210,14 +218,16 @@ class IngestionWorker:
             except EmbedderBusy:
                 await asyncio.sleep(BUSY_RETRY_SECONDS)
 
-    async def _process(self, job: VectorStoreFile) -> None:
+    def _begin(self, job: VectorStoreFile) -> tuple[StoredFile, ChunkingOptions] | None:
+        """The job's file and chunking, its attempt counted; None when there is nothing
+        to do (the file is gone, the job is not current, or it was tried too often)."""
         stored = self.files.get(job.file_id)
         if stored is None:
             self.catalog.finish_job(job, 0, "the file was deleted", "file_not_found")
-            return
+            return None
         attempt = self.catalog.start_attempt(job)
         if attempt == 0:
-            return  # detached or attached again since it was queued
+            return None  # detached or attached again since it was queued
         if attempt > self.max_attempts:
             self.catalog.finish_job(
                 job,
@@ -226,22 +236,74 @@ class IngestionWorker:
                 "stopped while ingesting it each time",
                 "ingestion_failed",
             )
-            return
+            return None
         # The attach's own chunking (OpenAI's chunking_strategy), else the server's.
-        options = ChunkingOptions(*job.chunking) if job.chunking else self.options
+        return stored, ChunkingOptions(*job.chunking) if job.chunking else self.options
+
+    async def _process(self, job: VectorStoreFile) -> None:
+        begun = self._begin(job)
+        if begun is None:
+            return
+        stored, options = begun
         try:
-            if self.remote is not None:
-                chunks, vectors = await self._thread(
-                    self.remote.index, job.file_id, stored.filename, options
-                )
-            else:
-                sections = await self._thread(self._parse, job.file_id, stored.filename)
-                chunks, inputs = await self._thread(self._chunk, sections, stored.filename, options)
-                parts = [
-                    await self._embed(inputs[i : i + EMBED_GROUP])
-                    for i in range(0, len(inputs), EMBED_GROUP)
-                ]
-                vectors = np.concatenate(parts) if parts else np.empty((0, self.embedder.dim))
+            sections = await self._thread(self._parse, job.file_id, stored.filename)
+            chunks, inputs = await self._thread(self._chunk, sections, stored.filename, options)
+            parts = [
+                await self._embed(inputs[i : i + EMBED_GROUP])
+                for i in range(0, len(inputs), EMBED_GROUP)
+            ]
+            vectors = np.concatenate(parts) if parts else np.empty((0, self.embedder.dim))
+        except (Stopping, asyncio.CancelledError):
+            self.catalog.undo_attempt(job)  # a shutdown is not the file's fault
+            raise
+        except Exception as e:
+            self._failed(job, stored, e)
+            return
+        await self._write(job, stored, chunks, vectors)
+
+    async def _process_remote(self, jobs: list[VectorStoreFile]) -> None:
+        """Jobs on Ray: one pipeline per chunking among them (a file attached to two stores
+        alike is parsed and embedded once)."""
+        assert self.remote is not None
+        groups: dict[ChunkingOptions, list[tuple[VectorStoreFile, StoredFile]]] = {}
+        for job in jobs:
+            begun = self._begin(job)
+            if begun is not None:
+                groups.setdefault(begun[1], []).append((job, begun[0]))
+        queue = list(groups.items())
+        for i, (options, group) in enumerate(queue):
+            files = list({job.file_id: (job.file_id, s.filename) for job, s in group}.values())
+            logger.info("indexing %d files on Ray in one pipeline", len(files))
+            try:
+                results = await self._thread(self.remote.index_many, files, options)
+            except (Stopping, asyncio.CancelledError):
+                for _, later in queue[i:]:  # a shutdown is not the files' fault
+                    for job, _ in later:
+                        self.catalog.undo_attempt(job)
+                raise
+            except Exception as e:
+                for job, stored in group:
+                    self._failed(job, stored, e)
+                continue
+            for job, stored in group:
+                result = results.get(job.file_id, "it did not come back from the pipeline")
+                if isinstance(result, str):
+                    self._failed(job, stored, ParseError(result))
+                else:
+                    await self._write(job, stored, *result)
+
+    def _failed(self, job: VectorStoreFile, stored: StoredFile, error: Exception) -> None:
+        if isinstance(error, ParseError):
+            logger.info("could not ingest %s: %s", stored.filename, error)
+            self.catalog.finish_job(job, 0, f"{stored.filename}: {error}", "invalid_file")
+            return
+        logger.error("ingesting %s failed: %r", stored.filename, error)
+        self.catalog.finish_job(job, 0, f"{type(error).__name__}: {error}", "server_error")
+
+    async def _write(
+        self, job: VectorStoreFile, stored: StoredFile, chunks: list[Chunk], vectors: np.ndarray
+    ) -> None:
+        try:
             if not self.catalog.is_current(job):
                 return  # detached or attached again meanwhile: write nothing
             await self._thread(
@@ -256,13 +318,8 @@ class IngestionWorker:
         except (Stopping, asyncio.CancelledError):
             self.catalog.undo_attempt(job)  # a shutdown is not the file's fault
             raise
-        except ParseError as e:
-            logger.info("could not ingest %s: %s", stored.filename, e)
-            self.catalog.finish_job(job, 0, f"{stored.filename}: {e}", "invalid_file")
-            return
         except Exception as e:
-            logger.exception("ingesting %s failed", stored.filename)
-            self.catalog.finish_job(job, 0, f"{type(e).__name__}: {e}", "server_error")
+            self._failed(job, stored, e)
             return
         if not self.catalog.finish_job(job, len(chunks)):
             # Detached or attached again while we wrote: what we wrote is nobody's (a new

@@ -190,9 +190,10 @@ def ingest(
 
 
 class RayIndexer:
-    """The server's worker handing each job's parse, chunk and embed to the same Ray Data
-    pipeline (`retrieval.ray_address`): one pipeline per file, the worker keeping the job's
-    bookkeeping and writes (ingestion.RemoteIndexer)."""
+    """The server's worker handing the parse, chunk and embed of its queued jobs to the
+    same Ray Data pipeline (`retrieval.ray_address`): one pipeline for the files queued
+    together, the worker keeping the jobs' bookkeeping and writes
+    (ingestion.RemoteIndexer)."""
 
     def __init__(
         self,
@@ -209,26 +210,29 @@ class RayIndexer:
         self.parse_timeout = parse_timeout
         self._started = False
 
-    def index(
-        self, file_id: str, filename: str, options: ChunkingOptions | None = None
-    ) -> tuple[list[Any], np.ndarray]:
-        files = [{"file_id": file_id, "filename": filename}]
+    def index_many(
+        self, files: list[tuple[str, str]], options: ChunkingOptions
+    ) -> dict[str, tuple[list[Any], np.ndarray] | str]:
+        """Each (file id, filename)'s chunks and vectors, or why it cannot be read."""
         rows = run_pipeline(
             self.storage,
-            files,
+            [{"file_id": file_id, "filename": filename} for file_id, filename in files],
             self.spec,
-            options or self.options,
+            options,
             self.address,
             self.workers,
             self.parse_timeout,
             progress=False,
         )
         self._started = True  # from here on Ray may be running in this process
-        (row,) = list(rows)  # the whole pipeline run, not left half-consumed
-        if row["error"]:
-            raise ParseError(row["error"])
-        vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(-1, self.dim)
-        return pickle.loads(row["chunks"]), vectors
+        out: dict[str, tuple[list[Any], np.ndarray] | str] = {}
+        for row in list(rows):  # the whole pipeline run, not left half-consumed
+            if row["error"]:
+                out[row["file_id"]] = str(row["error"])
+                continue
+            vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(-1, self.dim)
+            out[row["file_id"]] = (pickle.loads(row["chunks"]), vectors)
+        return out
 
     def close(self) -> None:
         """Stop the Ray cluster this process started (a local one; from a cluster's

@@ -5,6 +5,7 @@ local Ray cluster; `-m "not ray"` skips it."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import lancedb
@@ -129,3 +130,33 @@ def test_a_server_indexes_through_ray_when_configured(tmp_path: Path) -> None:
     assert f"ingested guide.md into {store.id}" in log and "(on Ray)" in log, log[-3000:]
     # Ray in the process does not take over SIGTERM: Hearth's graceful shutdown ran.
     assert "Application shutdown complete" in log, log[-3000:]
+
+
+def test_files_queued_together_go_to_ray_together(tmp_path: Path) -> None:
+    """A server on Ray hands the jobs queued at once to one pipeline (one start, one
+    model load in its actors), not one pipeline each; every file is indexed alike."""
+    config = tmp_path / "ray.toml"
+    config.write_text('[retrieval]\nray_address = "local"\n')
+    server = start_server(tmp_path, "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    try:
+        client = server.client()
+        store = client.vector_stores.create(name="many")
+        notes = [f"Note {i}: the door code is QX-{i:04d}.".encode() for i in range(6)]
+        ids = [
+            client.files.create(file=(f"note{i}.txt", io.BytesIO(note)), purpose="assistants").id
+            for i, note in enumerate(notes)
+        ]
+        ids.append(
+            client.files.create(
+                file=("broken.pdf", io.BytesIO(b"%PDF-1.4 not really")), purpose="assistants"
+            ).id
+        )
+        batch = client.vector_stores.file_batches.create_and_poll(store.id, file_ids=ids)
+        assert (batch.file_counts.completed, batch.file_counts.failed) == (6, 1)
+        hits = client.vector_stores.search(store.id, query="QX-0004")
+        assert "QX-0004" in hits.data[0].content[0].text
+    finally:
+        stop_server(server)
+    log = server.proc.log_text()
+    together = [int(n) for n in re.findall(r"indexing (\d+) files on Ray in one pipeline", log)]
+    assert sum(together) == 7 and max(together) >= 3, together
