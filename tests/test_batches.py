@@ -320,3 +320,29 @@ def test_batches_together_leave_half_the_sequences_to_interactive_requests(
     assert answered is not None and answered.choices[0].message.content
     for i in ids:
         assert client.batches.retrieve(i).request_counts.completed == 12
+
+
+def test_batches_past_four_wait_their_turn_and_can_be_cancelled_meanwhile(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    def create(n: int, tokens: int) -> str:
+        lines = [
+            chat_line(f"w{i}", model_id, "Tell a story.", max_tokens=tokens, ignore_eos=True)
+            for i in range(n)
+        ]
+        return client.batches.create(
+            input_file_id=upload(client, lines),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        ).id
+
+    running = [create(3, 32) for _ in range(4)]
+    waiting = create(3, 4)
+    assert client.batches.retrieve(waiting).status == "validating"  # not read yet
+    cancelled = client.batches.cancel(waiting)
+    assert cancelled.status == "cancelling"
+    done = wait(client, waiting)
+    assert done.status == "cancelled" and done.request_counts.completed == 0
+    assert done.output_file_id is None
+    for batch_id in running:
+        assert wait(client, batch_id).request_counts.completed == 3

@@ -24,6 +24,10 @@ from server.ids import new_id, owns
 
 logger = logging.getLogger("hearth")
 
+# Batches read and run at once; the others wait their turn (status "validating"), so many
+# large input files are not all held in memory together.
+MAX_RUNNING_BATCHES = 4
+
 
 class BatchRunner:
     def __init__(
@@ -35,6 +39,7 @@ class BatchRunner:
         # Requests of all batches together in flight at once: many batches must not take
         # more of the engine than one.
         self._slots = asyncio.Semaphore(concurrency)
+        self._turns = asyncio.Semaphore(MAX_RUNNING_BATCHES)
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._app: ASGIApp | None = None
         # Batches being run, as the runner sees them (newer than their files on disk).
@@ -85,7 +90,14 @@ class BatchRunner:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: Batch) -> None:
+        async with self._turns:
+            await self._run_now(batch)
+
+    async def _run_now(self, batch: Batch) -> None:
         try:
+            if batch.status == "cancelling" and batch.in_progress_at is None:
+                await self._finish(batch)  # cancelled while waiting its turn: nothing ran
+                return
             lines = await self._read(batch)
             if lines is None:
                 return
