@@ -317,6 +317,8 @@ def test_cancelling_a_background_response(
     )
     while client.responses.retrieve(long.id).status == "queued":
         time.sleep(0.05)
+    with pytest.raises(openai.BadRequestError):  # not finished: nothing to continue yet
+        client.responses.create(model=model_id, previous_response_id=long.id, input="And?")
     cancelled = client.responses.cancel(long.id)
     assert cancelled.status == "cancelled"
     assert client.responses.retrieve(long.id).status == "cancelled"

@@ -49,6 +49,12 @@ def conversation(runtime: Runtime, previous_response_id: str | None) -> list[dic
             param="previous_response_id",
             code="previous_response_not_found",
         )
+    if previous.body.get("status") in ("queued", "in_progress"):
+        raise bad_request(
+            f"Previous response '{previous_response_id}' is still being made (in the "
+            "background); continue from it once it is done.",
+            param="previous_response_id",
+        )
     return previous.items
 
 
