@@ -335,3 +335,48 @@ def test_cancelling_a_background_response(
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
     with pytest.raises(openai.NotFoundError):
         client.responses.cancel("resp_0123456789abcdef01234567")
+
+
+def test_output_text_logprobs_when_included(client: openai.OpenAI, model_id: str) -> None:
+    asked = {
+        "model": model_id,
+        "input": "Say hello.",
+        "max_output_tokens": 6,
+        "temperature": 0,
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 2,
+    }
+    part = client.responses.create(**asked).output[0].content[0]
+    assert len(part.logprobs) == 6 and "".join(lp.token for lp in part.logprobs) == part.text
+    for lp in part.logprobs:
+        assert lp.logprob <= 0 and len(lp.top_logprobs) == 2
+        assert lp.top_logprobs[0].logprob >= lp.top_logprobs[1].logprob
+    streamed, final = [], None
+    for event in client.responses.create(**asked, stream=True):
+        if event.type == "response.output_text.delta":
+            streamed += event.logprobs
+        if event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert [lp.token for lp in streamed] == [lp.token for lp in part.logprobs]
+    assert final is not None and len(final.output[0].content[0].logprobs) == 6
+    plain = client.responses.create(model=model_id, input="Say hello.", max_output_tokens=6)
+    assert plain.output[0].content[0].logprobs == []  # only when asked
+
+
+def test_logprobs_follow_the_open_responses_schema(server: RunningServer, model_id: str) -> None:
+    from tests.open_responses_schema import ResponseResource
+    from tests.test_responses_compliance import create
+
+    body = {
+        "model": model_id,
+        "input": "Count to three.",
+        "max_output_tokens": 8,
+        "temperature": 0,
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 3,
+    }
+    for stream in (False, True):  # (streamed: every event checked too)
+        response = create(server, body, stream)
+        ResponseResource.model_validate(response)
+        part = response["output"][0]["content"][0]
+        assert part["logprobs"] and "".join(lp["token"] for lp in part["logprobs"]) == part["text"]

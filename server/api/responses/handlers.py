@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,9 +15,10 @@ from starlette.responses import JSONResponse, Response
 from server.api.body import read_json, validate_body
 from server.api.errors import APIError, bad_request
 from server.api.listing import ListQuery, list_query, page
+from server.api.logprobs import chat_logprobs
 from server.api.openapi import documented
 from server.api.responses.background import BackgroundResponses, BackgroundRun
-from server.api.responses.output import ResponseBuilder, output_items, status_of
+from server.api.responses.output import LogprobFormat, ResponseBuilder, output_items, status_of
 from server.api.responses.stream import error_events, stream_events
 from server.api.responses.wire import (
     ResponsesRequest,
@@ -24,6 +26,7 @@ from server.api.responses.wire import (
     conversation_id,
     input_item,
     input_items,
+    wants_logprobs,
     with_id,
 )
 from server.api.sse import sse_response
@@ -33,6 +36,8 @@ from server.chat.generate import cancel_all, collect, start_streams
 from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.requests import ChatCompletionRequest
 from server.chat.response_store import StoredResponse
+from server.engine.logprobs import TokenLogprob
+from server.llama.model import LlamaModel
 from server.model_pool import Lease
 from server.runtime import Runtime
 
@@ -81,9 +86,12 @@ class StartedResponse:
     builder: ResponseBuilder
     remember: Callable[[dict[str, Any]], None]
     keep: Callable[[dict[str, Any]], None]  # stores the response as it stands (background)
+    logprobs: LogprobFormat | None = None  # when the request asked for them
 
     def events(self) -> AsyncIterator[ServerSentEvent]:
-        return stream_events(self.builder, self.streams, self.prepared, self.remember)
+        return stream_events(
+            self.builder, self.streams, self.prepared, self.remember, self.logprobs
+        )
 
 
 async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) -> StartedResponse:
@@ -96,8 +104,9 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
     chat: ChatCompletionRequest = chat_request(req, earlier)
     model = lease.model
     prepared = await prepare_chat(model, chat)
+    logprobs = (chat.top_logprobs or 0) if chat.logprobs else None
     streams = start_streams(
-        model, chat, [prepared.prompt], [prepared.max_tokens], None, prepared.grammar
+        model, chat, [prepared.prompt], [prepared.max_tokens], logprobs, prepared.grammar
     )
     builder = ResponseBuilder(req, prepared.model_id)
     history_items = [*earlier, *new_items]
@@ -115,7 +124,13 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
                 kept, [input_item(item) for item in new_items] + outputs, force=True
             )
 
-    return StartedResponse(req, prepared, streams, builder, remember, keep)
+    text_logprobs = partial(_text_logprobs, model.model) if wants_logprobs(req) else None
+    return StartedResponse(req, prepared, streams, builder, remember, keep, text_logprobs)
+
+
+def _text_logprobs(model: LlamaModel, items: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """output_text.logprobs: the entries of a chat completion's logprobs.content."""
+    return chat_logprobs(model, items)["content"]
 
 
 @documented("Create a response", body=ResponsesRequest, creates="response_id")
@@ -139,7 +154,9 @@ async def create_response(request: Request) -> Response:
             )
         (result,) = await collect(started.streams, request.is_disconnected)
     prepared = started.prepared
-    output = output_items(result, prepared.tools is not None, prepared.sources, prepared.query)
+    output = output_items(
+        result, prepared.tools is not None, prepared.sources, prepared.query, started.logprobs
+    )
     status = status_of(result.finish_reason)  # a call cut short: incomplete too
     body = started.builder.body(status, output, result)
     started.remember(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ from retrieval.chunk_store import Hit
 from server.api.responses.wire import FILE_SEARCH_RESULTS, ResponsesRequest, conversation_id
 from server.chat.generate import ChoiceResult
 from server.chat.tools import parse_answer
+from server.engine.logprobs import TokenLogprob
 from server.engine.request import FinishReason
 from server.ids import new_id
 
@@ -101,17 +103,30 @@ def echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return tool
 
 
-def text_part(text: str, annotations: list[Any]) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
+def text_part(
+    text: str, annotations: list[Any], logprobs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "output_text",
+        "text": text,
+        "annotations": annotations,
+        "logprobs": logprobs or [],
+    }
 
 
-def message_item(item_id: str, text: str, status: str, annotations: list[Any]) -> dict[str, Any]:
+def message_item(
+    item_id: str,
+    text: str,
+    status: str,
+    annotations: list[Any],
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
         "type": "message",
         "id": item_id,
         "status": status,
         "role": "assistant",
-        "content": [text_part(text, annotations)],
+        "content": [text_part(text, annotations, logprobs)],
     }
 
 
@@ -165,8 +180,16 @@ def status_of(reason: FinishReason | None) -> str:
     return "incomplete" if reason is FinishReason.LENGTH else "completed"
 
 
+# A choice's token log-probabilities as output_text.logprobs entries (api/logprobs.py).
+LogprobFormat = Callable[[list[TokenLogprob]], list[dict[str, Any]]]
+
+
 def output_items(
-    result: ChoiceResult, with_tools: bool, sources: list[Hit], query: str | None
+    result: ChoiceResult,
+    with_tools: bool,
+    sources: list[Hit],
+    query: str | None,
+    logprobs: LogprobFormat | None = None,
 ) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     if query is not None:
@@ -176,5 +199,7 @@ def output_items(
         return items + function_call_items(calls, result.finish_reason)
     text = content or ""
     status = status_of(result.finish_reason)
-    items.append(message_item(new_id("msg_"), text, status, file_citations(sources, len(text))))
+    annotations = file_citations(sources, len(text))
+    text_logprobs = logprobs(result.logprobs) if logprobs and not with_tools else None
+    items.append(message_item(new_id("msg_"), text, status, annotations, text_logprobs))
     return items

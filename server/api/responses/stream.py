@@ -12,6 +12,7 @@ from sse_starlette.sse import ServerSentEvent
 
 from server.api.errors import APIError
 from server.api.responses.output import (
+    LogprobFormat,
     ResponseBuilder,
     file_citations,
     file_search_item,
@@ -65,9 +66,14 @@ async def stream_events(
     streams: list[GenerationStream],
     prepared: PreparedChat,
     remember: Callable[[dict[str, Any]], None],
+    logprobs: LogprobFormat | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     event = _Events()
     output: list[dict[str, Any]] = []
+    # Log-probabilities of the text's tokens, when asked for (not with tools: the text is
+    # decoded from the JSON the tokens spell).
+    with_logprobs = logprobs is not None and prepared.tools is None
+    text_logprobs: list[dict[str, Any]] = []
     yield event("response.created", response=builder.body("in_progress", []))
     yield event("response.in_progress", response=builder.body("in_progress", []))
     if prepared.query is not None:
@@ -113,13 +119,15 @@ async def stream_events(
                     yield e
                 opened = True
             text += out.text
+            delta_logprobs = logprobs(out.logprobs) if with_logprobs and logprobs else []
+            text_logprobs += delta_logprobs
             yield event(
                 "response.output_text.delta",
                 item_id=message_id,
                 output_index=len(output),
                 content_index=0,
                 delta=out.text,
-                logprobs=[],
+                logprobs=delta_logprobs,
             )
         if not isinstance(out, ChoiceEnd):
             continue
@@ -153,7 +161,7 @@ async def stream_events(
                     yield e
             status = status_of(out.result.finish_reason)
             annotations = file_citations(prepared.sources, len(text))
-            item = message_item(message_id, text, status, annotations)
+            item = message_item(message_id, text, status, annotations, text_logprobs)
             index = len(output)
             yield event(
                 "response.output_text.done",
@@ -161,7 +169,7 @@ async def stream_events(
                 output_index=index,
                 content_index=0,
                 text=text,
-                logprobs=[],
+                logprobs=text_logprobs,
             )
             yield event(
                 "response.content_part.done",

@@ -35,6 +35,9 @@ class ResponsesRequest(BaseModel):
     text: dict[str, Any] | None = None
     stream: bool = False
     previous_response_id: str | None = None
+    # Extra output to include: "message.output_text.logprobs" (the others are accepted and
+    # have nothing to add here).
+    include: list[str] | None = None
     # A conversation (/v1/conversations) whose items are the history, and which gets this
     # response's input and output: its id, or {"id": ...}.
     conversation: str | dict[str, Any] | None = None
@@ -212,6 +215,9 @@ def chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCo
         "presence_penalty": req.presence_penalty,
         "frequency_penalty": req.frequency_penalty,
     }
+    if wants_logprobs(req):
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs or 0
     if req.tools:
         functions, retrieval = _chat_tools(req.tools)
         if functions:
@@ -227,6 +233,12 @@ def chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCo
     except ValidationError as e:
         first = e.errors()[0]
         raise bad_request(first["msg"], param=".".join(str(x) for x in first["loc"])) from None
+
+
+def wants_logprobs(req: ResponsesRequest) -> bool:
+    """Whether output text carries its tokens' log-probabilities: asked for with include,
+    or by asking for alternatives (top_logprobs)."""
+    return "message.output_text.logprobs" in (req.include or []) or bool(req.top_logprobs)
 
 
 def conversation_id(req: ResponsesRequest) -> str | None:
