@@ -380,3 +380,28 @@ def test_logprobs_follow_the_open_responses_schema(server: RunningServer, model_
         ResponseResource.model_validate(response)
         part = response["output"][0]["content"][0]
         assert part["logprobs"] and "".join(lp["token"] for lp in part["logprobs"]) == part["text"]
+
+
+def test_truncation_auto_drops_the_oldest_turns_to_fit(
+    server: RunningServer, client: openai.OpenAI, model_id: str
+) -> None:
+    # The session server gives each request 2,048 tokens; this history is ~3,500.
+    long = "The committee discussed the budget for the new library wing at length. " * 40
+    turns: list[dict[str, Any]] = []
+    for i in range(6):
+        turns.append({"type": "message", "role": "user", "content": f"Part {i}: {long}"})
+        turns.append({"type": "message", "role": "assistant", "content": f"Noted part {i}."})
+    turns.append({"type": "message", "role": "user", "content": "Say OK."})
+    body = {"model": model_id, "input": turns, "max_output_tokens": 8, "instructions": "Be brief."}
+    refused = httpx.post(f"{server.base_url}/responses", json=body, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    fitted = client.responses.create(**body, truncation="auto")
+    assert fitted.truncation == "auto" and fitted.output_text
+    used = fitted.usage.input_tokens
+    assert 2048 - 8 - 700 < used <= 2048 - 8  # only as much dropped as needed (a turn ~600)
+    # What a request reads when fitted: the instructions and the newest turns.
+    only_last = client.responses.create(
+        model=model_id, input="Say OK.", max_output_tokens=8, instructions="Be brief."
+    )
+    assert used > only_last.usage.input_tokens

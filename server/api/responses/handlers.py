@@ -38,7 +38,7 @@ from server.chat.requests import ChatCompletionRequest
 from server.chat.response_store import StoredResponse
 from server.engine.logprobs import TokenLogprob
 from server.llama.model import LlamaModel
-from server.model_pool import Lease
+from server.model_pool import Lease, LoadedModel
 from server.runtime import Runtime
 
 
@@ -104,6 +104,8 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
     chat: ChatCompletionRequest = chat_request(req, earlier)
     model = lease.model
     prepared = await prepare_chat(model, chat)
+    if req.truncation == "auto":
+        chat, prepared = await fit_context(model, chat, prepared)
     logprobs = (chat.top_logprobs or 0) if chat.logprobs else None
     streams = start_streams(
         model, chat, [prepared.prompt], [prepared.max_tokens], logprobs, prepared.grammar
@@ -126,6 +128,58 @@ async def start_response(runtime: Runtime, req: ResponsesRequest, lease: Lease) 
 
     text_logprobs = partial(_text_logprobs, model.model) if wants_logprobs(req) else None
     return StartedResponse(req, prepared, streams, builder, remember, keep, text_logprobs)
+
+
+async def fit_context(
+    model: LoadedModel, chat: ChatCompletionRequest, prepared: PreparedChat
+) -> tuple[ChatCompletionRequest, PreparedChat]:
+    """truncation "auto": a conversation longer than the context loses its oldest items
+    (system messages stay, and a tool result goes with the call before it) until prompt
+    and output fit; the fewest are dropped (found by bisection: each try renders the whole
+    prompt). Still too long with only the last message left: the usual 400."""
+    room = model.engine.context_length
+
+    def fits(p: PreparedChat) -> bool:
+        return len(p.prompt) + p.max_tokens <= room
+
+    if fits(prepared):
+        return chat, prepared
+    turns = _turn_starts(chat)
+    tried: dict[int, tuple[ChatCompletionRequest, PreparedChat]] = {}
+
+    async def without(k: int) -> tuple[ChatCompletionRequest, PreparedChat]:
+        """The request with its first k turns dropped."""
+        if k not in tried:
+            cut = turns[k]
+            kept = [m for i, m in enumerate(chat.messages) if _is_system(m) or i >= cut]
+            shorter = chat.model_copy(update={"messages": kept})
+            tried[k] = (shorter, await prepare_chat(model, shorter))
+        return tried[k]
+
+    low, high = 1, len(turns) - 1  # dropping `high` turns leaves only the last one
+    if high < 1 or not fits((await without(high))[1]):
+        return chat, prepared  # the engine's context_length_exceeded says why
+    while low < high:
+        middle = (low + high) // 2
+        if fits((await without(middle))[1]):
+            high = middle
+        else:
+            low = middle + 1
+    return await without(low)
+
+
+def _is_system(message: Any) -> bool:
+    return message.role in ("system", "developer")
+
+
+def _turn_starts(chat: ChatCompletionRequest) -> list[int]:
+    """Where each droppable turn begins: every message but system ones and tool results
+    (which stay with the call before them)."""
+    return [
+        i
+        for i, m in enumerate(chat.messages)
+        if not _is_system(m) and m.role not in ("tool", "function")
+    ]
 
 
 def _text_logprobs(model: LlamaModel, items: list[TokenLogprob]) -> list[dict[str, Any]]:
