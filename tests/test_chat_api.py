@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import openai
 import pytest
@@ -231,23 +233,26 @@ def test_image_parts_are_a_clear_400(client: openai.OpenAI, model_id: str) -> No
 def test_stored_chat_completions(client: openai.OpenAI, model_id: str) -> None:
     """OpenAI's stored completions: `store: true` keeps one (streamed or not); it is
     listed (by model and metadata), retrieved, re-tagged, its messages read, deleted."""
+    # Stored completions outlive the server (kept.db in its data directory): this run's
+    # own tags, so what an earlier run kept is not listed with them.
+    a1, b2 = f"a1-{uuid.uuid4().hex[:8]}", f"b2-{uuid.uuid4().hex[:8]}"
     ask = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "Name a colour."}]},
     ]
     kept = client.chat.completions.create(
-        model=model_id, messages=ask, max_tokens=8, store=True, metadata={"run": "a1"}
+        model=model_id, messages=ask, max_tokens=8, store=True, metadata={"run": a1}
     )
     stream = client.chat.completions.create(
         model=model_id,
         messages=[{"role": "user", "content": "Name a fruit."}],
         max_tokens=8,
         store=True,
-        metadata={"run": "b2"},
+        metadata={"run": b2},
         stream=True,
     )
     streamed_text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    streamed_id = next(iter(client.chat.completions.list(metadata={"run": "b2"}))).id
+    streamed_id = next(iter(client.chat.completions.list(metadata={"run": b2}))).id
     not_kept = client.chat.completions.create(model=model_id, messages=ask, max_tokens=2)
 
     got = client.chat.completions.retrieve(kept.id)
@@ -258,7 +263,7 @@ def test_stored_chat_completions(client: openai.OpenAI, model_id: str) -> None:
     )
     listed = [c.id for c in client.chat.completions.list(model=model_id)]
     assert kept.id in listed and streamed_id in listed and not_kept.id not in listed
-    assert [c.id for c in client.chat.completions.list(metadata={"run": "a1"})] == [kept.id]
+    assert [c.id for c in client.chat.completions.list(metadata={"run": a1})] == [kept.id]
     assert list(client.chat.completions.list(model="another-model")) == []
 
     messages = client.chat.completions.messages.list(kept.id)
@@ -267,9 +272,10 @@ def test_stored_chat_completions(client: openai.OpenAI, model_id: str) -> None:
     assert messages.data[1].content is None
     assert messages.data[1].content_parts[0].text == "Name a colour."
 
-    updated = client.chat.completions.update(kept.id, metadata={"run": "a1", "ok": "yes"})
-    assert updated.metadata == {"run": "a1", "ok": "yes"}
+    updated = client.chat.completions.update(kept.id, metadata={"run": a1, "ok": "yes"})
+    assert updated.metadata == {"run": a1, "ok": "yes"}
     assert client.chat.completions.delete(kept.id).deleted
+    assert client.chat.completions.delete(streamed_id).deleted
     for gone in (kept.id, not_kept.id):
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.retrieve(gone)
