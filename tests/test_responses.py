@@ -405,3 +405,21 @@ def test_truncation_auto_drops_the_oldest_turns_to_fit(
         model=model_id, input="Say OK.", max_output_tokens=8, instructions="Be brief."
     )
     assert used > only_last.usage.input_tokens
+
+
+def test_input_tokens_are_counted_as_a_response_would_read_them(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    asked = {"model": model_id, "input": "Say hello.", "instructions": "Be brief."}
+    counted = client.responses.input_tokens.count(**asked)
+    assert counted.object == "response.input_tokens"
+    first = client.responses.create(**asked, max_output_tokens=4)
+    assert counted.input_tokens == first.usage.input_tokens
+    follow = {"model": model_id, "previous_response_id": first.id, "input": "Again?"}
+    counted = client.responses.input_tokens.count(**follow)
+    assert (
+        counted.input_tokens
+        == client.responses.create(**follow, max_output_tokens=4).usage.input_tokens
+    )
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_tokens.count(model=model_id, previous_response_id="resp_nothere")

@@ -68,6 +68,7 @@ def api_routes() -> list[BaseRoute]:
         Route("/v1/responses", responses.create_response, methods=["POST"]),
         WebSocketRoute("/v1/responses", responses.responses_socket),
         Route("/v1/responses/compact", responses.compact_response, methods=["POST"]),
+        Route("/v1/responses/input_tokens", responses.count_input_tokens, methods=["POST"]),
         Route("/v1/responses/{response_id}", responses.get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
         Route("/v1/responses/{response_id}/cancel", responses.cancel_response, methods=["POST"]),

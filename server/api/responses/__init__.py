@@ -17,6 +17,7 @@ object carries the fields the Open Responses specification requires.
 from server.api.responses.compact import compact_response
 from server.api.responses.handlers import (
     cancel_response,
+    count_input_tokens,
     create_response,
     delete_response,
     get_response,
@@ -27,6 +28,7 @@ from server.api.responses.websocket import responses_socket
 __all__ = [
     "cancel_response",
     "compact_response",
+    "count_input_tokens",
     "create_response",
     "delete_response",
     "get_response",

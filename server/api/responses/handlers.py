@@ -217,6 +217,25 @@ async def create_response(request: Request) -> Response:
     return JSONResponse(body)
 
 
+@documented("Count a response's input tokens (without making it)", body=ResponsesRequest)
+async def count_input_tokens(request: Request) -> Response:
+    """The tokens the prompt of a response with this body would have: its input after the
+    history (previous_response_id or conversation), instructions, tools and retrieved
+    sources, through the model's chat template; with truncation "auto", after it."""
+    runtime: Runtime = request.app.state.runtime
+    body = await read_json(request)
+    if isinstance(body, dict):
+        body.setdefault("input", [])  # the history alone may be what is counted
+    req = validate_body(ResponsesRequest, body)
+    earlier, _ = history(runtime, req)
+    chat = chat_request(req, earlier)
+    with await runtime.models.acquire(req.model) as model:
+        prepared = await prepare_chat(model, chat)
+        if req.truncation == "auto":
+            _, prepared = await fit_context(model, chat, prepared)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": len(prepared.prompt)})
+
+
 def _in_background(
     request: Request, started: StartedResponse, release: Callable[[], None]
 ) -> Response:
