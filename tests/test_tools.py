@@ -307,3 +307,49 @@ def test_a_call_cut_by_max_tokens_says_length_in_every_api(
     assert message["stop_reason"] == "max_tokens"
     assert message["content"][-1]["type"] == "tool_use"
     assert message["content"][-1]["input"] == {}
+
+
+def test_after_a_tool_result_the_answer_comes_from_it(client: openai.OpenAI, model_id: str) -> None:
+    """An agent's second turn: given the tool's result, the model answers from it rather
+    than calling the same tool again (which left agents looping until their turn limit)."""
+    messages: list[dict[str, Any]] = [
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city": "Paris", "unit": "celsius"}',
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 degrees."},
+    ]
+    choice = chat(client, model_id, messages=messages, tools=[WEATHER]).choices[0]
+    assert choice.finish_reason == "stop" and not choice.message.tool_calls
+    assert "sunny" in (choice.message.content or "").lower()
+
+
+def test_a_tool_result_is_said_in_words_where_the_template_has_no_tool_role() -> None:
+    from server.chat.tools import history_messages
+
+    call = {"id": "call_9", "type": "function", "function": {"name": "add", "arguments": "{}"}}
+    messages = [
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_9", "content": "5"},
+    ]
+    without = history_messages(messages, "{{ message['role'] }}")
+    assert without[1] == {
+        "role": "user",
+        "content": 'Result of add: {"tool_call_id": "call_9", "content": "5"}',
+    }
+    with_role = history_messages(messages, "{% if message['role'] == 'tool' %}")
+    assert with_role[1]["role"] == "tool"
+    assert json.loads(with_role[1]["content"]) == {
+        "tool_response": {"tool_call_id": "call_9", "content": "5"}
+    }

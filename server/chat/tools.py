@@ -172,21 +172,42 @@ def _answer_schema(
 def history_messages(messages: list[dict[str, Any]], template_source: str) -> list[dict[str, Any]]:
     """Earlier tool calls and results in the generic format, renderable by any template."""
     tool_role = "'tool'" in template_source or '"tool"' in template_source
+    names = {
+        call.get("id"): (call.get("function") or {}).get("name")
+        for m in messages
+        if m["role"] == "assistant"
+        for call in m.get("tool_calls") or []
+        if isinstance(call, dict)
+    }
     out = []
     for m in messages:
         if m["role"] == "assistant" and m.get("tool_calls"):
             calls = [_history_call(c) for c in m["tool_calls"]]
             m = {"role": "assistant", "content": json.dumps({"tool_calls": calls})}
         elif m["role"] in ("tool", "function"):
-            result = {"tool_response": {"content": m.get("content") or ""}}
-            if m.get("tool_call_id"):
-                result["tool_response"]["tool_call_id"] = m["tool_call_id"]
-            if m.get("name"):
-                result["tool_response"]["name"] = m["name"]
-            # Templates that know no "tool" role get the result as a user turn.
-            m = {"role": "tool" if tool_role else "user", "content": json.dumps(result)}
+            m = _tool_result(m, tool_role, names)
         out.append(m)
     return out
+
+
+def _tool_result(message: dict[str, Any], tool_role: bool, names: dict[Any, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if message.get("tool_call_id"):
+        result["tool_call_id"] = message["tool_call_id"]
+    result["content"] = message.get("content") or ""
+    if tool_role:
+        if message.get("name"):
+            result["name"] = message["name"]
+        return {"role": "tool", "content": json.dumps({"tool_response": result})}
+    # A template that knows no "tool" role gets the result as a user turn, said in words:
+    # given it as the same JSON as its own calls, a small model (SmolLM2-135M, greedy, six
+    # tool conversations) answered each with the same call again, so agents never finished;
+    # "Result of <tool>: ..." made it answer from the result in all four that wanted an
+    # answer (in the two that wanted a second, different call it answered early rather
+    # than repeating the first).
+    name = message.get("name") or names.get(message.get("tool_call_id")) or "the tool"
+    said = json.dumps(result, ensure_ascii=False)
+    return {"role": "user", "content": f"Result of {name}: {said}"}
 
 
 def _history_call(call: Any) -> dict[str, Any]:
