@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -321,29 +322,33 @@ def test_replicas_that_cannot_start_are_one_line_and_an_exit_code(tmp_path: Path
     assert str(missing) in out.stderr
 
 
+def bare_router(name: str) -> tuple[Any, Any]:
+    """A PrefixAffinityRouter made outside any cluster, and its deployment's id."""
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+    from server.cluster import views
+    from server.cluster.router import PrefixAffinityRouter
+
+    deployment = DeploymentID(name=name, app_name="hearth")
+    router = PrefixAffinityRouter(deployment, DeploymentHandleSource.UNKNOWN)
+    router.initialize_state()
+    views.ROUTERS.pop(deployment.name, None)
+    return router, deployment
+
+
 def test_new_prompts_take_turns_over_idle_replicas() -> None:
     """The router itself, driven without a cluster: on idle replicas a prompt nobody holds
     goes to the replica sent a new prompt longest ago, whatever the replicas hold (a
     replica holding more blocks than the other used to get every new prompt in turn)."""
     from types import SimpleNamespace
 
-    from ray.serve._private.common import (
-        DeploymentHandleSource,
-        DeploymentID,
-        ReplicaID,
-        RequestMetadata,
-    )
+    from ray.serve._private.common import ReplicaID, RequestMetadata
     from ray.serve._private.request_router.common import PendingRequest
 
-    from server.cluster import views
     from server.cluster.affinity import block_hashes
     from server.cluster.forwarding import ForwardedRequest
-    from server.cluster.router import PrefixAffinityRouter
 
-    deployment = DeploymentID(name="turns-test", app_name="hearth")
-    router = PrefixAffinityRouter(deployment, DeploymentHandleSource.UNKNOWN)
-    router.initialize_state()
-    views.ROUTERS.pop(deployment.name, None)
+    router, deployment = bare_router("turns-test")
     ids = [ReplicaID(unique_id, deployment) for unique_id in ("aaaa", "bbbb")]
     candidates = [SimpleNamespace(replica_id=rid) for rid in ids]
 
@@ -375,21 +380,10 @@ def test_a_request_ray_never_reports_ended_stops_counting() -> None:
     the replica does not look busy for good."""
     from types import SimpleNamespace
 
-    from ray.serve._private.common import (
-        DeploymentHandleSource,
-        DeploymentID,
-        ReplicaID,
-        RequestMetadata,
-    )
+    from ray.serve._private.common import ReplicaID, RequestMetadata
     from ray.serve._private.request_router.common import PendingRequest
 
-    from server.cluster import views
-    from server.cluster.router import PrefixAffinityRouter
-
-    deployment = DeploymentID(name="heal-test", app_name="hearth")
-    router = PrefixAffinityRouter(deployment, DeploymentHandleSource.UNKNOWN)
-    router.initialize_state()
-    views.ROUTERS.pop(deployment.name, None)
+    router, deployment = bare_router("heal-test")
     rid = ReplicaID("aaaa", deployment)
     replica = SimpleNamespace(replica_id=rid, routing_stats={})
     router._replicas = {rid: replica}  # type: ignore[dict-item]
