@@ -7,6 +7,12 @@ makes the model answer either `{"tool_calls": [{"name": ..., "arguments": {...}}
 a real tool and carries arguments that follow its schema, even from a small model; the
 price is that a model trained on a native tool syntax is asked for JSON instead.
 
+Custom tools (OpenAI's `type: "custom"`, whose input is text, free or following a Lark or
+regex grammar) are called with a header line, `{"custom_tool": "<name>"}`, followed by the
+input as plain text to the end of the answer: the input's own grammar (custom_grammar.py)
+follows the header in the same grammar, and needs no JSON escaping. One custom call per
+answer; `tool_choice` may name a custom tool or list `allowed_tools`.
+
 History goes through the same format: an assistant turn's tool_calls become that JSON, and
 tool results become turns the template can render.
 """
@@ -19,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.chat.custom_grammar import CustomGrammarError, input_rules
 from server.chat.json_schema_grammar import SchemaError, json_schema_to_gbnf
 from server.chat.requests import ChatCompletionRequest
 from server.errors import InvalidRequest
@@ -31,6 +38,30 @@ _RESPONSE_OPENING = re.compile(r'^\s*\{\s*"response"\s*:\s*"')
 _CALLS_OPENING = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[')
 _CALL_CLOSING = re.compile(r"\s*\}")
 _CALL_OPENING = re.compile(r'\s*,?\s*\{\s*"name"\s*:\s*"([a-zA-Z0-9_-]+)"\s*,\s*"arguments"\s*:\s*')
+# A custom tool's call: this header line, then its input as plain text to the end.
+_CUSTOM_HEADER = '{{"custom_tool": "{name}"}}\n'
+_CUSTOM_OPENING = re.compile(r'^\s*\{"custom_tool": "')
+_CUSTOM_CALL = re.compile(r'^\s*\{"custom_tool": "([a-zA-Z0-9_-]+)"\}\n')
+
+
+@dataclass(frozen=True)
+class CustomTool:
+    """A tool whose input is free text, or text a Lark or regex grammar allows (OpenAI's
+    `type: "custom"` tools)."""
+
+    name: str
+    description: str | None
+    syntax: str | None  # None: any text; else "lark" or "regex"
+    definition: str | None
+
+    def listing(self) -> str:
+        described = f"{self.name}: {self.description}" if self.description else self.name
+        if self.syntax is None:
+            return f"- {described}\n  Input: any text."
+        kind = "Lark grammar" if self.syntax == "lark" else "regular expression"
+        return (
+            f"- {described}\n  Input: text matching this {kind}:\n{(self.definition or '').strip()}"
+        )
 
 
 @dataclass(frozen=True)
@@ -38,21 +69,32 @@ class ToolPlan:
     """How one request uses its tools."""
 
     functions: list[dict[str, Any]]  # {"name", "description", "parameters"}
-    required: bool  # tool_choice "required" or a named function: no plain answer
+    required: bool  # tool_choice "required" or a named tool: no plain answer
     parallel: bool
     grammar: str
+    customs: list[CustomTool] = field(default_factory=list)
 
     def instructions(self) -> str:
-        listing = json.dumps(self.functions, ensure_ascii=False, indent=1)
-        calls = '{"tool_calls": [{"name": "<tool name>", "arguments": {<arguments>}}]}'
-        lines = [
-            "You can call these tools:",
-            listing,
-            "",
-            "Reply with JSON only. To call "
-            + ("one or more tools" if self.parallel else "a tool")
-            + f": {calls}",
-        ]
+        lines = []
+        if self.functions:
+            listing = json.dumps(self.functions, ensure_ascii=False, indent=1)
+            calls = '{"tool_calls": [{"name": "<tool name>", "arguments": {<arguments>}}]}'
+            lines += [
+                "You can call these tools:",
+                listing,
+                "",
+                "Reply with JSON only. To call "
+                + ("one or more tools" if self.parallel else "a tool")
+                + f": {calls}",
+            ]
+        if self.customs:
+            header = _CUSTOM_HEADER.format(name="<tool name>").rstrip("\n")
+            lines += [
+                "You can call these tools, whose input is plain text:",
+                *(c.listing() for c in self.customs),
+                "",
+                f"To call one of them, write {header} on a line of its own, then its input.",
+            ]
         if self.required:
             lines.append("You must call a tool now.")
         else:
@@ -74,53 +116,128 @@ def plan_tools(req: ChatCompletionRequest) -> ToolPlan | None:
         if req.tool_choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools.", param="tool_choice")
         return None
-    functions = [_function(tool, i) for i, tool in enumerate(req.tools)]
-    names = [f["name"] for f in functions]
+    tools = [_tool(tool, i) for i, tool in enumerate(req.tools)]
+    names = [t.name if isinstance(t, CustomTool) else t["name"] for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequest("Tool names must be unique.", param="tools")
+    functions = [t for t in tools if isinstance(t, dict)]
+    customs = [t for t in tools if isinstance(t, CustomTool)]
     choice = req.tool_choice if req.tool_choice is not None else "auto"
     if choice == "none":
         return None
-    if choice in ("auto", "required"):
-        allowed = functions
-    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        name = choice["function"].get("name")
-        allowed = [f for f in functions if f["name"] == name]
-        if not allowed:
-            raise InvalidRequest(
-                f"tool_choice names {name!r}, which is not among the tools.",
-                param="tool_choice.function.name",
-            )
-    else:
-        raise InvalidRequest(
-            "tool_choice must be 'none', 'auto', 'required' or "
-            '{"type": "function", "function": {"name": ...}}.',
-            param="tool_choice",
-        )
-    required = choice != "auto"
+    allowed_names, required = _allowed(choice, set(names))
+    allowed_functions = [f for f in functions if f["name"] in allowed_names]
+    allowed_customs = [c for c in customs if c.name in allowed_names]
     # Off unless asked for, as in llama-server: small models asked for "one or more" calls
     # tend to repeat the same call until max_tokens (measured here with SmolLM2).
     parallel = req.parallel_tool_calls is True
+    forms: list[dict[str, Any]] = []
+    if not required:
+        forms.append(_RESPONSE_FORM)
+    if allowed_functions:
+        forms.append(_calls_form(allowed_functions, parallel))
     try:
-        grammar = json_schema_to_gbnf(_answer_schema(allowed, required, parallel))
-    except SchemaError as e:
-        raise InvalidRequest(f"Unsupported tool parameters schema: {e}", param="tools") from None
-    return ToolPlan(functions, required, parallel, grammar)
+        rules = [
+            input_rules(c.syntax, c.definition or "", f"custom{k}-")
+            for k, c in enumerate(allowed_customs)
+            if c.syntax is not None
+        ]
+    except CustomGrammarError as e:
+        raise InvalidRequest(f"Invalid custom tool grammar: {e}.", param="tools") from None
+    json_rules = None  # no JSON form at all when only custom tools may, and must, be called
+    if forms:
+        try:
+            json_rules = json_schema_to_gbnf(forms[0] if len(forms) == 1 else {"anyOf": forms})
+        except SchemaError as e:
+            message = f"Unsupported tool parameters schema: {e}"
+            raise InvalidRequest(message, param="tools") from None
+    if allowed_customs:
+        grammar = _with_customs(json_rules, allowed_customs, rules)
+    else:
+        assert json_rules is not None  # forms holds a function form, or the plain answer
+        grammar = json_rules
+    return ToolPlan(functions, required, parallel, grammar, customs)
 
 
-def _function(tool: Any, i: int) -> dict[str, Any]:
+def _with_customs(json_rules: str | None, customs: list[CustomTool], rules: list[str]) -> str:
+    """The answer grammar: the JSON forms, or a custom tool's header line and input."""
+    alternatives = ["json-root"] if json_rules is not None else []
+    inputs = iter(rules)
+    lines = []
+    for k, custom in enumerate(customs):
+        header = _CUSTOM_HEADER.format(name=custom.name).replace("\n", "\\n").replace('"', '\\"')
+        body = f"custom{k}-root" if custom.syntax is not None else "[^\\x00]*"
+        lines.append(f'custom{k}-call ::= "{header}" {body}')
+        alternatives.append(f"custom{k}-call")
+        if custom.syntax is not None:
+            lines.append(next(inputs).rstrip("\n"))
+    if json_rules is not None:
+        lines.append(re.sub(r"^root ::=", "json-root ::=", json_rules, count=1, flags=re.M))
+    return "\n".join([f"root ::= {' | '.join(alternatives)}", *lines]) + "\n"
+
+
+def _allowed(choice: Any, names: set[str]) -> tuple[set[str], bool]:
+    """(names of the tools the model may call, whether it must call one) for tool_choice."""
+    if choice in ("auto", "required"):
+        return names, choice == "required"
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        spec = choice.get("allowed_tools", choice)  # chat nests it; Responses does not
+        mode = spec.get("mode") if isinstance(spec, dict) else None
+        listed = spec.get("tools") if isinstance(spec, dict) else None
+        if mode not in ("auto", "required") or not isinstance(listed, list) or not listed:
+            raise InvalidRequest(
+                "allowed_tools needs a mode ('auto' or 'required') and a list of tools.",
+                param="tool_choice.allowed_tools",
+            )
+        allowed = {_chosen_name(t, "tool_choice.allowed_tools.tools") for t in listed}
+        missing = sorted(allowed - names)
+        if missing:
+            raise InvalidRequest(
+                f"allowed_tools names {missing[0]!r}, which is not among the tools.",
+                param="tool_choice.allowed_tools.tools",
+            )
+        return allowed, mode == "required"
+    if isinstance(choice, dict) and choice.get("type") in ("function", "custom", None):
+        name = _chosen_name(choice, "tool_choice")
+        if name not in names:
+            raise InvalidRequest(
+                f"tool_choice names {name!r}, which is not among the tools.",
+                param=f"tool_choice.{choice.get('type') or 'function'}.name",
+            )
+        return {name}, True
+    raise InvalidRequest(
+        "tool_choice must be 'none', 'auto', 'required', "
+        '{"type": "function", "function": {"name": ...}}, '
+        '{"type": "custom", "custom": {"name": ...}} or '
+        '{"type": "allowed_tools", "allowed_tools": {"mode": ..., "tools": [...]}}.',
+        param="tool_choice",
+    )
+
+
+def _chosen_name(choice: Any, param: str) -> str:
+    """The tool a choice names: chat's {"type": t, t: {"name"}} or Responses' flat form."""
+    if isinstance(choice, dict):
+        kind = choice.get("type") or "function"
+        inner = choice.get(kind)
+        name = inner.get("name") if isinstance(inner, dict) else choice.get("name")
+        if isinstance(name, str):
+            return name
+    raise InvalidRequest("A tool choice needs a tool name.", param=param)
+
+
+def _tool(tool: Any, i: int) -> dict[str, Any] | CustomTool:
     param = f"tools.[{i}]"
-    if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-        raise InvalidRequest("Only tools of type 'function' are supported.", param=f"{param}.type")
+    kind = tool.get("type", "function") if isinstance(tool, dict) else None
+    if kind == "custom":
+        return _custom(tool, param)
+    if kind != "function":
+        raise InvalidRequest(
+            "Only tools of type 'function' or 'custom' are supported.", param=f"{param}.type"
+        )
     fn = tool.get("function")
     if not isinstance(fn, dict):
         raise InvalidRequest("A tool needs a 'function' object.", param=f"{param}.function")
-    name = fn.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidRequest(
-            "A function name must be 1-64 letters, digits, '_' or '-'.",
-            param=f"{param}.function.name",
-        )
+    name = _tool_name(fn.get("name"), f"{param}.function.name")
     parameters = fn.get("parameters") or {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
         raise InvalidRequest(
@@ -133,9 +250,44 @@ def _function(tool: Any, i: int) -> dict[str, Any]:
     return {"name": name, "parameters": parameters}
 
 
-def _answer_schema(
-    functions: list[dict[str, Any]], required: bool, parallel: bool
-) -> dict[str, Any]:
+def _custom(tool: dict[str, Any], param: str) -> CustomTool:
+    spec = tool.get("custom", tool)  # chat nests it; Responses does not
+    if not isinstance(spec, dict):
+        raise InvalidRequest("A custom tool needs a 'custom' object.", param=f"{param}.custom")
+    name = _tool_name(spec.get("name"), f"{param}.custom.name")
+    description = spec.get("description") if isinstance(spec.get("description"), str) else None
+    fmt = spec.get("format") or {"type": "text"}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return CustomTool(name, description, None, None)
+    if kind == "grammar":
+        grammar = fmt.get("grammar", fmt)  # chat nests it; Responses does not
+        syntax = grammar.get("syntax") if isinstance(grammar, dict) else None
+        definition = grammar.get("definition") if isinstance(grammar, dict) else None
+        if syntax in ("lark", "regex") and isinstance(definition, str):
+            return CustomTool(name, description, syntax, definition)
+    raise InvalidRequest(
+        'A custom tool\'s format must be {"type": "text"} or {"type": "grammar", '
+        '"grammar": {"syntax": "lark" or "regex", "definition": ...}}.',
+        param=f"{param}.custom.format",
+    )
+
+
+def _tool_name(name: Any, param: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidRequest("A tool name must be 1-64 letters, digits, '_' or '-'.", param=param)
+    return name
+
+
+_RESPONSE_FORM: dict[str, Any] = {
+    "type": "object",
+    "properties": {"response": {"type": "string"}},
+    "required": ["response"],
+    "additionalProperties": False,
+}
+
+
+def _calls_form(functions: list[dict[str, Any]], parallel: bool) -> dict[str, Any]:
     calls = [
         {
             "type": "object",
@@ -152,28 +304,19 @@ def _answer_schema(
     }
     if not parallel:
         array["maxItems"] = 1
-    tool_form = {
+    return {
         "type": "object",
         "properties": {"tool_calls": array},
         "required": ["tool_calls"],
         "additionalProperties": False,
     }
-    if required:
-        return tool_form
-    response_form = {
-        "type": "object",
-        "properties": {"response": {"type": "string"}},
-        "required": ["response"],
-        "additionalProperties": False,
-    }
-    return {"anyOf": [response_form, tool_form]}
 
 
 def history_messages(messages: list[dict[str, Any]], template_source: str) -> list[dict[str, Any]]:
     """Earlier tool calls and results in the generic format, renderable by any template."""
     tool_role = "'tool'" in template_source or '"tool"' in template_source
     names = {
-        call.get("id"): (call.get("function") or {}).get("name")
+        call.get("id"): (call.get(call.get("type") or "function") or {}).get("name")
         for m in messages
         if m["role"] == "assistant"
         for call in m.get("tool_calls") or []
@@ -182,8 +325,7 @@ def history_messages(messages: list[dict[str, Any]], template_source: str) -> li
     out = []
     for m in messages:
         if m["role"] == "assistant" and m.get("tool_calls"):
-            calls = [_history_call(c) for c in m["tool_calls"]]
-            m = {"role": "assistant", "content": json.dumps({"tool_calls": calls})}
+            m = {"role": "assistant", "content": _history_calls(m["tool_calls"])}
         elif m["role"] in ("tool", "function"):
             m = _tool_result(m, tool_role, names)
         out.append(m)
@@ -210,6 +352,19 @@ def _tool_result(message: dict[str, Any], tool_role: bool, names: dict[Any, Any]
     return {"role": "user", "content": f"Result of {name}: {said}"}
 
 
+def _history_calls(calls: list[Any]) -> str:
+    """An assistant turn's calls as the model writes them: function calls as one JSON
+    object, each custom call as its header line and input."""
+    custom = [c for c in calls if isinstance(c, dict) and c.get("type") == "custom"]
+    functions = [_history_call(c) for c in calls if c not in custom]
+    parts = [json.dumps({"tool_calls": functions})] if functions else []
+    for call in custom:
+        spec = call.get("custom") if isinstance(call.get("custom"), dict) else {}
+        header = _CUSTOM_HEADER.format(name=spec.get("name", ""))
+        parts.append(header + str(spec.get("input", "")))
+    return "\n".join(parts)
+
+
 def _history_call(call: Any) -> dict[str, Any]:
     fn = call.get("function", {}) if isinstance(call, dict) else {}
     arguments = fn.get("arguments", "{}")
@@ -230,6 +385,10 @@ def tool_calls_of(value: Any) -> list[dict[str, Any]]:
         seen.add((name, arguments))
         out.append(_openai_call(name, arguments))
     return out
+
+
+def _custom_call(name: str, text: str) -> dict[str, Any]:
+    return {"id": new_id("call_"), "type": "custom", "custom": {"name": name, "input": text}}
 
 
 def _openai_call(name: str, arguments: str) -> dict[str, Any]:
@@ -269,7 +428,7 @@ class AnswerStream:
     `response` string is decoded incrementally) and tool calls at the end."""
 
     raw: str = ""
-    mode: str = "undecided"  # "response", "tools" or "done"
+    mode: str = "undecided"  # then "response", "tools" or "custom"
     _start: int = 0  # where the response string's characters begin in raw
     _sent: int = 0  # characters of the decoded response already sent
     _pending: list[str] = field(default_factory=list)
@@ -283,6 +442,8 @@ class AnswerStream:
                 self.mode, self._start = "response", opening.end()
             elif '"tool_calls"' in self.raw:
                 self.mode = "tools"
+            elif _CUSTOM_OPENING.match(self.raw):
+                self.mode = "custom"
         if self.mode != "response":
             return ""
         decoded = _decode_partial(self.raw[self._start :])
@@ -294,6 +455,13 @@ class AnswerStream:
 
     def finish(self) -> tuple[str, list[dict[str, Any]] | None]:
         """(content not yet sent, tool calls) once the choice is complete."""
+        if self.mode == "custom":
+            # A custom tool's header line, then its input to the end (cut short by
+            # max_tokens: the input so far; before the header ended: nothing to give).
+            header = _CUSTOM_CALL.match(self.raw)
+            if header is None:
+                return "", None
+            return "", [_custom_call(header.group(1), self.raw[header.end() :])]
         parsed = _parse_json(self.raw)
         if parsed is not None and parsed[1] is not None:
             return "", parsed[1]

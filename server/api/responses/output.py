@@ -131,6 +131,16 @@ def message_item(
 
 
 def function_call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    """A chat tool call as an output item: function_call, or custom_tool_call."""
+    if call.get("type") == "custom":
+        return {
+            "type": "custom_tool_call",
+            "id": new_id("ctc_"),
+            "call_id": call["id"],
+            "name": call["custom"]["name"],
+            "input": call["custom"]["input"],
+            "status": status,
+        }
     return {
         "type": "function_call",
         "id": new_id("fc_"),

@@ -134,23 +134,30 @@ async def stream_events(
         if out.tool_calls:
             for item in function_call_items(out.tool_calls, out.result.finish_reason):
                 index = len(output)
+                # A function call's arguments, or a custom tool call's input.
+                field, kind = (
+                    ("input", "custom_tool_call_input")
+                    if item["type"] == "custom_tool_call"
+                    else ("arguments", "function_call_arguments")
+                )
                 yield event(
                     "response.output_item.added",
                     output_index=index,
-                    item={**item, "arguments": "", "status": "in_progress"},
+                    item={**item, field: "", "status": "in_progress"},
                 )
                 yield event(
-                    "response.function_call_arguments.delta",
+                    f"response.{kind}.delta",
                     item_id=item["id"],
                     output_index=index,
-                    delta=item["arguments"],
+                    delta=item[field],
                 )
+                done = {"name": item["name"]} if field == "arguments" else {}
                 yield event(
-                    "response.function_call_arguments.done",
+                    f"response.{kind}.done",
                     item_id=item["id"],
                     output_index=index,
-                    name=item["name"],
-                    arguments=item["arguments"],
+                    **done,
+                    **{field: item[field]},
                 )
                 yield event("response.output_item.done", output_index=index, item=item)
                 output.append(item)

@@ -131,12 +131,17 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
             if not isinstance(call["function"]["name"], str):
                 raise bad_request("A function_call item needs a name.", param=f"{param}.name")
-            last = messages[-1] if messages else None
-            if last and last["role"] == "assistant" and last.get("tool_calls"):
-                last["tool_calls"].append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+            _add_call(messages, call)
+        elif kind == "custom_tool_call":
+            if not isinstance(item.get("name"), str):
+                raise bad_request("A custom_tool_call item needs a name.", param=f"{param}.name")
+            call = {
+                "id": item.get("call_id") or item.get("id") or new_id("call_"),
+                "type": "custom",
+                "custom": {"name": item["name"], "input": str(item.get("input", ""))},
+            }
+            _add_call(messages, call)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output", "")
             text = output if isinstance(output, str) else _text_of(output, f"{param}.output")
             messages.append(
@@ -154,14 +159,27 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
+def _add_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    """A call item joins the assistant turn of calls just before it, or starts one."""
+    last = messages[-1] if messages else None
+    if last and last["role"] == "assistant" and last.get("tool_calls"):
+        last["tool_calls"].append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
 def _chat_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Function tools in chat form, and the retrieval options of a file_search tool."""
+    """Function and custom tools in chat form, and the retrieval options of a file_search
+    tool."""
     functions, retrieval = [], None
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind == "function":
             fn = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
             functions.append({"type": "function", "function": fn})
+        elif kind == "custom":
+            custom = {k: tool[k] for k in ("name", "description", "format") if k in tool}
+            functions.append({"type": "custom", "custom": custom})
         elif kind == "file_search":
             retrieval = {
                 "vector_store_ids": tool.get("vector_store_ids") or [],
@@ -174,7 +192,8 @@ def _chat_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
                 retrieval["rerank"] = False  # OpenAI's way of declining the reranker
         else:
             raise bad_request(
-                f"Tools of type {kind!r} are not supported; 'function' and 'file_search' are.",
+                f"Tools of type {kind!r} are not supported; 'function', 'custom' and "
+                "'file_search' are.",
                 param=f"tools.[{i}].type",
             )
     return functions, retrieval
@@ -182,8 +201,19 @@ def _chat_tools(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict
 
 def _chat_tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict):
-        if choice.get("type") == "function":
-            return {"type": "function", "function": {"name": choice.get("name")}}
+        kind = choice.get("type")
+        if kind in ("function", "custom"):
+            return {"type": kind, kind: {"name": choice.get("name")}}
+        if kind == "allowed_tools":
+            # Its tools may name a file_search tool, which is no chat tool: those go.
+            tools = [
+                {"type": t["type"], t["type"]: {"name": t.get("name")}}
+                for t in choice.get("tools") or []
+                if isinstance(t, dict) and t.get("type") in ("function", "custom")
+            ]
+            if not tools:
+                return "auto"
+            return {"type": kind, "allowed_tools": {"mode": choice.get("mode"), "tools": tools}}
         return "auto"  # {"type": "file_search"}: retrieval runs whenever the tool is given
     return choice
 
@@ -267,7 +297,13 @@ def with_id(item: dict[str, Any]) -> dict[str, Any]:
     and list pagination goes by it)."""
     if item.get("id"):
         return item
-    prefix = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_"}
+    prefix = {
+        "message": "msg_",
+        "function_call": "fc_",
+        "function_call_output": "fco_",
+        "custom_tool_call": "ctc_",
+        "custom_tool_call_output": "ctco_",
+    }
     return {"id": new_id(prefix.get(str(item.get("type", "message")), "item_")), **item}
 
 
