@@ -424,3 +424,47 @@ def test_bad_custom_tools_are_400s_in_both_apis(client: openai.OpenAI, model_id:
             ],
         )
     assert "not defined" in responses.value.message
+
+
+def test_langchain_custom_tool_over_the_responses_api(server, model_id: str) -> None:
+    """LangChain's @custom_tool (its own docs' Lark grammar, with aliases) bound to ChatOpenAI
+    on the Responses API: the call parses, its output goes back, an answer comes."""
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI, custom_tool
+
+    grammar = """
+    start: expr
+    expr: term (SP ADD SP term)* -> add
+    | term
+    term: factor (SP MUL SP factor)* -> mul
+    | factor
+    factor: INT
+    SP: " "
+    ADD: "+"
+    MUL: "*"
+    %import common.INT
+    """
+
+    @custom_tool(format={"type": "grammar", "syntax": "lark", "definition": grammar})
+    def do_math(input_string: str) -> str:
+        """Do a mathematical operation."""
+        return "27"
+
+    llm = ChatOpenAI(
+        base_url=server.base_url,
+        api_key="unused",
+        model=model_id,
+        use_responses_api=True,
+        temperature=0,
+        max_tokens=40,
+    )
+    question = HumanMessage("Use the tool to calculate 3 * 9.")
+    called = llm.bind_tools([do_math], tool_choice="do_math").invoke([question])
+    (call,) = called.tool_calls
+    assert call["name"] == "do_math"
+    # (Lark itself refuses to build a parser from this grammar, "rules defined twice"; what
+    # it allows is this.)
+    assert re.fullmatch(r"\d+( [+*] \d+)*", call["args"]["__arg1"])
+    result = do_math.invoke(call)
+    answer = llm.bind_tools([do_math]).invoke([question, called, result])
+    assert answer.text

@@ -341,7 +341,7 @@ class _LarkWriter:
             )
         if tree.data == "expansion":
             return " ".join(self._expr(k, in_rule, args) for k in kids) or '""'
-        if tree.data == "value":
+        if tree.data in ("value", "alias"):  # an alias (`-> name`) names the tree's node only
             return self._expr(kids[0], in_rule, args)
         if tree.data == "maybe":
             return f"({self._expr(kids[0], in_rule, args)})?"
