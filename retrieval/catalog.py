@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from retrieval.postgres import PostgresDatabase
 from retrieval.sqlite import Database
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS vector_stores (
     name TEXT,
     metadata TEXT NOT NULL DEFAULT '{}',
     created_at INTEGER NOT NULL,
-    last_active_at INTEGER NOT NULL
+    last_active_at INTEGER NOT NULL,
+    expires_after_days INTEGER
 );
 CREATE TABLE IF NOT EXISTS vector_store_files (
     vector_store_id TEXT NOT NULL,
@@ -68,6 +69,7 @@ CREATE TABLE IF NOT EXISTS vector_stores (
     last_active_at BIGINT NOT NULL,
     ord BIGSERIAL
 );
+ALTER TABLE vector_stores ADD COLUMN IF NOT EXISTS expires_after_days BIGINT;
 CREATE TABLE IF NOT EXISTS vector_store_files (
     vector_store_id TEXT NOT NULL,
     file_id TEXT NOT NULL,
@@ -101,6 +103,9 @@ CREATE TABLE IF NOT EXISTS vector_store_file_batch_files (
 _MIGRATIONS = {
     "attempts": "ALTER TABLE vector_store_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
     "chunking": "ALTER TABLE vector_store_files ADD COLUMN chunking TEXT NOT NULL DEFAULT ''",
+    "vector_stores.expires_after_days": (
+        "ALTER TABLE vector_stores ADD COLUMN expires_after_days INTEGER"
+    ),
 }
 # The row of one job: its file, in its store, by the same attach.
 _JOB = "vector_store_id = ? AND file_id = ? AND seq = ?"
@@ -108,7 +113,7 @@ _FILE_COLUMNS = (
     "vector_store_id, file_id, status, last_error, attributes, created_at, chunks, seq, chunking"
 )
 _F_COLUMNS = ", ".join(f"f.{c.strip()}" for c in _FILE_COLUMNS.split(","))  # table as `f`
-_STORE_COLUMNS = "id, name, metadata, created_at, last_active_at"
+_STORE_COLUMNS = "id, name, metadata, created_at, last_active_at, expires_after_days"
 # A batch's files: the store's rows of the attaches the batch made (one `?`: the batch).
 _BATCH_JOIN = (
     "FROM vector_store_file_batch_files b JOIN vector_store_file_batches s ON s.id = b.batch_id "
@@ -129,6 +134,17 @@ class VectorStore:
     created_at: int
     last_active_at: int
     file_counts: dict[str, int] = field(default_factory=dict)
+    expires_after_days: int | None = None  # after so many days without use, it expires
+
+    @property
+    def expires_at(self) -> int | None:
+        if self.expires_after_days is None:
+            return None
+        return self.last_active_at + self.expires_after_days * 86400
+
+    def expired(self, now: float | None = None) -> bool:
+        moment = time.time() if now is None else now
+        return self.expires_at is not None and moment >= self.expires_at
 
 
 @dataclass(frozen=True)
@@ -196,7 +212,9 @@ class Catalog:
             self._db = PostgresDatabase(where, _PG_SCHEMA)
         else:
             self._db = Database(Path(where) / "vector_stores.db", _SCHEMA, several_processes)
-            have = self._db.columns("vector_store_files")
+            have = self._db.columns("vector_store_files") | {
+                f"vector_stores.{c}" for c in self._db.columns("vector_stores")
+            }
             with self._db.tx() as db:
                 for column, statement in _MIGRATIONS.items():
                     if column not in have:
@@ -209,13 +227,15 @@ class Catalog:
 
     # --- vector stores --------------------------------------------------------------------
 
-    def create_store(self, name: str | None, metadata: dict[str, Any]) -> VectorStore:
+    def create_store(
+        self, name: str | None, metadata: dict[str, Any], expires_after_days: int | None = None
+    ) -> VectorStore:
         now = int(time.time())
         store_id = new_id("vs_")
         with self._db.tx() as db:
             db.execute(
-                f"INSERT INTO vector_stores ({_STORE_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                (store_id, name, json.dumps(metadata), now, now),
+                f"INSERT INTO vector_stores ({_STORE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (store_id, name, json.dumps(metadata), now, now, expires_after_days),
             )
         store = self.get_store(store_id)
         assert store is not None
@@ -235,7 +255,9 @@ class Catalog:
                     (store_id,),
                 ).fetchall()
             )
-        return VectorStore(row[0], row[1], json.loads(row[2]), row[3], row[4], _counts(counts))
+        return VectorStore(
+            row[0], row[1], json.loads(row[2]), row[3], row[4], _counts(counts), row[5]
+        )
 
     def list_stores(self, order: str = "desc") -> list[VectorStore]:
         direction = "ASC" if order == "asc" else "DESC"
@@ -250,9 +272,21 @@ class Catalog:
         return [s for i in ids if (s := self.get_store(i)) is not None]
 
     def update_store(
-        self, store_id: str, name: str | None, metadata: dict[str, Any] | None
+        self,
+        store_id: str,
+        name: str | None,
+        metadata: dict[str, Any] | None,
+        expires_after_days: int | Literal["unchanged"] | None = "unchanged",
     ) -> VectorStore | None:
+        """Change what is given (expires_after_days None: the store never expires; a new
+        policy counts from now, so it also brings an expired store back)."""
         with self._db.tx() as db:
+            if expires_after_days != "unchanged":
+                db.execute(
+                    "UPDATE vector_stores SET expires_after_days = ?, last_active_at = ? "
+                    "WHERE id = ?",
+                    (expires_after_days, int(time.time()), store_id),
+                )
             if name is not None:
                 db.execute("UPDATE vector_stores SET name = ? WHERE id = ?", (name, store_id))
             if metadata is not None:

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS files (
     filename TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     purpose TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
 );
 """
 _PG_SCHEMA = """
@@ -38,9 +39,14 @@ CREATE TABLE IF NOT EXISTS files (
     purpose TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     ord BIGSERIAL
-)
+);
+ALTER TABLE files ADD COLUMN IF NOT EXISTS expires_at BIGINT;
 """
-_COLUMNS = "id, filename, bytes, purpose, created_at"
+# Added since the first release (files.expires_after), for SQLite databases made before.
+_ADD_EXPIRES_AT = "ALTER TABLE files ADD COLUMN expires_at INTEGER"
+_COLUMNS = "id, filename, bytes, purpose, created_at, expires_at"
+# A file is there until its expires_at (a parameter: now).
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
 # In shared storage (or a data directory several processes use) another process may be
 # between writing a file's bytes and its row:
 # bytes without a row are removed only once they are older than this.
@@ -54,6 +60,7 @@ class StoredFile:
     bytes: int
     purpose: str
     created_at: int
+    expires_at: int | None = None  # a time (Unix seconds) after which the file is gone
 
 
 def new_file_id() -> str:
@@ -87,6 +94,9 @@ class FileStore:
             if database_url
             else Database(data_dir / "files.db", _SCHEMA, several_processes)
         )
+        if isinstance(self._db, Database) and "expires_at" not in self._db.columns("files"):
+            with self._db.tx() as db:
+                db.execute(_ADD_EXPIRES_AT)
         self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:
@@ -105,35 +115,64 @@ class FileStore:
         return self.blobs.local_path(file_id)
 
     def add(
-        self, source: BinaryIO, filename: str, purpose: str, file_id: str | None = None
+        self,
+        source: BinaryIO,
+        filename: str,
+        purpose: str,
+        file_id: str | None = None,
+        expires_after: int | None = None,
     ) -> StoredFile:
-        """Store a file under a new id (or the given one, which must be new)."""
+        """Store a file under a new id (or the given one, which must be new); with
+        `expires_after`, it is gone that many seconds after its creation."""
         file_id = file_id or new_file_id()
         size = self.blobs.put(file_id, source, self.max_bytes)
-        stored = StoredFile(file_id, sanitize_filename(filename), size, purpose, int(time.time()))
+        now = int(time.time())
+        expires_at = None if expires_after is None else now + expires_after
+        stored = StoredFile(file_id, sanitize_filename(filename), size, purpose, now, expires_at)
         with self._db.tx() as db:
             db.execute(
-                f"INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                (stored.id, stored.filename, stored.bytes, stored.purpose, stored.created_at),
+                f"INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    stored.id,
+                    stored.filename,
+                    stored.bytes,
+                    stored.purpose,
+                    stored.created_at,
+                    stored.expires_at,
+                ),
             )
         return stored
 
     def get(self, file_id: str) -> StoredFile | None:
+        """The file, unless there is none or it has expired (the sweep may not have removed
+        it yet: it is gone all the same)."""
         with self._db.tx() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE id = ? AND {_LIVE}",
+                (file_id, int(time.time())),
+            ).fetchone()
         return StoredFile(*row) if row else None
 
     def list(self, purpose: str | None = None, order: str = "desc") -> list[StoredFile]:
         direction = "ASC" if order == "asc" else "DESC"
-        query = f"SELECT {_COLUMNS} FROM files"
-        args: tuple[str, ...] = ()
+        query = f"SELECT {_COLUMNS} FROM files WHERE {_LIVE}"
+        args: tuple[str | int, ...] = (int(time.time()),)
         if purpose:
-            query += " WHERE purpose = ?"
-            args = (purpose,)
+            query += " AND purpose = ?"
+            args = (*args, purpose)
         order_by = f"created_at {direction}, {self._db.insertion_order} {direction}"
         with self._db.tx() as db:
             rows = db.execute(f"{query} ORDER BY {order_by}", args).fetchall()
         return [StoredFile(*r) for r in rows]
+
+    def expired(self, now: float | None = None) -> list[str]:
+        """Ids of the files whose time is up (for the sweep to delete)."""
+        moment = int(time.time() if now is None else now)
+        with self._db.tx() as db:
+            rows = db.execute(
+                "SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?", (moment,)
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def delete(self, file_id: str) -> bool:
         with self._db.tx() as db:

@@ -24,9 +24,12 @@ from retrieval.parse_process import ParserProcess
 from retrieval.pg_chunk_store import PgChunkStore
 from retrieval.reranking import Reranking, rerank
 from retrieval.storage import Storage
+from retrieval.uploads import UploadStore
 from server.errors import FeatureDisabled, InvalidRequest, NotFound
 
 logger = logging.getLogger("hearth.retrieval")
+# How often expired files and uploads are looked for.
+SWEEP_SECONDS = 60.0
 
 
 class RetrievalService:
@@ -45,6 +48,9 @@ class RetrievalService:
         """`storage`: the data directory alone, or a bucket and a PostgreSQL database that
         several Hearth processes share (retrieval/storage.py)."""
         self.files = storage.files(max_upload_bytes)
+        # Parts wait on this machine's disk (several processes of it may share the folder);
+        # the file they become goes wherever files go.
+        self.uploads = UploadStore(storage.data_dir / "uploads", self.files)
         self.catalog = storage.catalog()
         self.chunking = options  # what an attach without a chunking strategy of its own gets
         self.embedder = embedder
@@ -103,10 +109,27 @@ class RetrievalService:
                 raise InvalidRequest(f"Invalid filters: {e}.", param=param) from None
 
     def start(self) -> None:
-        """Start the worker; it first resumes whatever a crash left in_progress."""
+        """Start the worker (it first resumes whatever a crash left in_progress) and the
+        sweep of what expires."""
+        loop = asyncio.get_running_loop()
         if self.worker is not None:
-            loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self.worker.run(), name="the ingestion worker"))
+        self._tasks.append(loop.create_task(self._sweep_forever(), name="the expiry sweep"))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception:  # a failed sweep is tried again at the next one
+                logger.exception("sweeping expired files and uploads failed")
+            await asyncio.sleep(SWEEP_SECONDS)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the files whose expires_after has passed (out of every vector store too)
+        and uploads an hour old; how many files. Blocking (LanceDB)."""
+        gone = sum(1 for file_id in self.files.expired(now) if self.delete_file(file_id))
+        self.uploads.sweep(now)
+        return gone
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -189,6 +212,15 @@ class RetrievalService:
         reranker is loaded and not declined (use_reranker False), its reordering of the
         first stage's best `rerank_candidates` (at least k)."""
         assert self.store is not None and self.embedder is not None
+        for store_id in store_ids:
+            found = self.catalog.get_store(store_id)
+            if found is not None and found.expired():
+                raise InvalidRequest(
+                    f"The vector store '{store_id}' has expired: it went unused longer than "
+                    "its expires_after allows. Set a new expires_after to use it again.",
+                    param="vector_store_ids",
+                    code="vector_store_expired",
+                )
         reranking = self.reranker is not None and use_reranker is not False
         want = max(k, self.rerank_candidates) if reranking else k
         vector = None

@@ -15,13 +15,13 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from server.api import batches, responses
+from server.api import batches, responses, uploads
 from server.api import conversations as conv
 from server.api import stored_completions as stored
 from server.api import vector_stores as vs
 from server.api.anthropic.messages import count_tokens, create_message
 from server.api.auth import APIKeyAuth
-from server.api.body import BodyLimit
+from server.api.body import BodyLimit, UploadPaths
 from server.api.browser import BrowserGuard, HostPolicy, OriginPolicy
 from server.api.chat import chat_completions
 from server.api.chat_page import chat_page
@@ -96,6 +96,10 @@ def api_routes() -> list[BaseRoute]:
         Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
         Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
         Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+        Route("/v1/uploads", uploads.create_upload, methods=["POST"]),
+        Route("/v1/uploads/{upload_id}/parts", uploads.add_part, methods=["POST"]),
+        Route("/v1/uploads/{upload_id}/complete", uploads.complete_upload, methods=["POST"]),
+        Route("/v1/uploads/{upload_id}/cancel", uploads.cancel_upload, methods=["POST"]),
         Route("/v1/vector_stores", vs.create_store, methods=["POST"]),
         Route("/v1/vector_stores", vs.list_stores, methods=["GET"]),
         Route("/v1/vector_stores/{store_id}", vs.retrieve_store, methods=["GET"]),
@@ -162,7 +166,7 @@ def middleware(settings: Settings) -> list[Middleware]:
             BodyLimit,
             json_limit=server.max_body_mb << 20,
             upload_limit=settings.retrieval.max_upload_mb << 20,
-            upload_paths=frozenset({"/v1/files"}),
+            upload_paths=UploadPaths(exact=("/v1/files",), parts="/v1/uploads/"),
         ),
     ]
     if server.api_key:

@@ -9,6 +9,7 @@ without asking the browser's permission first, but not `application/json`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -44,12 +45,28 @@ def _size(n: int) -> str:
     return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
+@dataclass(frozen=True)
+class UploadPaths:
+    """The routes that take a file: these paths, and any `<parts>{id}/parts` (a part of
+    an upload in parts)."""
+
+    exact: tuple[str, ...]
+    parts: str = ""
+
+    def __contains__(self, path: object) -> bool:
+        if not isinstance(path, str):
+            return False
+        if path in self.exact:
+            return True
+        return bool(self.parts) and path.startswith(self.parts) and path.endswith("/parts")
+
+
 class BodyLimit:
     """Stops reading a request body at its route's limit: uploads get `upload_limit`
     bytes (and room for the multipart framing), everything else `json_limit`."""
 
     def __init__(
-        self, app: ASGIApp, json_limit: int, upload_limit: int, upload_paths: frozenset[str]
+        self, app: ASGIApp, json_limit: int, upload_limit: int, upload_paths: UploadPaths
     ) -> None:
         self.app = app
         self.json_limit = json_limit

@@ -24,9 +24,13 @@ UPLOAD_FORM = {
     "properties": {
         "file": {"type": "string", "format": "binary"},
         "purpose": {"type": "string", "enum": sorted(PURPOSES)},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
     },
 }
 MAX_FILENAME_CHARS = 1024
+# OpenAI's bounds for expires_after.seconds: an hour to 30 days.
+EXPIRY_SECONDS = (3600, 30 * 86400)
 
 
 class FileListQuery(ListQuery):
@@ -42,7 +46,7 @@ def file_object(f: StoredFile) -> dict[str, Any]:
         "filename": f.filename,
         "purpose": f.purpose,
         "status": "processed",
-        "expires_at": None,
+        "expires_at": f.expires_at,
         "status_details": None,
     }
 
@@ -90,13 +94,40 @@ async def create_file(request: Request) -> Response:
             raise bad_request(
                 f"The file name is longer than {MAX_FILENAME_CHARS} characters.", param="file"
             )
+        expires_after = expiry_seconds(
+            form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+        )
         try:
-            stored = await asyncio.to_thread(store.add, upload.file, upload.filename or "", purpose)
+            stored = await asyncio.to_thread(
+                store.add, upload.file, upload.filename or "", purpose, None, expires_after
+            )
         except FileTooLarge:
             raise BodyTooLarge(store.max_bytes, upload=True) from None
     finally:
         await form.close()
     return JSONResponse(file_object(stored))
+
+
+def expiry_seconds(anchor: Any, seconds: Any) -> int | None:
+    """expires_after's seconds (None: the file stays until deleted); 400 unless it is
+    OpenAI's shape: anchor "created_at", 3600 to 2592000 seconds."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise bad_request(
+            "expires_after.anchor must be 'created_at'.", param="expires_after.anchor"
+        )
+    try:
+        value = int(str(seconds))
+    except ValueError:
+        value = -1
+    low, high = EXPIRY_SECONDS
+    if not low <= value <= high:
+        raise bad_request(
+            f"expires_after.seconds must be an integer from {low} to {high}.",
+            param="expires_after.seconds",
+        )
+    return value
 
 
 @documented("List files", query=FileListQuery)

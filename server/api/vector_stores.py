@@ -76,6 +76,13 @@ def _sizes(strategy: ChunkingStrategy | None) -> tuple[int, int] | None:
     return strategy.sizes() if strategy is not None else None
 
 
+class StoreExpiry(BaseModel):
+    """OpenAI's vector store expiration policy: so many days after it was last used."""
+
+    anchor: Literal["last_active_at"]
+    days: int = Field(ge=1, le=365)
+
+
 class CreateStore(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -85,12 +92,14 @@ class CreateStore(BaseModel):
     file_ids: list[str] = Field(default_factory=list, max_length=500)
     metadata: Metadata | None = None
     chunking_strategy: ChunkingStrategy | None = None  # for file_ids
+    expires_after: StoreExpiry | None = None
 
 
 class ModifyStore(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str | None = Field(None, max_length=256)
     metadata: Metadata | None = None
+    expires_after: StoreExpiry | None = None  # null: never expires; absent: unchanged
 
 
 class AttachFile(BaseModel):
@@ -187,9 +196,19 @@ def store_object(store: VectorStore) -> dict[str, Any]:
         "name": store.name,
         "usage_bytes": 0,
         "file_counts": store.file_counts,
-        "status": "in_progress" if store.file_counts.get(IN_PROGRESS) else "completed",
-        "expires_after": None,
-        "expires_at": None,
+        "status": (
+            "expired"
+            if store.expired()
+            else "in_progress"
+            if store.file_counts.get(IN_PROGRESS)
+            else "completed"
+        ),
+        "expires_after": (
+            None
+            if store.expires_after_days is None
+            else {"anchor": "last_active_at", "days": store.expires_after_days}
+        ),
+        "expires_at": store.expires_at,
         "last_active_at": store.last_active_at,
         "metadata": store.metadata,
     }
@@ -265,7 +284,8 @@ async def create_store(request: Request) -> Response:
         raise APIError(
             404, f"No file found with id '{missing[0]}'.", param="file_ids", code="file_not_found"
         )
-    store = retrieval.catalog.create_store(body.name, body.metadata or {})
+    days = body.expires_after.days if body.expires_after is not None else None
+    store = retrieval.catalog.create_store(body.name, body.metadata or {}, days)
     for file_id in body.file_ids:
         retrieval.attach(store.id, file_id, {}, _sizes(body.chunking_strategy))
     return JSONResponse(store_object(retrieval.vector_store(store.id)))
@@ -291,7 +311,10 @@ async def modify_store(request: Request) -> Response:
     store_id = request.path_params["store_id"]
     retrieval.vector_store(store_id)
     body = validate_body(ModifyStore, await read_json(request))
-    store = retrieval.catalog.update_store(store_id, body.name, body.metadata)
+    days: int | Literal["unchanged"] | None = "unchanged"
+    if "expires_after" in body.model_fields_set:
+        days = body.expires_after.days if body.expires_after is not None else None
+    store = retrieval.catalog.update_store(store_id, body.name, body.metadata, days)
     assert store is not None
     return JSONResponse(store_object(store))
 
