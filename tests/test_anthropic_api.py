@@ -200,3 +200,19 @@ def test_errors_in_anthropic_shape(
     body = r.json()
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in body["error"]["message"]
+
+
+def test_models_in_anthropic_shape(client: anthropic.Anthropic, model_id: str) -> None:
+    """The SDK's models.list/retrieve (it sends anthropic-version): chat models only, typed,
+    named, with an RFC 3339 creation time; OpenAI's clients still get OpenAI's list."""
+    listed = client.models.list()
+    assert [m.id for m in listed.data] == [model_id]
+    (card,) = listed.data
+    assert card.type == "model" and card.display_name == model_id
+    assert card.created_at.tzinfo is not None
+    assert listed.first_id == listed.last_id == model_id and listed.has_more is False
+    assert client.models.retrieve(model_id).type == "model"
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("no-such-model")
+    plain = httpx.get(f"{str(client.base_url).rstrip('/')}/v1/models").json()
+    assert len(plain["data"]) >= 2 and "type" not in plain["data"][0]

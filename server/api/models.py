@@ -3,6 +3,8 @@ be served), the embedding model and the reranker; POST /models/load and /models/
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -99,9 +101,38 @@ def _aliases(runtime: Runtime, card: dict[str, object]) -> tuple[str, ...]:
     return spec.aliases if spec is not None else ()
 
 
+def _anthropic(request: Request) -> bool:
+    """Whether Anthropic's SDK asks (it sends anthropic-version on every request): its
+    Models API lists chat models as {"type": "model", "id", "display_name", "created_at"}."""
+    return "anthropic-version" in request.headers
+
+
+def _anthropic_card(card: dict[str, object]) -> dict[str, object]:
+    created = datetime.fromtimestamp(int(str(card["created"])), tz=UTC)
+    return {
+        **card,
+        "type": "model",
+        "display_name": card["id"],
+        "created_at": created.isoformat().replace("+00:00", "Z"),
+    }
+
+
 @documented("List models")
 async def list_models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": _model_cards(request.app.state.runtime)})
+    cards = _model_cards(request.app.state.runtime)
+    if _anthropic(request):
+        chat = [_anthropic_card(c) for c in cards if c["meta"]["kind"] == "chat"]  # type: ignore[index]
+        ids = [c["id"] for c in chat]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": chat,
+                "has_more": False,
+                "first_id": ids[0] if ids else None,
+                "last_id": ids[-1] if ids else None,
+            }
+        )
+    return JSONResponse({"object": "list", "data": cards})
 
 
 @documented("Retrieve a model")
@@ -110,7 +141,8 @@ async def retrieve_model(request: Request) -> Response:
     runtime = request.app.state.runtime
     for card in _model_cards(runtime):
         if card["id"] == wanted or wanted in _aliases(runtime, card):
-            return JSONResponse({**{k: v for k, v in card.items() if k != "meta"}, "id": wanted})
+            shown = {**{k: v for k, v in card.items() if k != "meta"}, "id": wanted}
+            return JSONResponse(_anthropic_card(shown) if _anthropic(request) else shown)
     raise APIError(
         404, f"The model '{wanted}' does not exist", param="model", code="model_not_found"
     )
