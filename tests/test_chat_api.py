@@ -230,6 +230,39 @@ def test_image_parts_are_a_clear_400(client: openai.OpenAI, model_id: str) -> No
     assert "image_url" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        (
+            {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+            "modalities",
+        ),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"web_search_options": {}}, "web_search_options"),
+    ],
+)
+def test_outputs_a_text_model_cannot_give_are_a_clear_400(
+    client: openai.OpenAI, model_id: str, extra: dict, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=4, **extra
+        )
+    assert e.value.param == param
+    # Text alone, and the newer fields a client may send along, are fine.
+    client.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        modalities=["text"],
+        service_tier="auto",
+        prompt_cache_key="k",
+        safety_identifier="u",
+        reasoning_effort="low",
+        verbosity="low",
+    )
+
+
 def test_stored_chat_completions(client: openai.OpenAI, model_id: str) -> None:
     """OpenAI's stored completions: `store: true` keeps one (streamed or not); it is
     listed (by model and metadata), retrieved, re-tagged, its messages read, deleted."""

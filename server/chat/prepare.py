@@ -60,6 +60,7 @@ async def prepare_chat(runtime: ChatRuntime, req: ChatCompletionRequest) -> Prep
     model_id = check_model(runtime, req.model)
     if req.top_logprobs and not req.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    _check_outputs(req)
     grammar, tools = await asyncio.to_thread(_constraints, runtime, req)
     messages = history_messages(template_messages(req.messages), runtime.prompts.template.source)
     query, sources = await _sources(runtime, req, messages)
@@ -75,6 +76,22 @@ async def prepare_chat(runtime: ChatRuntime, req: ChatCompletionRequest) -> Prep
         tokens = await asyncio.to_thread(runtime.model.tokenize, req.prediction.text, False, False)
         prediction = tokens[:limit] or None
     return PreparedChat(model_id, prompt, limit, grammar, tools, sources, query, prediction)
+
+
+def _check_outputs(req: ChatCompletionRequest) -> None:
+    """What a text model cannot give is a 400, not an answer quietly without it."""
+    if req.modalities is not None and set(req.modalities) - {"text"}:
+        raise InvalidRequest(
+            "This model writes text only: modalities must be ['text'].", param="modalities"
+        )
+    if req.audio is not None:
+        raise InvalidRequest("This model cannot answer with audio.", param="audio")
+    if req.web_search_options is not None:
+        raise InvalidRequest(
+            "Web search is not available here (Hearth searches your vector stores: see "
+            "'retrieval').",
+            param="web_search_options",
+        )
 
 
 def _constraints(

@@ -176,6 +176,10 @@ class ChatCompletionRequest(SamplingFields):
     # Keep the completion for GET /v1/chat/completions (OpenAI's stored completions).
     store: bool = False
     metadata: Metadata | None = None
+    # OpenAI's outputs other than text, refused by name (prepare.py) rather than ignored.
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
 
     @property
     def token_limit(self) -> int | None:
