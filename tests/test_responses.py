@@ -221,9 +221,26 @@ def test_file_search_over_a_vector_store(
     )
     search, message = r.output
     assert search.type == "file_search_call" and search.queries
+    assert search.results is None  # not asked for
     annotations = message.content[0].annotations
     assert annotations and annotations[0].type == "file_citation"
     assert annotations[0].filename == "kettle.md"
+    # include: file_search_call.results lists the chunks found, streamed or not.
+    ask = {
+        "model": model_id,
+        "input": "How long is the kettle's warranty?",
+        "tools": [{"type": "file_search", "vector_store_ids": [store.id]}],
+        "include": ["file_search_call.results"],
+        "max_output_tokens": 16,
+    }
+    with client.responses.stream(**ask) as stream:
+        for _ in stream:
+            pass
+        streamed = stream.get_final_response()
+    for made in (client.responses.create(**ask), streamed):
+        results = made.output[0].results
+        assert results and results[0].filename == "kettle.md"
+        assert "three years" in (results[0].text or "") and results[0].score is not None
 
 
 @pytest.mark.parametrize(

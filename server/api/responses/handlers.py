@@ -27,6 +27,7 @@ from server.api.responses.wire import (
     input_item,
     input_items,
     wants_logprobs,
+    wants_search_results,
     with_id,
 )
 from server.api.sse import sse_response
@@ -90,7 +91,12 @@ class StartedResponse:
 
     def events(self) -> AsyncIterator[ServerSentEvent]:
         return stream_events(
-            self.builder, self.streams, self.prepared, self.remember, self.logprobs
+            self.builder,
+            self.streams,
+            self.prepared,
+            self.remember,
+            self.logprobs,
+            wants_search_results(self.req),
         )
 
 
@@ -209,7 +215,12 @@ async def create_response(request: Request) -> Response:
         (result,) = await collect(started.streams, request.is_disconnected)
     prepared = started.prepared
     output = output_items(
-        result, prepared.tools is not None, prepared.sources, prepared.query, started.logprobs
+        result,
+        prepared.tools is not None,
+        prepared.sources,
+        prepared.query,
+        started.logprobs,
+        wants_search_results(req),
     )
     status = status_of(result.finish_reason)  # a call cut short: incomplete too
     body = started.builder.body(status, output, result)

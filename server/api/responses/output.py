@@ -162,13 +162,26 @@ def function_call_items(
     return items
 
 
-def file_search_item(query: str) -> dict[str, Any]:
+def file_search_item(query: str, results: list[Hit] | None = None) -> dict[str, Any]:
+    """The search a response made; with `results` (include: file_search_call.results), the
+    chunks it found, as OpenAI lists them."""
     return {
         "type": "file_search_call",
         "id": new_id("fs_"),
         "status": "completed",
         "queries": [query],
-        "results": None,
+        "results": None
+        if results is None
+        else [
+            {
+                "file_id": hit.file_id,
+                "filename": hit.filename,
+                "score": hit.score,
+                "text": hit.text,
+                "attributes": hit.attributes,
+            }
+            for hit in results
+        ],
     }
 
 
@@ -200,10 +213,11 @@ def output_items(
     sources: list[Hit],
     query: str | None,
     logprobs: LogprobFormat | None = None,
+    search_results: bool = False,
 ) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     if query is not None:
-        items.append(file_search_item(query))
+        items.append(file_search_item(query, sources if search_results else None))
     content, calls = parse_answer(result.text) if with_tools else (result.text, None)
     if calls:
         return items + function_call_items(calls, result.finish_reason)

@@ -67,6 +67,7 @@ async def stream_events(
     prepared: PreparedChat,
     remember: Callable[[dict[str, Any]], None],
     logprobs: LogprobFormat | None = None,
+    search_results: bool = False,
 ) -> AsyncIterator[ServerSentEvent]:
     event = _Events()
     output: list[dict[str, Any]] = []
@@ -77,7 +78,7 @@ async def stream_events(
     yield event("response.created", response=builder.body("in_progress", []))
     yield event("response.in_progress", response=builder.body("in_progress", []))
     if prepared.query is not None:
-        item = file_search_item(prepared.query)
+        item = file_search_item(prepared.query, prepared.sources if search_results else None)
         yield event(
             "response.output_item.added", output_index=0, item={**item, "status": "in_progress"}
         )

@@ -35,8 +35,8 @@ class ResponsesRequest(BaseModel):
     text: dict[str, Any] | None = None
     stream: bool = False
     previous_response_id: str | None = None
-    # Extra output to include: "message.output_text.logprobs" (the others are accepted and
-    # have nothing to add here).
+    # Extra output to include: "message.output_text.logprobs", "file_search_call.results"
+    # (the others are accepted and have nothing to add here).
     include: list[str] | None = None
     # A conversation (/v1/conversations) whose items are the history, and which gets this
     # response's input and output: its id, or {"id": ...}.
@@ -319,3 +319,8 @@ def input_item(item: dict[str, Any]) -> dict[str, Any]:
         else:
             content = [{"type": "input_text", "text": content}]
     return {"status": "completed", **item, "type": "message", "content": content}
+
+
+def wants_search_results(req: ResponsesRequest) -> bool:
+    """Whether a file_search_call item lists the chunks it found (include)."""
+    return "file_search_call.results" in (req.include or [])
