@@ -72,6 +72,10 @@ REGEX_CASES = [
     (r"(?s)a.b", ["a\nb", "a-b"]),
     (r'"[^"]*"', ['"hi"', '"a"b"', '""', '"x']),
     (r"\w+@\w+\.(com|org)", ["me@host.com", "me@host.net", "@host.com", "a_b@c.org"]),
+    (r"(\d{1,3}\.){3}\d{1,3}", ["10.0.0.1", "255.255.255.255", "1.2.3", "1.2.3.4.5", "1234.1.1.1"]),
+    # A group repeated 500 times: llama.cpp counts the group's rules times 500 against its
+    # limit of 2000, so the conversion must not wrap atoms in needless groups.
+    (r"(\w+\s?){1,500}", ["one two three", "word", "", "a  b"]),
 ]
 
 

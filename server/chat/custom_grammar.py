@@ -134,13 +134,11 @@ def _item(op: Any, av: Any, flags: int) -> str:
     if op is sre.BRANCH:
         return "(" + " | ".join(_sequence(alt, flags) for alt in av[1]) + ")"
     if op is sre.SUBPATTERN:
-        _group, add, remove, sub = av
-        return "(" + _sequence(sub, (flags | add) & ~remove) + ")"
+        _number, add, remove, sub = av
+        return _group(_sequence(sub, (flags | add) & ~remove))
     if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
         low, high, sub = av
-        return _repeat(
-            "(" + _sequence(sub, flags) + ")", low, None if high == sre.MAXREPEAT else high
-        )
+        return _repeat(_group(_sequence(sub, flags)), low, None if high == sre.MAXREPEAT else high)
     refused = {
         sre.AT: "anchors or word boundaries inside the pattern",
         sre.ASSERT: "lookaround assertions",
@@ -152,6 +150,41 @@ def _item(op: Any, av: Any, flags: int) -> str:
     }
     what = refused.get(op, str(op).lower())
     raise CustomGrammarError(f"the regular expression uses {what}, which a grammar cannot enforce")
+
+
+_ATOM = re.compile(r'\[(?:\\.|[^\]\\])*\]|"(?:\\.|[^"\\])*"|[A-Za-z0-9-]+')
+
+
+def _group(expression: str) -> str:
+    """The expression as one item a quantifier can follow: as it is when it already is one
+    (a class, a string, a rule name, a whole parenthesised group), else in parentheses.
+    Needless groups matter: llama.cpp counts the rules inside a repeated group, times the
+    repeat, against a limit of 2000."""
+    if _ATOM.fullmatch(expression):
+        return expression
+    if expression.startswith("(") and _closing(expression, 0) == len(expression) - 1:
+        return expression
+    return f"({expression})"
+
+
+def _closing(text: str, start: int) -> int:
+    """Where the parenthesis opened at `start` closes (GBNF strings and classes skipped)."""
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c in '"[':
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < len(text) and text[i] != close:
+                i += 2 if text[i] == "\\" else 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
 
 
 def _repeat(item: str, low: int, high: int | None) -> str:
@@ -344,9 +377,9 @@ class _LarkWriter:
         if tree.data in ("value", "alias"):  # an alias (`-> name`) names the tree's node only
             return self._expr(kids[0], in_rule, args)
         if tree.data == "maybe":
-            return f"({self._expr(kids[0], in_rule, args)})?"
+            return f"{_group(self._expr(kids[0], in_rule, args))}?"
         if tree.data == "expr":
-            item = f"({self._expr(kids[0], in_rule, args)})"
+            item = _group(self._expr(kids[0], in_rule, args))
             op = str(kids[1])
             if op == "~":
                 low = int(kids[2])

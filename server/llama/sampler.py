@@ -134,9 +134,11 @@ def grammar_sampler(vocab: llama_cpp.llama_vocab_p, grammar: str) -> Sampler:
     check_grammar(grammar, llama_cpp.llama_vocab_n_tokens(vocab))
     ptr = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
     if not ptr:
+        # (llama.cpp prints its reason to stderr, out of reach here.)
         raise GrammarError(
-            "llama.cpp could not parse it as GBNF with a 'root' rule (its parser prints the "
-            "position to the server's stderr)"
+            "llama.cpp could not parse it as GBNF with a 'root' rule; a group repeated many "
+            "times, such as (...){1,500}, is a common cause: llama.cpp expands each repeat "
+            "into rules and refuses past ~2000 of them"
         )
     return Sampler(ptr)
 
