@@ -42,7 +42,10 @@ def usage(results: list[ChoiceResult], n: int) -> dict[str, object]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in results[::n])},
+        "prompt_tokens_details": {
+            "cached_tokens": sum(r.cached_tokens for r in results[::n]),
+            "cache_write_tokens": sum(r.cache_written_tokens for r in results[::n]),
+        },
         # As OpenAI reports them: no reasoning or audio tokens here; prediction tokens when
         # the request carried a prediction (Predicted Outputs).
         "completion_tokens_details": {

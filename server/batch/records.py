@@ -62,7 +62,10 @@ class Batch:
             u = self.usage
             usage = {
                 "input_tokens": u.get("input_tokens", 0),
-                "input_tokens_details": {"cached_tokens": u.get("cached_tokens", 0)},
+                "input_tokens_details": {
+                    "cached_tokens": u.get("cached_tokens", 0),
+                    "cache_write_tokens": u.get("cache_write_tokens", 0),
+                },
                 "output_tokens": u.get("output_tokens", 0),
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": u.get("input_tokens", 0) + u.get("output_tokens", 0),

@@ -250,5 +250,8 @@ def _usage(body: Any) -> dict[str, int]:
         "input_tokens": usage.get("prompt_tokens", usage.get("input_tokens", 0)),
         "output_tokens": usage.get("completion_tokens", usage.get("output_tokens", 0)),
         "cached_tokens": details.get("cached_tokens", 0) if isinstance(details, dict) else 0,
+        "cache_write_tokens": (
+            details.get("cache_write_tokens", 0) if isinstance(details, dict) else 0
+        ),
     }
     return {k: v for k, v in counts.items() if isinstance(v, int)}

@@ -155,6 +155,7 @@ class ChoiceResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_written_tokens: int = 0
     accepted_prediction_tokens: int = 0
     rejected_prediction_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
@@ -184,6 +185,7 @@ class ChoiceResult:
             self.prompt_tokens = output.prompt_tokens
             self.completion_tokens = output.completion_tokens
             self.cached_tokens = output.cached_tokens
+            self.cache_written_tokens = output.cache_written_tokens
             self.accepted_prediction_tokens = output.accepted_prediction_tokens
             self.rejected_prediction_tokens = output.rejected_prediction_tokens
 

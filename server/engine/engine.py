@@ -516,6 +516,9 @@ class Engine:
         output = output or GenerationOutput("", [])
         output.completion_tokens = seq.n_generated
         output.cached_tokens = seq.n_cached or 0
+        if self.scheduler.cache.shares_prefixes:  # what it computed of its prompt stays
+            prompt = len(seq.request.prompt_tokens)
+            output.cache_written_tokens = max(0, prompt - output.cached_tokens)
         predicted = seq.request.prediction
         if predicted:
             drafter = seq.drafter

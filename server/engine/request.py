@@ -33,6 +33,7 @@ class GenerationOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    cache_written_tokens: int = 0  # prompt tokens computed here and kept for reuse
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when asked
     # With the first generated token, when asked: one per prompt token after the first.

@@ -63,8 +63,11 @@ def _transcript(messages: list[dict[str, Any]]) -> str:
 
 
 def _user_message(message: dict[str, Any]) -> dict[str, Any]:
+    # An item of the compacted output, as OpenAI's schema has it: with its id and status.
     return {
         "type": "message",
+        "id": new_id("msg_"),
+        "status": "completed",
         "role": "user",
         "content": [{"type": "input_text", "text": message["content"]}],
     }

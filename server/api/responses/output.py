@@ -80,7 +80,10 @@ class ResponseBuilder:
 def usage(result: ChoiceResult) -> dict[str, Any]:
     return {
         "input_tokens": result.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": result.cached_tokens},
+        "input_tokens_details": {
+            "cached_tokens": result.cached_tokens,
+            "cache_write_tokens": result.cache_written_tokens,
+        },
         "output_tokens": result.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": result.prompt_tokens + result.completion_tokens,
