@@ -353,3 +353,47 @@ def test_a_tool_result_is_said_in_words_where_the_template_has_no_tool_role() ->
     assert json.loads(with_role[1]["content"]) == {
         "tool_response": {"tool_call_id": "call_9", "content": "5"}
     }
+
+
+def test_legacy_functions_and_function_call(client: openai.OpenAI, model_id: str) -> None:
+    """The API before tools: functions + function_call in, message.function_call and
+    finish_reason "function_call" out (streamed: a function_call delta), and an earlier
+    call and its `function` message read back as history."""
+    functions = [WEATHER["function"]]
+    named = {"name": "get_weather"}
+    reply = chat(client, model_id, functions=functions, function_call=named)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    call = choice.message.function_call
+    assert call is not None and call.name == "get_weather"
+    assert set(json.loads(call.arguments)) == {"city", "unit"}
+    stream = chat(client, model_id, functions=functions, function_call=named, stream=True)
+    deltas, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            if chunk.choices[0].delta.function_call is not None:
+                deltas.append(chunk.choices[0].delta.function_call)
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "function_call" and [d.name for d in deltas] == ["get_weather"]
+    assert json.loads(deltas[0].arguments or "")
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "function_call": call.model_dump()},
+        {"role": "function", "name": "get_weather", "content": "22 C and sunny"},
+    ]
+    after = chat(client, model_id, messages=history, functions=functions, function_call="none")
+    assert after.choices[0].finish_reason in ("stop", "length")
+    assert after.choices[0].message.content and after.choices[0].message.function_call is None
+    with pytest.raises(openai.BadRequestError) as both:
+        chat(client, model_id, functions=functions, tools=[WEATHER])
+    assert both.value.param == "functions"
+
+
+def test_an_earlier_refusal_part_goes_back_as_text(client: openai.OpenAI, model_id: str) -> None:
+    messages = [
+        {"role": "user", "content": "Tell me a secret."},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't share that."}]},
+        {"role": "user", "content": "Then say hello."},
+    ]
+    reply = chat(client, model_id, messages=messages, max_tokens=8)
+    assert reply.choices[0].message.content is not None

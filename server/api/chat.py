@@ -28,6 +28,12 @@ from server.chat.generate import (
     finish_reason,
     start_streams,
 )
+from server.chat.legacy_functions import (
+    asked_legacy,
+    legacy_finish_reason,
+    legacy_message,
+    upgrade,
+)
 from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.requests import ChatCompletionRequest
 from server.chat.tools import parse_answer
@@ -38,7 +44,7 @@ from server.runtime import Runtime
 @documented("Create a chat completion", body=ChatCompletionRequest)
 async def chat_completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
-    req = validate_body(ChatCompletionRequest, await read_json(request))
+    req = upgrade(validate_body(ChatCompletionRequest, await read_json(request)))
     lease = await runtime.models.acquire(req.model)
     with lease as chat:
         prepared = await prepare_chat(chat, req)
@@ -82,6 +88,8 @@ def response_body(
             if calls is not None:
                 message["tool_calls"] = calls
         finish = finish_reason(r, calls is not None)
+        if asked_legacy(req):
+            message, finish = legacy_message(message), legacy_finish_reason(finish)
         logprobs = chat_logprobs(runtime.model, r.logprobs) if req.logprobs else None
         choices.append(
             {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
@@ -131,10 +139,15 @@ async def stream_chunks(
             yield content(event)
         if isinstance(event, ChoiceEnd):
             results[event.index] = event.result
-            if event.tool_calls is not None:
+            finish = event.finish_reason
+            if event.tool_calls is not None and asked_legacy(req):
+                function_call = event.tool_calls[0]["function"]
+                yield chunk([choice(event.index, {"function_call": function_call})])
+                finish = legacy_finish_reason(finish)
+            elif event.tool_calls is not None:
                 deltas = [{"index": k, **call} for k, call in enumerate(event.tool_calls)]
                 yield chunk([choice(event.index, {"tool_calls": deltas})])
-            yield chunk([choice(event.index, {}, event.finish_reason)])
+            yield chunk([choice(event.index, {}, finish)])
     if keep is not None:  # stored as the same request without stream would have returned it
         keep(response_body(runtime, results, req, prepared, envelope))
     if req.include_usage:

@@ -130,6 +130,11 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             texts = []
             for part in content:
                 kind = part.get("type")
+                if kind == "refusal" and message.role == "assistant":
+                    # An earlier answer that refused (OpenAI's assistant content part): what
+                    # it said goes back as its text.
+                    texts.append(str(part.get("refusal") or ""))
+                    continue
                 if kind != "text" or not isinstance(part.get("text"), str):
                     raise InvalidRequest(
                         f"Content parts of type {kind!r} are not supported by this model; "

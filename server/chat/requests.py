@@ -176,6 +176,9 @@ class ChatCompletionRequest(SamplingFields):
     # Keep the completion for GET /v1/chat/completions (OpenAI's stored completions).
     store: bool = False
     metadata: Metadata | None = None
+    # OpenAI's deprecated form of tools (legacy_functions.py).
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
     # OpenAI's outputs other than text, refused by name (prepare.py) rather than ignored.
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
