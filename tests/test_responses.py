@@ -259,6 +259,23 @@ def test_file_search_over_a_vector_store(
         ),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.[0].type"),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        # Found by schemathesis over OpenAI's own schemas: a call_id that is no string.
+        (
+            {"input": [{"type": "custom_tool_call", "call_id": [None], "name": "x", "input": ""}]},
+            "input.[0].call_id",
+        ),
+        (
+            {"input": [{"type": "function_call", "call_id": 7, "name": "f", "arguments": "{}"}]},
+            "input.[0].call_id",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "call_id": {}, "output": ""}]},
+            "input.[0].call_id",
+        ),
+        (
+            {"input": [{"type": "message", "id": ["m"], "role": "user", "content": "hi"}]},
+            "input.id",
+        ),
     ],
 )
 def test_bad_requests(server: RunningServer, model_id: str, body: dict, param: str) -> None:

@@ -125,7 +125,7 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             messages.append({"role": role, "content": _text_of(item.get("content"), param)})
         elif kind == "function_call":
             call = {
-                "id": item.get("call_id") or item.get("id") or new_id("call_"),
+                "id": _call_id(item, param),
                 "type": "function",
                 "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")},
             }
@@ -136,7 +136,7 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not isinstance(item.get("name"), str):
                 raise bad_request("A custom_tool_call item needs a name.", param=f"{param}.name")
             call = {
-                "id": item.get("call_id") or item.get("id") or new_id("call_"),
+                "id": _call_id(item, param),
                 "type": "custom",
                 "custom": {"name": item["name"], "input": str(item.get("input", ""))},
             }
@@ -145,7 +145,7 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             output = item.get("output", "")
             text = output if isinstance(output, str) else _text_of(output, f"{param}.output")
             messages.append(
-                {"role": "tool", "tool_call_id": item.get("call_id", ""), "content": text}
+                {"role": "tool", "tool_call_id": _call_id(item, param, ""), "content": text}
             )
         elif kind == "compaction":
             summaries.append(_compaction_summary(item, param))
@@ -157,6 +157,18 @@ def input_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         text = "Summary of the conversation so far:\n" + "\n\n".join(summaries)
         messages.insert(0, {"role": "system", "content": text})
     return messages
+
+
+def _call_id(item: dict[str, Any], param: str, default: str | None = None) -> str:
+    """A call item's call_id (else its id, else a new one), an output item's call_id (else
+    `default`): a string, or 400."""
+    for key in ("call_id",) if default is not None else ("call_id", "id"):
+        value = item.get(key)
+        if value is not None and not isinstance(value, str):
+            raise bad_request(f"{key} must be a string.", param=f"{param}.{key}")
+        if value:
+            return value
+    return default if default is not None else new_id("call_")
 
 
 def _add_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
@@ -295,7 +307,10 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
 def with_id(item: dict[str, Any]) -> dict[str, Any]:
     """An input item as it is kept: with an id of its own (OpenAI's input items have one,
     and list pagination goes by it)."""
-    if item.get("id"):
+    given = item.get("id")
+    if given is not None and not isinstance(given, str):
+        raise bad_request("An input item's id must be a string.", param="input.id")
+    if given:
         return item
     prefix = {
         "message": "msg_",
