@@ -1,7 +1,8 @@
 """`make fuzz`: schemathesis over the whole API of a live Hearth server, phase by phase.
 
 Each phase (schema examples, boundary coverage, random fuzzing, stateful sequences that
-follow the OpenAPI links) runs as its own schemathesis process; between phases the
+follow the OpenAPI links, and examples and fuzzing from OpenAI's own request schemas) runs as
+its own schemathesis process; between phases the
 server must answer /health with 200 and serve a normal chat completion. Any 5xx, network
 error or request slower than the timeout fails the run. The suite runs the same phases
 with few examples (tests/test_fuzz.py); this runs many and prints the figures for
@@ -24,7 +25,13 @@ import httpx
 from bench.report import write_section
 from bench.servers import ROOT, start_hearth
 
-PHASES = ("examples", "coverage", "fuzzing", "stateful")
+PHASES = ("examples", "coverage", "fuzzing", "stateful", "openai")
+# make fuzz also runs this one: OpenAI's schemas' boundary cases, ~33,000 requests without
+# /responses/compact (whose every valid request makes a summary: minutes more).
+THOROUGH_PHASES = (*PHASES, "openai-coverage")
+# The "openai" phase: what OpenAI's own request schemas allow (its published OpenAPI
+# document cut to the endpoints Hearth serves), sent to Hearth's /v1.
+OPENAI_SCHEMA = ROOT / "tests" / "fixtures" / "openai_openapi.json"
 # A server that answers fast whatever the fuzzer asks: short contexts and completions, few
 # completions per request, small uploads. Every limit stays on.
 FUZZ_CONFIG = """\
@@ -56,14 +63,22 @@ def run_phase(
     url: str, api_key: str, phase: str, max_examples: int, seed: int, report_dir: Path
 ) -> PhaseResult:
     report = report_dir / f"{phase}.ndjson"
+    if phase == "openai":
+        where = [str(OPENAI_SCHEMA), "--url", f"{url}/v1"]
+        phases = "examples,fuzzing"
+    elif phase == "openai-coverage":
+        where = [str(OPENAI_SCHEMA), "--url", f"{url}/v1", "--exclude-path", "/responses/compact"]
+        phases = "coverage"
+    else:
+        where, phases = [f"{url}/openapi.json"], phase
     cmd = [
         sys.executable,
         "-m",
         "schemathesis.cli",
         "run",
-        f"{url}/openapi.json",
+        *where,
         "--phases",
-        phase,
+        phases,
         "--checks",
         "not_a_server_error",
         "--max-examples",
@@ -175,7 +190,7 @@ def main() -> int:
         )
         results = []
         try:
-            for phase in PHASES:
+            for phase in THOROUGH_PHASES:
                 result = run_phase(
                     server.url, api_key, phase, args.max_examples, args.seed, tmp_dir
                 )

@@ -1,5 +1,5 @@
-"""Hearth's answers against OpenAI's own published schemas (tests/fixtures/openai_schemas.json,
-made from github.com/openai/openai-openapi by make_openai_schemas.py): every object and
+"""Hearth's answers against OpenAI's own published schemas (tests/fixtures/openai_openapi.json,
+cut from github.com/openai/openai-openapi by make_openai_schemas.py): every object and
 stream event a client can get from the endpoints Hearth serves, as raw JSON on the wire.
 
 The SDKs accept nearly anything; a stricter client (generated from the same document, or
@@ -23,8 +23,20 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.conftest import RunningServer
+from tests.fixtures.make_openai_schemas import relaxed
 
-DOCUMENT = json.loads((Path(__file__).parent / "fixtures" / "openai_schemas.json").read_text())
+OPENAPI = json.loads((Path(__file__).parent / "fixtures" / "openai_openapi.json").read_text())
+DOCUMENT = {
+    # "POST /chat/completions" -> the $ref of its 200 answer's schema
+    "responses": {
+        f"{method.upper()} {path}": ok["content"]["application/json"]["schema"]
+        for path, operations in OPENAPI["paths"].items()
+        for method, operation in operations.items()
+        if "application/json"
+        in (ok := operation.get("responses", {}).get("200", {})).get("content", {})
+    },
+    "components": {"schemas": relaxed(OPENAPI["components"]["schemas"])},
+}
 REGISTRY = Registry().with_resource("urn:openai", Resource(DOCUMENT, DRAFT202012))
 # Fields Hearth adds to a search result (README: "Search results carry OpenAI's fields plus
 # Hearth's ..."), where the document closes the object to extra fields.

@@ -279,6 +279,32 @@ def test_compact_keeps_user_turns_and_summarises_the_rest(
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 
 
+def test_a_conversation_longer_than_the_context_can_still_be_compacted(
+    server: RunningServer, model_id: str
+) -> None:
+    """What compaction is for: the session server's context is 2048 tokens, this history
+    ~3,500. Its oldest turns are left out of what the summary reads (the user turns are all
+    kept), instead of a context_length_exceeded."""
+    history = []
+    for day in range(120):
+        history.append(
+            {"role": "user", "content": f"Day {day}: the bees swarmed near hive {day} again."}
+        )
+        history.append(
+            {"role": "assistant", "content": f"Noted for day {day}: check hive {day} at dawn."}
+        )
+    r = httpx.post(
+        f"{server.base_url}/responses/compact",
+        json={"model": model_id, "input": history},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    output = r.json()["output"]
+    assert len([o for o in output if o["type"] == "message"]) == 120
+    assert [o["type"] for o in output].count("compaction") == 1
+    assert r.json()["usage"]["input_tokens"] <= 2048
+
+
 def events_until_done(connection: Any) -> list[dict[str, Any]]:
     """A WebSocket-mode connection's messages up to the end of one response (or an error)."""
     events = []

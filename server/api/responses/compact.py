@@ -10,6 +10,7 @@ conversation from it; wire.py turns the compaction item back into a system messa
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -23,13 +24,16 @@ from server.api.responses.handlers import conversation
 from server.api.responses.output import usage
 from server.api.responses.wire import compaction_content, input_messages
 from server.chat.generate import collect, start_streams
-from server.chat.prepare import prepare_chat
+from server.chat.prepare import PreparedChat, prepare_chat
 from server.chat.requests import ChatCompletionRequest
 from server.ids import new_id
+from server.model_pool import LoadedModel
 from server.runtime import Runtime
 
 # How long the summary may be, in tokens.
 SUMMARY_TOKENS = 256
+# Less room than this for the summary: the transcript's oldest lines go first.
+SUMMARY_MIN_TOKENS = 64
 INSTRUCTION = (
     "Summarize the conversation below for whoever continues it: who the user is, what "
     "they asked and were told, names, numbers and decisions, and what is still open. "
@@ -53,13 +57,68 @@ def _transcript(messages: list[dict[str, Any]]) -> str:
     lines = []
     for m in messages:
         if m.get("tool_calls"):
-            calls = ", ".join(
-                f"{c['function']['name']}({c['function']['arguments']})" for c in m["tool_calls"]
-            )
+            calls = ", ".join(_said(c) for c in m["tool_calls"])
             lines.append(f"assistant called: {calls}")
         if m.get("content"):
             lines.append(f"{m['role']}: {m['content']}")
     return "\n".join(lines)
+
+
+def _summary_chat(transcript: str) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": INSTRUCTION},
+                {"role": "user", "content": transcript},
+            ],
+            "max_completion_tokens": SUMMARY_TOKENS,
+            "temperature": 0,
+        }
+    )
+
+
+async def _fitting_summary(
+    model: LoadedModel, transcript: str
+) -> tuple[ChatCompletionRequest, PreparedChat]:
+    """The summary request: a conversation longer than the context (what compaction is
+    for) loses its oldest transcript lines, as few as leave room for SUMMARY_MIN_TOKENS of
+    summary (found by bisection); the summary gets up to SUMMARY_TOKENS of the room left.
+    Still too long with only the last line: the engine's context_length_exceeded."""
+    room = model.engine.context_length
+    lines = transcript.split("\n")
+    tried: dict[int, tuple[ChatCompletionRequest, PreparedChat]] = {}
+
+    async def without(k: int) -> tuple[ChatCompletionRequest, PreparedChat]:
+        if k not in tried:
+            text = "\n".join(lines[k:])
+            chat = _summary_chat(f"(earlier turns left out)\n{text}" if k else text)
+            tried[k] = (chat, await prepare_chat(model, chat))
+        return tried[k]
+
+    def fits(prepared: PreparedChat) -> bool:
+        return len(prepared.prompt) + SUMMARY_MIN_TOKENS <= room
+
+    cut = 0
+    if not fits((await without(0))[1]):
+        low, high = 1, len(lines) - 1
+        if high >= 1 and fits((await without(high))[1]):
+            while low < high:
+                middle = (low + high) // 2
+                if fits((await without(middle))[1]):
+                    high = middle
+                else:
+                    low = middle + 1
+            cut = low
+    chat, prepared = await without(cut)
+    limit = max(1, min(SUMMARY_TOKENS, room - len(prepared.prompt)))
+    return chat, replace(prepared, max_tokens=limit)
+
+
+def _said(call: dict[str, Any]) -> str:
+    """A function call as name(arguments), a custom tool's call as name(input)."""
+    if call.get("type") == "custom":
+        return f"{call['custom']['name']}({call['custom']['input']})"
+    return f"{call['function']['name']}({call['function']['arguments']})"
 
 
 def _user_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -89,19 +148,9 @@ async def compact_response(request: Request) -> Response:
         raise bad_request(
             "There is nothing to compact: give input or previous_response_id.", param="input"
         )
-    chat = ChatCompletionRequest.model_validate(
-        {
-            "messages": [
-                {"role": "system", "content": INSTRUCTION},
-                {"role": "user", "content": _transcript(messages)},
-            ],
-            "max_completion_tokens": SUMMARY_TOKENS,
-            "temperature": 0,
-        }
-    )
     lease = await runtime.models.acquire(req.model)
     with lease as model:
-        prepared = await prepare_chat(model, chat)
+        chat, prepared = await _fitting_summary(model, _transcript(messages))
         streams = start_streams(model, chat, [prepared.prompt], [prepared.max_tokens])
         (result,) = await collect(streams, request.is_disconnected)
     summary = result.text.strip()
