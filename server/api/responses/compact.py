@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from server.api.body import read_json, validate_body
 from server.api.errors import bad_request
 from server.api.openapi import documented
-from server.api.responses.handlers import conversation
+from server.api.responses.handlers import conversation, fewest_to_drop
 from server.api.responses.output import usage
 from server.api.responses.wire import compaction_content, input_messages
 from server.chat.generate import collect, start_streams
@@ -100,15 +100,7 @@ async def _fitting_summary(
 
     cut = 0
     if not fits((await without(0))[1]):
-        low, high = 1, len(lines) - 1
-        if high >= 1 and fits((await without(high))[1]):
-            while low < high:
-                middle = (low + high) // 2
-                if fits((await without(middle))[1]):
-                    high = middle
-                else:
-                    low = middle + 1
-            cut = low
+        cut = await fewest_to_drop(len(lines) - 1, without, fits) or 0
     chat, prepared = await without(cut)
     limit = max(1, min(SUMMARY_TOKENS, room - len(prepared.prompt)))
     return chat, replace(prepared, max_tokens=limit)

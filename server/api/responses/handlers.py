@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -162,16 +162,31 @@ async def fit_context(
             tried[k] = (shorter, await prepare_chat(model, shorter))
         return tried[k]
 
-    low, high = 1, len(turns) - 1  # dropping `high` turns leaves only the last one
-    if high < 1 or not fits((await without(high))[1]):
+    # Dropping len(turns) - 1 turns leaves only the last one.
+    cut = await fewest_to_drop(len(turns) - 1, without, fits)
+    if cut is None:
         return chat, prepared  # the engine's context_length_exceeded says why
+    return await without(cut)
+
+
+async def fewest_to_drop(
+    most: int,
+    without: Callable[[int], Awaitable[tuple[ChatCompletionRequest, PreparedChat]]],
+    fits: Callable[[PreparedChat], bool],
+) -> int | None:
+    """The fewest (1..most) leading parts whose removal makes `without(k)` fit, found by
+    bisection (fitting grows with k; each try renders a whole prompt); None if even
+    `most` is not enough."""
+    low, high = 1, most
+    if high < 1 or not fits((await without(high))[1]):
+        return None
     while low < high:
         middle = (low + high) // 2
         if fits((await without(middle))[1]):
             high = middle
         else:
             low = middle + 1
-    return await without(low)
+    return low
 
 
 def _is_system(message: Any) -> bool:
