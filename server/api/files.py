@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
@@ -72,24 +72,15 @@ async def create_file(request: Request) -> Response:
     # measured again as it is written.
     form = await request.form(max_files=1, max_fields=16)
     try:
-        upload = form.get("file")
+        upload = form_file(form, "file")
         purpose = form.get("purpose")
-        if not isinstance(upload, UploadFile):
-            raise bad_request(
-                "Missing required parameter: 'file'.",
-                param="file",
-                code="missing_required_parameter",
-            )
         if not isinstance(purpose, str) or not purpose:
             raise bad_request(
                 "Missing required parameter: 'purpose'.",
                 param="purpose",
                 code="missing_required_parameter",
             )
-        if purpose not in PURPOSES:
-            raise bad_request(
-                f"Invalid purpose {purpose!r}; expected one of {sorted(PURPOSES)}.", param="purpose"
-            )
+        check_purpose(purpose)
         if len(upload.filename or "") > MAX_FILENAME_CHARS:
             raise bad_request(
                 f"The file name is longer than {MAX_FILENAME_CHARS} characters.", param="file"
@@ -106,6 +97,23 @@ async def create_file(request: Request) -> Response:
     finally:
         await form.close()
     return JSONResponse(file_object(stored))
+
+
+def form_file(form: FormData, name: str) -> UploadFile:
+    """The file part `name` of a multipart form, or the 400 OpenAI answers without it."""
+    part = form.get(name)
+    if not isinstance(part, UploadFile):
+        raise bad_request(
+            f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
+        )
+    return part
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise bad_request(
+            f"Invalid purpose {purpose!r}; expected one of {sorted(PURPOSES)}.", param="purpose"
+        )
 
 
 def expiry_seconds(anchor: Any, seconds: Any) -> int | None:

@@ -9,14 +9,19 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from retrieval.uploads import Upload, UploadError, UploadStore
 from server.api.body import read_json, validate_body
 from server.api.errors import APIError, bad_request
-from server.api.files import EXPIRY_SECONDS, MAX_FILENAME_CHARS, PURPOSES, file_object
+from server.api.files import (
+    EXPIRY_SECONDS,
+    MAX_FILENAME_CHARS,
+    check_purpose,
+    file_object,
+    form_file,
+)
 from server.api.openapi import documented
 
 PART_FORM = {
@@ -97,11 +102,7 @@ async def _done(request: Request, work: Any, *args: Any) -> Upload:
 @documented("Begin an upload in parts", body=CreateUpload, creates="upload_id")
 async def create_upload(request: Request) -> Response:
     body = validate_body(CreateUpload, await read_json(request))
-    if body.purpose not in PURPOSES:
-        raise bad_request(
-            f"Invalid purpose {body.purpose!r}; expected one of {sorted(PURPOSES)}.",
-            param="purpose",
-        )
+    check_purpose(body.purpose)
     seconds = body.expires_after.seconds if body.expires_after is not None else None
     try:
         upload = await asyncio.to_thread(
@@ -122,13 +123,7 @@ async def add_part(request: Request) -> Response:
     upload = _require(request)
     form = await request.form(max_files=1, max_fields=4)
     try:
-        data = form.get("data")
-        if not isinstance(data, UploadFile):
-            raise bad_request(
-                "Missing required parameter: 'data'.",
-                param="data",
-                code="missing_required_parameter",
-            )
+        data = form_file(form, "data")
         part = await _done(request, _store(request).add_part, upload, data.file)
     finally:
         await form.close()
