@@ -398,13 +398,22 @@ def test_responses_custom_tools(client: openai.OpenAI, model_id: str) -> None:
         },
         max_output_tokens=30,
     ) as stream:
-        kinds = [event.type for event in stream]
+        seen = list(stream)
         final = stream.get_final_response()
-    assert "response.custom_tool_call_input.delta" in kinds
-    assert "response.custom_tool_call_input.done" in kinds
+    kinds = [event.type for event in seen]
     (streamed,) = final.output
     assert streamed.type == "custom_tool_call"
     Lark(SHORT_SUM).parse(streamed.input)
+    # The input streams as it is written: the item announced first, then its pieces, all
+    # under the one item id the finished response gives it.
+    deltas = [e for e in seen if e.type == "response.custom_tool_call_input.delta"]
+    assert len(deltas) > 1 and "".join(d.delta for d in deltas) == streamed.input
+    added = kinds.index("response.output_item.added")
+    assert added < kinds.index("response.custom_tool_call_input.delta")
+    assert kinds.index("response.custom_tool_call_input.done") > kinds.index(
+        "response.custom_tool_call_input.delta"
+    )
+    assert seen[added].item.id == streamed.id and all(d.item_id == streamed.id for d in deltas)
 
 
 def test_bad_custom_tools_are_400s_in_both_apis(client: openai.OpenAI, model_id: str) -> None:

@@ -260,14 +260,28 @@ class Failed:
     message: str
 
 
-Event = TextDelta | ChoiceEnd | Failed
+@dataclass(frozen=True)
+class CustomInputDelta:
+    """A custom tool call being written: the call (its input empty; its id is the one its
+    ChoiceEnd gives) and the input written since the last one. Only to events() callers
+    that ask (custom_input=True)."""
+
+    index: int
+    call: dict[str, Any]
+    delta: str
 
 
-async def events(streams: list[GenerationStream], with_tools: bool = False) -> AsyncIterator[Event]:
+Event = TextDelta | ChoiceEnd | Failed | CustomInputDelta
+
+
+async def events(
+    streams: list[GenerationStream], with_tools: bool = False, custom_input: bool = False
+) -> AsyncIterator[Event]:
     results = [ChoiceResult() for _ in streams]
     # With tools the model writes JSON: answers are decoded from it as they stream, tool
     # calls come out whole when the choice ends.
     answers = [AnswerStream() for _ in streams] if with_tools else None
+    opened: set[int] = set()  # choices whose custom call has been announced
     # Logprobs of tokens whose text is still held back go out with that text, later.
     pending: list[list[TokenLogprob]] = [[] for _ in streams]
     async for index, output in merged(streams):
@@ -278,6 +292,11 @@ async def events(streams: list[GenerationStream], with_tools: bool = False) -> A
             pending[index].extend(output.logprobs)
         results[index].add(output)
         text = output.text if answers is None else answers[index].feed(output.text)
+        if custom_input and answers is not None:  # its last delta before its ChoiceEnd
+            call, delta = answers[index].custom_input()
+            if call is not None and (delta or index not in opened):
+                opened.add(index)
+                yield CustomInputDelta(index, call, delta)
         if not output.finished:
             if text:
                 yield TextDelta(index, text, pending[index])

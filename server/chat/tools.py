@@ -432,6 +432,21 @@ class AnswerStream:
     _start: int = 0  # where the response string's characters begin in raw
     _sent: int = 0  # characters of the decoded response already sent
     _pending: list[str] = field(default_factory=list)
+    _custom: dict[str, Any] | None = None  # the custom call being written, once named
+    _input_sent: int = 0  # characters of its input already given out
+
+    def custom_input(self) -> tuple[dict[str, Any] | None, str]:
+        """A custom tool call as it is written: the call (its input empty) once its header
+        line has ended, and the input written since the last ask."""
+        header = _CUSTOM_CALL.match(self.raw) if self.mode == "custom" else None
+        if header is None:
+            return None, ""
+        if self._custom is None:
+            self._custom = _custom_call(header.group(1), "")
+        written = self.raw[header.end() :]
+        delta = written[self._input_sent :]
+        self._input_sent = len(written)
+        return self._custom, delta
 
     def feed(self, text: str) -> str:
         """Content to stream now (may be empty)."""
@@ -461,7 +476,9 @@ class AnswerStream:
             header = _CUSTOM_CALL.match(self.raw)
             if header is None:
                 return "", None
-            return "", [_custom_call(header.group(1), self.raw[header.end() :])]
+            call = self._custom or _custom_call(header.group(1), "")  # the id it streamed with
+            custom = {**call["custom"], "input": self.raw[header.end() :]}
+            return "", [{**call, "custom": custom}]
         parsed = _parse_json(self.raw)
         if parsed is not None and parsed[1] is not None:
             return "", parsed[1]

@@ -16,6 +16,7 @@ from server.api.responses.output import (
     ResponseBuilder,
     file_citations,
     file_search_item,
+    function_call_item,
     function_call_items,
     message_item,
     status_of,
@@ -23,7 +24,7 @@ from server.api.responses.output import (
 )
 from server.api.sse import dumps
 from server.async_engine import GenerationStream
-from server.chat.generate import ChoiceEnd, Failed, events
+from server.chat.generate import ChoiceEnd, CustomInputDelta, Failed, events
 from server.chat.prepare import PreparedChat
 from server.ids import new_id
 
@@ -106,7 +107,22 @@ async def stream_events(
             ),
         ]
 
-    async for out in events(streams, with_tools=prepared.tools is not None):
+    # A custom tool call's item, announced while its input was being written (by call id).
+    calling: dict[str, dict[str, Any]] = {}
+    async for out in events(streams, with_tools=prepared.tools is not None, custom_input=True):
+        if isinstance(out, CustomInputDelta):
+            item = calling.get(out.call["id"])
+            if item is None:
+                item = calling[out.call["id"]] = function_call_item(out.call, "in_progress")
+                yield event("response.output_item.added", output_index=len(output), item=item)
+            if out.delta:
+                yield event(
+                    "response.custom_tool_call_input.delta",
+                    item_id=item["id"],
+                    output_index=len(output),
+                    delta=out.delta,
+                )
+            continue
         if isinstance(out, Failed):
             error = APIError(500, out.message, type="server_error", code="server_error")
             yield event("error", **error_fields(error))
@@ -141,17 +157,21 @@ async def stream_events(
                     if item["type"] == "custom_tool_call"
                     else ("arguments", "function_call_arguments")
                 )
-                yield event(
-                    "response.output_item.added",
-                    output_index=index,
-                    item={**item, field: "", "status": "in_progress"},
-                )
-                yield event(
-                    f"response.{kind}.delta",
-                    item_id=item["id"],
-                    output_index=index,
-                    delta=item[field],
-                )
+                announced = calling.get(item["call_id"])
+                if announced is not None:  # its input went out as it was written
+                    item["id"] = announced["id"]
+                else:
+                    yield event(
+                        "response.output_item.added",
+                        output_index=index,
+                        item={**item, field: "", "status": "in_progress"},
+                    )
+                    yield event(
+                        f"response.{kind}.delta",
+                        item_id=item["id"],
+                        output_index=index,
+                        delta=item[field],
+                    )
                 done = {"name": item["name"]} if field == "arguments" else {}
                 yield event(
                     f"response.{kind}.done",
