@@ -133,110 +133,189 @@ class PredictionLookup:
         return self.fallback.propose(k) if self.fallback is not None else []
 
 
+# Weight of a verification after each later one, in a sequence's acceptance estimate, and
+# in the engine's estimate over all sequences (which remembers more of them).
+RECENCY = 0.8
+POPULATION_RECENCY = 0.95
+PRIOR_WEIGHT = 0.5
+
+
 @dataclass
 class DraftStats:
-    """How a sequence's drafts fare: an estimate of the chance that its next draft token
-    is accepted given the one before it was (Beta(1, 1) prior; older verifications weigh
-    less, since a sequence copies in runs: a quote, then prose). Totals over all
-    sequences are the engine's (EngineStats.draft_*)."""
+    """How a sequence's drafts fare: for each draft position i, the chance that at least
+    i draft tokens are accepted, from its recent verifications (older ones weigh less,
+    since a sequence copies in runs: a quote, then prose). Per position and not one rate,
+    because acceptance comes in runs: a copying sequence takes all eight tokens of most
+    drafts and none of a few, which a single rate would call five. Each position starts
+    from PRIOR_WEIGHT of a verification accepting with the prior's chance: by default
+    0.5**i; for a new sequence, what recent sequences' drafts did (the engine's
+    `population`, fed every record, remembering more of them): a workload of quoting
+    answers drafts from a request's first tokens, one of prose waits for evidence.
 
-    _hits: float = 0.0
-    _misses: float = 0.0
+    A proposal the step does not verify is watched instead: checked against the output as
+    it comes, it teaches the estimate what a draft would have done, for free. So a
+    sequence that starts copying is seen to copy before it pays for a draft, where a
+    verification costs much (two tokens in a step cost more than twice one on a CPU).
+    Totals over all sequences are the engine's (EngineStats.draft_*)."""
+
+    prior: list[float] = field(default_factory=list)  # [i-1]; past its end, 0.5**i
+    population: DraftStats | None = None  # also told every record
+    recency: float = RECENCY  # weight of a record after each later one
+    _reached: list[float] = field(default_factory=list)  # [i-1]: verifications of >= i
+    _accepted: list[float] = field(default_factory=list)  # [i-1]: of them, >= i accepted
+    _watched: list[int] = field(default_factory=list)
+    _watched_at: int = 0  # where in the sequence's tokens the watched proposal starts
 
     @classmethod
-    def expecting(cls, hits: float) -> DraftStats:
-        """Stats that start as if `hits` draft tokens had been accepted in a row (a client's
-        prediction is meant to be followed: its drafts start long)."""
-        return cls(_hits=hits)
+    def expecting(cls, tokens: int, times: int) -> DraftStats:
+        """Stats that start as if `times` drafts of `tokens` had been accepted whole (a
+        client's prediction is meant to be followed: its drafts start long)."""
+        stats = cls()
+        for _ in range(times):
+            stats.record(tokens, tokens)
+        return stats
+
+    def for_new_sequence(self, k: int) -> DraftStats:
+        """A sequence's stats, starting from what this population's drafts did."""
+        return DraftStats(prior=self.reach(k), population=self)
 
     def record(self, drafted: int, accepted: int) -> None:
-        self._hits = RECENCY * self._hits + accepted
-        self._misses = RECENCY * self._misses + (1 if accepted < drafted else 0)
+        if self.population is not None:
+            self.population.record(drafted, accepted)
+        grow = drafted - len(self._reached)
+        if grow > 0:
+            self._reached += [0.0] * grow
+            self._accepted += [0.0] * grow
+        for i in range(len(self._reached)):
+            self._reached[i] *= self.recency
+            self._accepted[i] *= self.recency
+            if i < drafted:
+                self._reached[i] += 1
+                self._accepted[i] += i < accepted
 
-    @property
-    def next_token_acceptance(self) -> float:
-        return (self._hits + 1) / (self._hits + self._misses + 2)
+    def reach(self, k: int) -> list[float]:
+        """[i-1]: the chance that a draft of k tokens gets at least i of them accepted
+        (never rising with i)."""
+        out: list[float] = []
+        for i in range(k):
+            prior = self.prior[i] if i < len(self.prior) else 0.5 ** (i + 1)
+            if i < len(self._reached):
+                p = (self._accepted[i] + PRIOR_WEIGHT * prior) / (self._reached[i] + PRIOR_WEIGHT)
+            else:
+                p = prior
+            out.append(min(p, out[-1]) if out else p)
+        return out
 
+    def watch(self, proposal: Sequence[int], at: int) -> None:
+        """Follow an undrafted proposal for tokens[at:] (one at a time)."""
+        if not self._watched and proposal:
+            self._watched, self._watched_at = list(proposal), at
 
-# Weight of a verification after each later one, in the acceptance estimate.
-RECENCY = 0.8
+    def unwatch(self) -> None:
+        """The sequence drafts for real: its verification is the evidence."""
+        self._watched = []
+
+    def settle(self, tokens: Sequence[int]) -> None:
+        """Record the watched proposal once the output has confirmed it whole or departed."""
+        watched = self._watched
+        if not watched:
+            return
+        out = tokens[self._watched_at : self._watched_at + len(watched)]
+        n = 0
+        while n < len(out) and out[n] == watched[n]:
+            n += 1
+        if n < len(out) or len(out) == len(watched):
+            self.record(len(watched), n)
+            self._watched = []
 
 
 @dataclass
 class StepCost:
-    """What a step costs as a function of its tokens, measured as the engine runs:
-    seconds ~= base + per_token * tokens, fitted (exponentially weighted least squares)
-    over small steps of decode and draft tokens only (the engine leaves out steps with
-    prompt chunks), where decoding and drafting live. On two CPU cores here a token
-    costs about half a one-token step (llama.cpp is compute-bound even at two tokens);
-    on a GPU a hundredth. Until the steps seen vary in size, per_token is PRIOR_RATIO of
-    the base: drafting starts cautious, and its own steps teach the fit."""
+    """Seconds a step takes by its number of tokens, measured as the engine runs, over
+    steps of decode and draft tokens only (the engine leaves out steps with prompt
+    chunks, which run at prefill's efficiency).
 
-    base: float = 0.0
-    per_token: float = 0.0
-    _w: float = 0.0
-    _x: float = 0.0
-    _y: float = 0.0
-    _xx: float = 0.0
-    _xy: float = 0.0
+    Not a line: on two CPU cores here one token takes 7 ms, two 17 ms, eight 29 ms and
+    sixteen 37 ms (llama.cpp's CPU kernels go from matrix-vector to matrix-matrix at two
+    tokens and tile by four and eight, so six cost more than eight); on a GPU sixteen cost
+    about what one does. So each size keeps its own mean; a size not seen yet is read off
+    the line between the nearest seen sizes around it, and past the largest seen size L
+    it is guessed as t(L) * sqrt(n / L): hopefully, since the step that tries it corrects
+    the guess, where a cautious guess would never be tried."""
+
+    _mean: dict[int, float] = field(default_factory=dict)  # tokens -> mean seconds
+    _count: dict[int, int] = field(default_factory=dict)
 
     def observe(self, n_tokens: int, seconds: float) -> None:
-        if n_tokens > MAX_FIT_TOKENS or seconds <= 0:
+        if not 1 <= n_tokens <= MAX_FIT_TOKENS or seconds <= 0:
             return
-        d = FIT_DECAY
-        self._w = d * self._w + 1
-        self._x = d * self._x + n_tokens
-        self._y = d * self._y + seconds
-        self._xx = d * self._xx + n_tokens * n_tokens
-        self._xy = d * self._xy + n_tokens * seconds
-        mx, my = self._x / self._w, self._y / self._w
-        var = self._xx / self._w - mx * mx
-        if var >= MIN_FIT_VARIANCE:
-            slope = (self._xy / self._w - mx * my) / var
-            self.per_token = max(slope, 0.0)
-            self.base = max(my - self.per_token * mx, self.per_token)
-        else:
-            # All steps alike so far: split their time by the prior ratio.
-            self.base = my / (1 + PRIOR_RATIO * (mx - 1)) if mx >= 1 else my
-            self.per_token = PRIOR_RATIO * self.base
+        count = self._count.get(n_tokens, 0) + 1
+        self._count[n_tokens] = count
+        mean = self._mean.get(n_tokens, seconds)
+        self._mean[n_tokens] = mean + (seconds - mean) * max(1 / count, SIZE_WEIGHT)
 
     @property
     def measured(self) -> bool:
-        return self._w > 0
+        return bool(self._mean)
+
+    def by_size_ms(self) -> dict[int, float]:
+        return {n: round(t * 1000, 3) for n, t in sorted(self._mean.items())}
+
+    def seconds(self, n_tokens: int) -> float:
+        """What a step of n_tokens is expected to take (0 before any step was seen)."""
+        if n_tokens in self._mean:
+            return self._mean[n_tokens]
+        below = max((n for n in self._mean if n < n_tokens), default=None)
+        above = min((n for n in self._mean if n > n_tokens), default=None)
+        if below is not None and above is not None:
+            lo, hi = self._mean[below], self._mean[above]
+            return lo + (hi - lo) * (n_tokens - below) / (above - below)
+        nearest = below if below is not None else above
+        if nearest is None:
+            return 0.0
+        return self._mean[nearest] * (n_tokens / nearest) ** 0.5
 
 
-# Steps up to this many tokens enter the fit (prefill chunks run at another efficiency).
+# Steps up to this many tokens enter the table.
 MAX_FIT_TOKENS = 64
-FIT_DECAY = 0.99  # about the last hundred steps
-MIN_FIT_VARIANCE = 0.5  # tokens squared: the steps differ enough in size to fit a slope
-PRIOR_RATIO = 0.5
+SIZE_WEIGHT = 0.1  # a size's mean follows its last ten or so steps
+# A plan with drafts must promise this much more output per second than one without:
+# the estimates are noisy, and a draft that merely breaks even still costs latency.
+MIN_GAIN = 0.05
 
 
-def draft_length(
-    stats: DraftStats,
+def plan_drafts(
+    candidates: Sequence[Sequence[float]],
     cost: StepCost,
-    max_draft: int,
-    batch_tokens: int,
+    n_tokens: int,
     n_outputs: int,
     room: int,
-) -> int:
-    """How many tokens to draft for a sequence this step. The step already holds
-    batch_tokens tokens and yields n_outputs output tokens (one per decoding sequence);
-    draft token i adds per_token to its time and yields a token with probability about
-    alpha**i (alpha: the chance a draft token is accepted after the one before was). It
-    is worth adding while alpha**i is at least what a token's worth of the step's time
-    yields already: so nothing where a token costs much and the batch is wide (a CPU at
-    concurrency 8), long drafts where it costs little (a GPU), short or none for
-    sequences whose drafts are rarely accepted."""
-    if max_draft <= 0 or room <= 0 or not cost.measured or n_outputs <= 0:
-        return 0
-    step_seconds = cost.base + cost.per_token * batch_tokens
-    threshold = cost.per_token * n_outputs / step_seconds if step_seconds > 0 else 0.0
-    alpha = stats.next_token_acceptance
-    k, reach = 0, 1.0
-    while k < min(max_draft, room):
-        reach *= alpha
-        if reach < threshold:
-            break
-        k += 1
-    return k
+) -> list[int]:
+    """How many tokens each candidate drafts this step. A candidate is the chance, for
+    each token its drafter proposes, that the draft gets at least that far accepted
+    (DraftStats.reach). The step already holds n_tokens tokens and yields n_outputs output
+    tokens; a draft token adds a token with its chance. Draft tokens are taken most likely
+    first, and the step gets as many as make its expected output per second highest (not
+    merely while the next one pays: a step's time is not a line in its size), if that
+    beats no drafts by MIN_GAIN: long drafts where tokens cost little (a GPU) or a
+    sequence copies, none where the batch is wide on a CPU and sequences write their own
+    prose."""
+    lengths = [0] * len(candidates)
+    if room <= 0 or n_outputs <= 0 or not cost.measured:
+        return lengths
+    tokens = sorted(
+        ((p, c) for c, reach in enumerate(candidates) for p in reach),
+        key=lambda t: -t[0],
+    )[:room]
+    if not tokens:
+        return lengths
+    best_rate = n_outputs / cost.seconds(n_tokens) * (1 + MIN_GAIN)
+    best, expected = 0, float(n_outputs)
+    for d, (p, _) in enumerate(tokens, 1):
+        expected += p
+        rate = expected / cost.seconds(n_tokens + d)
+        if rate > best_rate:
+            best, best_rate = d, rate
+    for _, c in tokens[:best]:
+        lengths[c] += 1
+    return lengths

@@ -23,7 +23,12 @@ from pathlib import Path
 
 from server.engine import cache_store
 from server.engine.detokenizer import IncrementalDetokenizer
-from server.engine.drafting import DraftStats, PredictionLookup, PromptLookup
+from server.engine.drafting import (
+    POPULATION_RECENCY,
+    DraftStats,
+    PredictionLookup,
+    PromptLookup,
+)
 from server.engine.host_kv import HostStore
 from server.engine.logprobs import TokenLogprob
 from server.engine.no_cache import NoCache
@@ -86,9 +91,9 @@ class EngineConfig:
 
 # Steps with at least this many prompt tokens measure the prefill cost per token.
 PREFILL_SAMPLE_TOKENS = 64
-# A prediction's drafts start as if this many draft tokens had been accepted in a row
-# (next-token acceptance 0.8: five-token drafts at concurrency 1 on 2 CPU cores).
-PREDICTION_PRIOR_HITS = 3.0
+# A prediction's drafts start as if this many drafts of max_draft tokens had been accepted
+# whole (eight-token drafts from the first step at concurrency 1 on 2 CPU cores).
+PREDICTION_PRIOR_DRAFTS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,8 @@ class Engine:
         # Kept across restarts only when there is a cache to keep.
         self._cache_dir = config.cache_dir if isinstance(cache, PrefixCache) else None
         self.stats = EngineStats(n_cells=self.ctx.n_ctx, max_running=config.max_running)
+        # What prompt-lookup drafts of recent sequences did: a new sequence's prior.
+        self.draft_population = DraftStats(recency=POPULATION_RECENCY)
         self._worker = WorkerThread("hearth-engine", "the engine thread")
         self._sequences: dict[int, Sequence] = {}  # request id → sequence, engine thread only
         # Outputs wait here until the next llama_decode is about to start: the listener
@@ -296,9 +303,7 @@ class Engine:
         self.stats.waiting = len(self.scheduler.waiting)
         self.stats.cells_used = self.scheduler.cells_used
         self.stats.preemptions = self.scheduler.preemptions
-        cost = self.scheduler.step_cost
-        self.stats.step_base_ms = round(cost.base * 1000, 3)
-        self.stats.step_token_ms = round(cost.per_token * 1000, 3)
+        self.stats.step_ms_by_tokens = self.scheduler.step_cost.by_size_ms()
         self.stats.sequence_ids = self.scheduler.n_sequence_ids
         self.stats.free_sequence_ids = self.scheduler.free_sequence_ids
         self.stats.active = self._n_active
@@ -355,9 +360,10 @@ class Engine:
             seq.drafter = PredictionLookup(
                 request.prediction, seq.n_prompt, lookup if request.speculative else None
             )
-            seq.draft_stats = DraftStats.expecting(PREDICTION_PRIOR_HITS)
+            seq.draft_stats = DraftStats.expecting(c.max_draft, PREDICTION_PRIOR_DRAFTS)
         elif c.max_draft and request.speculative:
             seq.drafter = PromptLookup(c.draft_ngram_max, c.draft_ngram_min)
+            seq.draft_stats = self.draft_population.for_new_sequence(c.max_draft)
         self._sequences[request.id] = seq
         self.scheduler.add(seq)
 

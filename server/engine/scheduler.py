@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.engine.drafting import StepCost, draft_length
+from server.engine.drafting import StepCost, plan_drafts
 from server.engine.no_cache import NoCache
 from server.engine.prefix_cache import MIN_RESTORE_TOKENS, PrefixCache, common_prefix_length
 from server.engine.sequence import Sequence
@@ -146,25 +146,30 @@ class Scheduler:
     def _add_drafts(self, plan: StepPlan, budget: int, cells_free: int) -> None:
         """Draft tokens for decoding sequences, from what the step's budget and the free
         cells have left after every decode and prompt chunk (drafts never delay those),
-        as many as pay for themselves (drafting.draft_length)."""
-        planned = plan.n_tokens
+        as many as make the step yield most (drafting.plan_drafts). A proposal left out
+        is watched: the output will tell whether it would have been accepted."""
+        chunks = [c for c in plan.chunks if c.seq.drafter is not None and not c.seq.is_prefilling]
+        if not chunks:
+            return
+        proposals = []
+        for chunk in chunks:
+            chunk.seq.draft_stats.settle(chunk.seq.tokens)
+            proposals.append(chunk.seq.propose(self.max_draft))
         n_decoding = sum(1 for c in plan.chunks if not c.seq.is_prefilling)
-        for chunk in plan.chunks:
-            seq = chunk.seq
-            if seq.drafter is None or seq.is_prefilling:
-                continue
-            k = draft_length(
-                seq.draft_stats,
-                self.step_cost,
-                self.max_draft,
-                planned,
-                n_decoding,
-                min(budget, cells_free),
-            )
-            chunk.draft = seq.propose(k)
-            budget -= len(chunk.draft)
-            cells_free -= len(chunk.draft)
-            planned += len(chunk.draft)
+        lengths = plan_drafts(
+            [c.seq.draft_stats.reach(len(p)) for c, p in zip(chunks, proposals, strict=True)],
+            self.step_cost,
+            plan.n_tokens,
+            n_decoding,
+            min(budget, cells_free),
+        )
+        for chunk, proposal, k in zip(chunks, proposals, lengths, strict=True):
+            stats = chunk.seq.draft_stats
+            if k:
+                chunk.draft = proposal[:k]
+                stats.unwatch()
+            else:
+                stats.watch(proposal, len(chunk.seq.tokens))
 
     def cache_entries(self) -> list[tuple[int, list[int]]]:
         """(sequence id, tokens it holds KV for) of every cache entry, newest first."""

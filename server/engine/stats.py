@@ -60,9 +60,8 @@ class EngineStats:
     draft_tokens: int = 0
     draft_accepted: int = 0
     draft_steps: int = 0
-    # What a step costs by its size (drafting.StepCost): ms per step and per token in it.
-    step_base_ms: float = 0.0
-    step_token_ms: float = 0.0
+    # What a step of n tokens costs, ms, for the sizes seen (drafting.StepCost).
+    step_ms_by_tokens: dict[int, float] = field(default_factory=dict)
     requests_finished: int = 0
     running: int = 0
     waiting: int = 0
