@@ -5,6 +5,7 @@ inter-token latency (ITL) and end-to-end latency as mean, p50, p90 and p99."""
 from __future__ import annotations
 
 import json
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,16 @@ import numpy as np
 from bench.load import LoadResult
 
 PERCENTILES = (50, 90, 99)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)

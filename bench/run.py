@@ -29,7 +29,7 @@ from bench.embed_load import EmbedResult, chunks, run_embed_load, run_raw_embed_
 from bench.load import TOPICS, LoadResult, Messages, run_load
 from bench.peer_build import build_llama_server
 from bench.raw_loop import RawResult, run_raw_loop
-from bench.report import kept_sections
+from bench.report import cpu_name, kept_sections
 from bench.servers import (
     ROOT,
     ServerProcess,
@@ -104,16 +104,6 @@ DECODE_ROUNDS = 2
 EMBED_TEXTS = 1000
 EMBED_CONCURRENCY = (1, 8)
 EMBED_N_CTX, EMBED_N_SEQ = 512, 32  # Hearth's defaults (config/default.toml)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(server: ServerProcess, model_id: str, scenarios: list[Scenario]) -> list[LoadResult]:

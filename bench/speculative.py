@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import os
 import tempfile
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import httpx
 from bench.cli import conversations
 from bench.load import LoadResult, run_load
 from bench.peer_build import build_llama_server
-from bench.report import write_section
+from bench.report import cpu_name, write_section
 from bench.servers import ServerProcess, hearth_model_file, start_hearth, start_llama_server
 from server.host_resources import threads
 from server.settings import load_settings
@@ -139,7 +141,8 @@ def measure(servers: dict[str, ServerProcess], rounds: int) -> str:
         '"repeat it / quote its first sentences" (natural lengths, at most 160 tokens), '
         "greedy; quote-sampled: the same at temperature 0.7, top_p 0.95; edit: a function "
         'and "return it with one change", greedy; unique: distinct prompts, 128 tokens, '
-        "EOS ignored, greedy.",
+        f"EOS ignored, greedy. {cpu_name()}, {os.cpu_count()} cores, "
+        f"{datetime.date.today().isoformat()}.",
         "",
         "| workload | concurrency | drafting tok/s | off tok/s | drafting / off | "
         + " | ".join(f"{p} tok/s | drafting / {p}" for p in peers)
