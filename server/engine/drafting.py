@@ -14,6 +14,7 @@ length per token).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -245,12 +246,15 @@ class StepCost:
 
     _mean: dict[int, float] = field(default_factory=dict)  # tokens -> mean seconds
     _count: dict[int, int] = field(default_factory=dict)
+    _sizes: list[int] = field(default_factory=list)  # the keys, sorted (a plan reads many)
 
     def observe(self, n_tokens: int, seconds: float) -> None:
         if not 1 <= n_tokens <= MAX_FIT_TOKENS or seconds <= 0:
             return
         count = self._count.get(n_tokens, 0) + 1
         self._count[n_tokens] = count
+        if count == 1:
+            bisect.insort(self._sizes, n_tokens)
         mean = self._mean.get(n_tokens, seconds)
         self._mean[n_tokens] = mean + (seconds - mean) * max(1 / count, SIZE_WEIGHT)
 
@@ -265,8 +269,9 @@ class StepCost:
         """What a step of n_tokens is expected to take (0 before any step was seen)."""
         if n_tokens in self._mean:
             return self._mean[n_tokens]
-        below = max((n for n in self._mean if n < n_tokens), default=None)
-        above = min((n for n in self._mean if n > n_tokens), default=None)
+        i = bisect.bisect_left(self._sizes, n_tokens)
+        below = self._sizes[i - 1] if i > 0 else None
+        above = self._sizes[i] if i < len(self._sizes) else None
         if below is not None and above is not None:
             lo, hi = self._mean[below], self._mean[above]
             return lo + (hi - lo) * (n_tokens - below) / (above - below)
