@@ -392,8 +392,9 @@ def clean_pdf_pages(pages: list[str]) -> list[str]:
     - table-of-contents lines dropped (dot leaders and a page number): they name every
       section of a manual, so they match every question and answer none;
     - running headers and footers dropped: a line near the top or bottom of a page that
-      recurs on at least half of the pages, and on three or more (page numbers ignored, so
-      "Page 3 of 9" matches "Page 4 of 9"); they would otherwise repeat in every chunk;
+      recurs on at least half of the odd or of the even pages, and on three or more (page
+      numbers ignored, so "Page 3 of 9" matches "Page 4 of 9"); they would otherwise
+      repeat in every chunk;
     - paragraphs marked with a blank line where the page gives none (pypdf never does): a
       line that ends a sentence well short of the page's line width, or one before a
       bullet or a numbered heading, ends a paragraph. Chunks follow paragraphs, so a chunk
@@ -404,11 +405,17 @@ def clean_pdf_pages(pages: list[str]) -> list[str]:
         [line.rstrip() for line in t.strip().splitlines() if not _TOC_LINE.match(line)]
         for t in texts
     ]
-    counts: Counter[str] = Counter()
-    for page in lines:
-        counts.update({_boilerplate_key(line) for line in _edges(page)} - {""})
-    threshold = max(3, (len([p for p in lines if p]) + 1) // 2)
-    repeated = {key for key, n in counts.items() if n >= threshold}
+    # Counted over odd and even pages apart: a book printed two-sided alternates its
+    # running headers ("172 gnuplot 5.4" on the left, "gnuplot 5.4 173" on the right),
+    # so each is on just under half of all pages.
+    repeated: set[str] = set()
+    for parity in (0, 1):
+        side = lines[parity::2]
+        counts: Counter[str] = Counter()
+        for page in side:
+            counts.update({_boilerplate_key(line) for line in _edges(page)} - {""})
+        threshold = max(3, (len([p for p in side if p]) + 1) // 2)
+        repeated |= {key for key, n in counts.items() if n >= threshold}
     out = []
     for page in lines:
         if repeated:

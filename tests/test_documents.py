@@ -111,6 +111,19 @@ def test_pdf_text_cleaning_keeps_what_is_not_boilerplate() -> None:
     # Lines that differ only in a number are content, not page numbers.
     codes = [f"Intro {i}\nBody text {i}\nError E{1000 + i}: the valve is stuck" for i in range(6)]
     assert all(f"E{1000 + i}" in p for i, p in enumerate(clean_pdf_pages(codes)))
+    # A book printed two-sided: its running headers alternate between left and right
+    # pages, so each is on half of them at most (one even less: a chapter's first page
+    # has none); both go, and a label at the top of a few pages stays.
+    book = [
+        (f"{n} Pump Manual 2.1" if n % 2 == 0 else f"Pump Manual 2.1 {n}")
+        + ("\nSyntax:" if n in (3, 8) else "")
+        + f"\nBody text of page {n}, long enough to be prose.\nMore of page {n}.\nEnd {n}."
+        for n in range(1, 11)
+    ]
+    book[4] = book[4].split("\n", 1)[1]  # page 5 opens a chapter: no header
+    cleaned = clean_pdf_pages(book)
+    assert not any("Pump Manual" in p for p in cleaned)
+    assert cleaned[0].startswith("Body text of page 1") and "Syntax:" in cleaned[2]
     long_line = "This sentence is long enough to be text and not a header, " * 3
     assert all(
         long_line.strip() in p for p in clean_pdf_pages([long_line + f"\n{i}" for i in range(4)])
