@@ -393,8 +393,9 @@ def clean_pdf_pages(pages: list[str]) -> list[str]:
       section of a manual, so they match every question and answer none;
     - running headers and footers dropped: a line near the top or bottom of a page that
       recurs on at least half of the odd or of the even pages, and on three or more (page
-      numbers ignored, so "Page 3 of 9" matches "Page 4 of 9"); they would otherwise
-      repeat in every chunk;
+      numbers ignored, so "Page 3 of 9" matches "Page 4 of 9"), or that carries the
+      page's printed number where the document's pages are numbered (a chapter's or
+      section's name beside it changes); they would otherwise repeat in every chunk;
     - paragraphs marked with a blank line where the page gives none (pypdf never does): a
       line that ends a sentence well short of the page's line width, or one before a
       bullet or a numbered heading, ends a paragraph. Chunks follow paragraphs, so a chunk
@@ -416,17 +417,51 @@ def clean_pdf_pages(pages: list[str]) -> list[str]:
             counts.update({_boilerplate_key(line) for line in _edges(page)} - {""})
         threshold = max(3, (len([p for p in side if p]) + 1) // 2)
         repeated |= {key for key, n in counts.items() if n >= threshold}
+    offset = _page_number_offset(lines)
     out = []
-    for page in lines:
-        if repeated:
-            edge = _edge_indexes(len(page))
-            page = [
-                line
-                for i, line in enumerate(page)
-                if i not in edge or _boilerplate_key(line) not in repeated
-            ]
+    for n, page in enumerate(lines):
+        edge = _edge_indexes(len(page))
+        page = [
+            line
+            for i, line in enumerate(page)
+            if i not in edge
+            or (
+                _boilerplate_key(line) not in repeated
+                and (offset is None or _page_number(line) != n + offset)
+            )
+        ]
         out.append("\n".join(_mark_paragraphs(page)).strip())
     return out
+
+
+# A page number at either end of a short line: "148 Chapter 22. Upgrading checklist",
+# "22.6. Version 4.5.0 149", "- 12 -". A section number ("22.3 Version 4.6.1") is not one.
+_PAGE_NUMBER_AT_END = re.compile(r"^\W*(\d{1,4})(?:\s+\S.*)?$|^.*\S\s+(\d{1,4})\W*$")
+
+
+def _page_number(line: str) -> int | None:
+    if len(line) > _MAX_BOILERPLATE_CHARS:
+        return None
+    m = _PAGE_NUMBER_AT_END.match(line.strip())
+    if m is None:
+        return None
+    return int(m.group(1) or m.group(2))
+
+
+def _page_number_offset(lines: list[list[str]]) -> int | None:
+    """How the document's printed page numbers relate to the page index (printed = index
+    + offset), if the lines at page edges agree on it for a quarter of the pages and three
+    or more. Then a header or footer that carries the page number goes wherever its text
+    changes (a chapter's name on the left pages, a section's on the right), which the
+    recurring-line rule cannot see."""
+    offsets: Counter[int] = Counter()
+    for n, page in enumerate(lines):
+        found = {_page_number(line) for line in _edges(page)} - {None}
+        offsets.update({number - n for number in found if number is not None})
+    if not offsets:
+        return None
+    offset, count = offsets.most_common(1)[0]
+    return offset if count >= max(3, len([p for p in lines if p]) // 4) else None
 
 
 _BULLET = re.compile(r"^\s*(?:[\u2022\u25e6\u25aa\u2023\u2013\u2014*-]\s|\d{1,2}[.)]\s)")

@@ -124,6 +124,20 @@ def test_pdf_text_cleaning_keeps_what_is_not_boilerplate() -> None:
     cleaned = clean_pdf_pages(book)
     assert not any("Pump Manual" in p for p in cleaned)
     assert cleaned[0].startswith("Body text of page 1") and "Syntax:" in cleaned[2]
+    # Headers that carry the printed page number (here the index + 10: front matter)
+    # beside a chapter's or section's name, which changes: they go by the number; a
+    # section number, or a number that is not the page's, stays.
+    chapters = ["Setup", "Setup", "Setup", "Use", "Use", "Use", "Care", "Care"]
+    topics = ["Unpacking", "Mounting", "Wiring", "Priming", "Running", "Stopping", "Cleaning"]
+    numbered = [
+        (f"{n + 10} Chapter {n // 3}. {name}" if n % 2 else f"{n // 3}.1. {name} {n + 10}")
+        + f"\n2.{n} {(topics * 2)[n]}\nBody of page {n}, which is prose and long enough.\n"
+        + f"More of it.\n{n + 20} {(topics * 2)[n + 1].lower()} steps at most."
+        for n, name in enumerate(chapters)
+    ]
+    cleaned = clean_pdf_pages(numbered)
+    assert not any("Chapter" in p or "1. Setup" in p or "1. Use" in p for p in cleaned)
+    assert all(f"2.{n} " in p and f"{n + 20} " in p for n, p in enumerate(cleaned))
     long_line = "This sentence is long enough to be text and not a header, " * 3
     assert all(
         long_line.strip() in p for p in clean_pdf_pages([long_line + f"\n{i}" for i in range(4)])
