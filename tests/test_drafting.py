@@ -116,8 +116,10 @@ def test_the_step_cost_is_a_table_of_sizes_not_a_line() -> None:
     assert c.seconds(8) < c.seconds(6)  # eight tile better than six
     assert c.seconds(5) == pytest.approx((0.024 + 0.031) / 2)  # between seen sizes
     assert c.seconds(96) == pytest.approx(0.051 * 2)  # past them: sqrt of the ratio
-    c.observe(400, 1.0)  # a prompt chunk: another regime, left out
-    assert 400 not in c.by_size_ms() and c.by_size_ms()[2] == 17.0
+    c.observe(288, 0.1)  # 32 sequences drafting 8 tokens each
+    c.observe(100_000, 1.0)  # beyond any step: the table stays bounded
+    assert c.by_size_ms()[288] == 100.0 and 100_000 not in c.by_size_ms()
+    assert c.by_size_ms()[2] == 17.0
     for _ in range(40):  # the machine got slower: a size's mean follows
         c.observe(2, 0.030)
     assert c.seconds(2) == pytest.approx(0.030, rel=0.02)

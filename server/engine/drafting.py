@@ -281,8 +281,10 @@ class StepCost:
         return self._mean[nearest] * (n_tokens / nearest) ** 0.5
 
 
-# Steps up to this many tokens enter the table.
-MAX_FIT_TOKENS = 64
+# Steps up to this many tokens enter the table (a bound on its size; the engine leaves out
+# steps with prompt chunks). Wide: on a GPU, 32 sequences with eight-token drafts make
+# steps of 288 tokens, which must be measured to be tried again.
+MAX_FIT_TOKENS = 4096
 SIZE_WEIGHT = 0.1  # a size's mean follows its last ten or so steps
 # A plan with drafts must promise this much more output per second than one without:
 # the estimates are noisy, and a draft that merely breaks even still costs latency.
