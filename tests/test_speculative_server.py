@@ -146,6 +146,9 @@ def test_counters_in_metrics_and_no_cells_left(drafting: RunningServer) -> None:
     assert stats["cells_used"] == stats["cache_cells"]
     assert stats["draft_steps"] > 0 and 0 < stats["draft_acceptance"] <= 1
     assert stats["tokens_per_draft_step"] > 1
+    # What steps of each width cost (the drafts' yardstick): one-token steps and wider.
+    widths = {int(n): ms for n, ms in stats["step_ms_by_tokens"].items()}
+    assert 1 in widths and max(widths) > 1 and all(ms > 0 for ms in widths.values())
     metrics = httpx.get(f"{drafting.url}/metrics").text
     for name in (
         "hearth_draft_tokens_total",

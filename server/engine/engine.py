@@ -94,6 +94,9 @@ PREFILL_SAMPLE_TOKENS = 64
 # A prediction's drafts start as if this many drafts of max_draft tokens had been accepted
 # whole (eight-token drafts from the first step at concurrency 1 on 2 CPU cores).
 PREDICTION_PRIOR_DRAFTS = 2
+# /stats's table of step costs is rebuilt every this many steps and when idle, not every
+# step: it holds a size for every step width seen, and a GPU step takes ~1 ms.
+STEP_TABLE_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +306,8 @@ class Engine:
         self.stats.waiting = len(self.scheduler.waiting)
         self.stats.cells_used = self.scheduler.cells_used
         self.stats.preemptions = self.scheduler.preemptions
-        self.stats.step_ms_by_tokens = self.scheduler.step_cost.by_size_ms()
+        if self.stats.steps % STEP_TABLE_EVERY == 0 or not self.scheduler.has_work:
+            self.stats.step_ms_by_tokens = self.scheduler.step_cost.by_size_ms()
         self.stats.sequence_ids = self.scheduler.n_sequence_ids
         self.stats.free_sequence_ids = self.scheduler.free_sequence_ids
         self.stats.active = self._n_active
