@@ -43,7 +43,7 @@ def model_identity(ctx: LlamaContext) -> dict[str, object]:
     }
 
 
-def _write(path: Path, tokens: list[int], data: bytes) -> int:
+def _write(path: Path, tokens: list[int], data: bytes | bytearray) -> int:
     header = np.array([len(tokens)], dtype="<u4").tobytes()
     body = np.asarray(tokens, dtype="<i4").tobytes()
     path.write_bytes(header + body + data)
@@ -68,7 +68,7 @@ def save(
     started = time.perf_counter()
     cache = scheduler.cache
     # Newest first: resident entries (in use most recently), then RAM, newest first.
-    entries: list[tuple[list[int], bytes | None, int | None]] = [
+    entries: list[tuple[list[int], bytes | bytearray | None, int | None]] = [
         (tokens, None, seq_id) for seq_id, tokens in scheduler.cache_entries()
     ]
     entries += [(e.tokens, e.data, None) for e in reversed(cache.stored_entries())]

@@ -166,17 +166,31 @@ class LlamaContext:
 
     # --- a sequence's state, copied out and back in ----------------------------------------
 
-    def save_state(self, seq_id: int) -> bytes | None:
-        """A copy of seq_id's KV and positions (llama_state_seq_get_data); None on failure."""
+    def save_state(self, seq_id: int) -> bytearray | None:
+        """A copy of seq_id's KV and positions (llama_state_seq_get_data); None on failure.
+        llama.cpp writes straight into the bytearray returned: an entry is tens of MB, and
+        a second copy (into bytes) took most of a spill's time."""
         size = llama_cpp.llama_state_seq_get_size(self.ptr, seq_id)
         if size == 0:
             return None
-        buf = (ctypes.c_uint8 * size)()
+        data = bytearray(size)
+        buf = (ctypes.c_uint8 * size).from_buffer(data)
         written = llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
-        return ctypes.string_at(buf, written) if written else None
+        del buf  # a bytearray with an exported buffer cannot be resized
+        if not written:
+            return None
+        if written < size:
+            del data[written:]
+        return data
 
-    def load_state(self, seq_id: int, data: bytes) -> bool:
+    def load_state(self, seq_id: int, data: bytes | bytearray) -> bool:
         """Put state from save_state into seq_id (which must hold nothing): it takes free
-        cells for every token. False when llama.cpp could not (no room, bad data)."""
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        return llama_cpp.llama_state_seq_set_data(self.ptr, buf, len(data), seq_id) > 0
+        cells for every token. False when llama.cpp could not (no room, bad data). The
+        data is read in place, not copied."""
+        n = len(data)
+        buf: ctypes.Array[ctypes.c_uint8] | ctypes._Pointer[ctypes.c_uint8]
+        if isinstance(data, bytearray):
+            buf = (ctypes.c_uint8 * n).from_buffer(data)
+        else:  # bytes (read from disk) are immutable: point at them, llama.cpp only reads
+            buf = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+        return llama_cpp.llama_state_seq_set_data(self.ptr, buf, n, seq_id) > 0
