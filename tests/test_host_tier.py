@@ -107,6 +107,29 @@ def test_cancelling_restored_requests_leaks_nothing(tiered: Engine) -> None:
     assert tiered.stats.cache_cells == 0 and tiered.stats.ram_bytes >= ram_before
 
 
+def test_a_conversation_is_kept_in_ram_once_not_once_per_turn(
+    tiered: Engine, model: LlamaModel
+) -> None:
+    first = prompt(tiered, "epsilon")
+    history, previous = list(first), 0
+    for turn in range(3):
+        _, out = submit(tiered, history, max_tokens=6, ignore_eos=True)
+        run_until(tiered, out)
+        idle(tiered)
+        if turn:  # the earlier turns came back from RAM, not prefilled again
+            assert out.last.cached_tokens >= previous
+        # The latest turn's entry holds the earlier turns' paths: one entry, not one a turn.
+        assert tiered.stats.ram_entries == 1
+        previous = len(history)
+        history += [t for o in out for t in o.token_ids]
+        history += model.tokenize(f" Turn {turn}: go on.", False)
+    tier = tiered.stats.tier
+    assert tier.spills == 3 and tier.superseded == 2
+    # The first turn alone is still served from RAM: it is a prefix of the path kept.
+    _, cached = first_token(tiered, first)
+    assert cached >= len(first) - 1
+
+
 def test_without_the_tier_idle_entries_keep_their_cells(model: LlamaModel) -> None:
     engine = make_engine(model)  # cache_ram_bytes 0: the tier is off
     try:

@@ -46,6 +46,8 @@ class TierStats:
     restored_tokens: int = 0
     restore_seconds: float = 0.0
     dropped: int = 0  # entries the RAM budget pushed out
+    # Entries replaced by a longer one along the same path (the next turn of a chat).
+    superseded: int = 0
 
 
 class SpillPolicy:

@@ -300,6 +300,9 @@ class PrefixCache:
     def spill(self, seq_id: int) -> bool:
         """Copy an entry's KV to the host tier (its tree nodes become stored); False when
         the tier is off or the entry does not fit."""
+        node = self._deepest[seq_id]
+        if node.stored:
+            return True  # a host entry already holds this whole path (and maybe more)
         tokens = self.path_tokens(seq_id)
         if len(tokens) < MIN_RESTORE_TOKENS or self.host.budget <= 0:
             return False
@@ -310,9 +313,9 @@ class PrefixCache:
         data = self.kv.save_state(seq_id)
         if data is None or not self.host.fits(len(data)):
             return False
-        node = self._deepest[seq_id]
         entry = HostEntry(tokens, data)
         self._mark_stored(node, entry.id)
+        self._drop_superseded(node)
         for dropped in self.host.add(entry):
             self._unstore(dropped)
         tier = self.host.stats
@@ -350,6 +353,19 @@ class PrefixCache:
         n: Node | None = node
         while n is not None and n is not self.root:
             n.stored.add(entry_id)
+            n = n.parent
+
+    def _drop_superseded(self, node: Node) -> None:
+        """Host entries whose whole path lies on node's path (an earlier turn of the
+        conversation node's entry continues) hold nothing that entry does not: they go, so
+        RAM holds a conversation once rather than once per turn."""
+        n = node.parent
+        while n is not None and n is not self.root:
+            for entry_id in [e for e in n.stored if self._stored_at[e] is n]:
+                entry = self.host.entries[entry_id]
+                self.host.remove(entry)
+                self._unstore(entry)
+                self.host.stats.superseded += 1
             n = n.parent
 
     def _unstore(self, entry: HostEntry) -> None:
