@@ -321,10 +321,12 @@ class Settings(_Section):
                 f"engine.max_running ({self.engine.max_running}) exceeds model.n_ctx "
                 f"({self.model.n_ctx}): every running sequence needs at least one KV cell"
             )
-        if self.cache.enabled and self.engine.max_running + self.cache.max_entries > LLAMA_MAX_SEQ:
+        # One more id goes to the host-RAM tier, which loads entries there.
+        if self.cache.enabled and self.engine.max_running + self.cache.max_entries >= LLAMA_MAX_SEQ:
             raise ValueError(
                 f"engine.max_running + cache.max_entries ({self.engine.max_running} + "
-                f"{self.cache.max_entries}) exceeds llama.cpp's {LLAMA_MAX_SEQ} sequence ids"
+                f"{self.cache.max_entries}) must stay under llama.cpp's {LLAMA_MAX_SEQ} "
+                "sequence ids (the prefix cache's host-RAM tier takes one more)"
             )
         if self.cache.max_cells > self.model.n_ctx:
             raise ValueError(

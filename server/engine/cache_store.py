@@ -68,17 +68,19 @@ def save(
     started = time.perf_counter()
     cache = scheduler.cache
     # Newest first: resident entries (in use most recently), then RAM, newest first.
-    entries: list[tuple[list[int], bytes | bytearray | None, int | None]] = [
-        (tokens, None, seq_id) for seq_id, tokens in scheduler.cache_entries()
+    # (tokens, data or None, seq id to save from, first position the data covers)
+    entries: list[tuple[list[int], bytes | bytearray | None, int | None, int]] = [
+        (tokens, None, seq_id, 0) for seq_id, tokens in scheduler.cache_entries()
     ]
-    entries += [(e.tokens, e.data, None) for e in reversed(cache.stored_entries())]
+    entries += [(e.tokens, e.data, None, e.start) for e in reversed(cache.stored_entries())]
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=parent))  # mode 0700
     try:
         written: list[str] = []
+        starts: list[int] = []
         total = 0
-        for tokens, data, seq_id in entries:
+        for tokens, data, seq_id, start in entries:
             if data is None and seq_id is not None:
                 data = ctx.save_state(seq_id)
             if not data or total + len(data) > max_bytes:
@@ -86,8 +88,14 @@ def save(
             name = f"{len(written):04d}.kv"
             total += _write(staging / name, tokens, data)
             written.append(name)
+            starts.append(start)
         # Oldest first in the manifest: loading in that order leaves the newest most recent.
-        manifest = {"model": model_identity(ctx), "files": list(reversed(written))}
+        # An entry starting past position 0 holds only the end of its path (host_kv.py).
+        manifest = {
+            "model": model_identity(ctx),
+            "files": list(reversed(written)),
+            "starts": list(reversed(starts)),
+        }
         (staging / MANIFEST).write_text(json.dumps(manifest))
         for path in staging.iterdir():
             path.chmod(0o600)
@@ -120,7 +128,18 @@ def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path, stats: DiskSt
         return 0
     cache = scheduler.cache
     loaded = 0
-    for name in manifest.get("files", []):
+    files = manifest.get("files", [])
+    starts = manifest.get("starts") or [0] * len(files)
+    if len(starts) != len(files) or not all(isinstance(s, int) and s >= 0 for s in starts):
+        logger.warning("prefix cache manifest in %s is damaged; not loading it", directory)
+        return 0
+    # Whole paths first, then entries holding the end of a path, shallowest first: each
+    # finds the head of its path in the tree (the order within each kind is kept).
+    order = sorted(range(len(files)), key=lambda i: (starts[i] > 0, starts[i]))
+    for i in order:
+        name, start = files[i], starts[i]
+        if start > 0 and cache.host.budget <= 0:
+            continue  # only the RAM tier can take the end of a path
         try:
             read = _read(directory / name)
         except OSError:
@@ -129,8 +148,11 @@ def load(ctx: LlamaContext, scheduler: Scheduler, directory: Path, stats: DiskSt
             logger.warning("could not load prefix cache file %s", name)
             continue
         tokens, data = read
+        if start >= len(tokens):
+            logger.warning("could not load prefix cache file %s", name)
+            continue
         if cache.host.budget > 0:
-            ok = cache.adopt_stored(tokens, data)
+            ok = cache.adopt_stored(tokens, data, start)
         elif not scheduler.free_sequence_ids:
             break
         else:

@@ -118,11 +118,14 @@ class Engine:
     def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
+        n_seq_ids = config.max_running + config.cache_entries
+        # The host tier loads entries into a sequence id of its own, then shares them out.
+        scratch_seq_id = n_seq_ids if config.cache_entries and config.cache_ram_bytes else None
         self.ctx = LlamaContext(
             model,
             ContextParams(
                 n_ctx=config.n_ctx,
-                n_seq_max=config.max_running + config.cache_entries,
+                n_seq_max=n_seq_ids + (scratch_seq_id is not None),
                 n_batch=config.n_batch,
                 n_ubatch=config.n_ubatch,
                 n_threads=config.n_threads,
@@ -132,7 +135,7 @@ class Engine:
         self.runner = BatchRunner(self.ctx, config.n_batch)
         cache: PrefixCache | NoCache
         if config.cache_entries > 0:
-            cache = PrefixCache(self.ctx, HostStore(config.cache_ram_bytes))
+            cache = PrefixCache(self.ctx, HostStore(config.cache_ram_bytes), scratch_seq_id)
         else:
             cache = NoCache(self.ctx)
         cache_cells = config.cache_cells

@@ -7,10 +7,14 @@ KV costs nothing until a request matches it again; then it is copied back into c
 ~1.1 ms to copy back 1,000 tokens of SmolLM2-135M (22 MB), against ~1.5 s to prefill them
 again.
 
-An entry is one sequence's whole state (the tokens from position 0 and their KV), as
-llama_state_seq_get_data gives it. The store keeps entries LRU within a byte budget; the
-prefix tree records which entries cover each node and where each entry's path ends
-(prefix_cache.py), so a lookup walks one tree for both tiers; this module knows no tree.
+An entry is what a sequence alone held when it was spilled: its whole state (positions from
+0), or, when the head of its path was still shared with other sequences or already in RAM
+(a system prompt many conversations start with, the earlier turns of a conversation), only
+the run after that head, copied out through a scratch sequence. So RAM holds a shared
+prefix once, and a restore may gather a path from several entries. The store keeps entries
+LRU within a byte budget; the prefix tree records which entries cover each node and where
+each entry's path ends (prefix_cache.py), so a lookup walks one tree for both tiers; this
+module knows no tree.
 """
 
 from __future__ import annotations
@@ -25,13 +29,22 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False)
 class HostEntry:
-    tokens: list[int]  # what the KV covers, from position 0
-    data: bytes | bytearray  # llama_state_seq_get_data of a sequence holding those tokens
+    """KV of positions [start, len(tokens)) of the path `tokens` spells: a whole
+    sequence's state (start 0), or the part of it nothing else held when it was spilled
+    (the path above `start` was shared or stored already)."""
+
+    tokens: list[int]  # the path, from position 0
+    data: bytes | bytearray  # llama_state_seq_get_data of a sequence holding that part
+    start: int = 0
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
     def size(self) -> int:
         return len(self.data)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens) - self.start
 
 
 @dataclass
@@ -45,9 +58,9 @@ class TierStats:
     restores: int = 0  # entries copied back into cells for a request
     restored_tokens: int = 0
     restore_seconds: float = 0.0
-    dropped: int = 0  # entries the RAM budget pushed out
-    # Entries replaced by a longer one along the same path (the next turn of a chat).
-    superseded: int = 0
+    # Entries the RAM budget pushed out, and those that went with them (entries that
+    # continue a path whose head went).
+    dropped: int = 0
 
 
 class SpillPolicy:

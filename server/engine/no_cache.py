@@ -35,7 +35,7 @@ class NoCache:
     def stored_entries(self) -> list:  # type: ignore[type-arg]
         return []
 
-    def adopt_stored(self, tokens: list[int], data: bytes) -> bool:
+    def adopt_stored(self, tokens: list[int], data: bytes, start: int = 0) -> bool:
         return False
 
     def acquire(self, seq_id: int, tokens: list[int], length: int) -> None:

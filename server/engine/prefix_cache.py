@@ -6,8 +6,10 @@ its *holders*: the sequence ids whose KV cells cover the whole path from positio
 node's end (the node is *resident*). All holders of a node share the same cells
 (kv_unified: `seq_cp` tags cells, it does not copy), so a node's cells are counted once and
 are freed exactly when its last holder lets go. A node may also be *stored*: covered by
-host-RAM entries (host_kv.py) holding the KV of a whole path through it. A node stays in
-the tree while it is resident or stored.
+host-RAM entries (host_kv.py) holding its KV; an entry covers a run of nodes ending at its
+own end node and starting at position 0 or where its sequence's path was shared or stored
+already. A node stays in the tree while it is resident or stored; one that is neither goes,
+with the entries below it (the head of their path is gone).
 
 Holders are running requests (their prompt is inserted chunk by chunk as it is computed, so
 others can share it before it finishes) and finished requests kept as cache *entries* (their
@@ -15,11 +17,13 @@ prompt and output, for the next turn of a conversation). A request that computed
 tree already has in cells (two requests prefilling the same text at once) drops its own
 copy and takes the tree's cells instead, so one prefix is held once however it was computed.
 
-Eviction is LRU over entries: with a host tier, an evicted entry is *spilled* (its KV copied
-to RAM, its cells freed) rather than dropped, and a later request whose prompt runs further
-along a stored path than along resident cells gets it *restored* into its own sequence
-(a copy, milliseconds) instead of computing it again (seconds). A running request's nodes
-are never evicted, since it holds them. Only the engine thread uses this.
+Eviction is LRU over entries: with a host tier, an evicted entry is *spilled* (the KV only it
+holds copied to RAM, its cells freed) rather than dropped, and a later request whose prompt
+runs further along stored nodes than along resident cells gets them *restored*: each entry
+on the way is loaded into a scratch sequence and the run the prompt needs shared into the
+request's sequence (a copy, milliseconds, instead of computing it again, seconds). A
+running request's nodes are never evicted, since it holds them. Only the engine thread uses
+this.
 """
 
 from __future__ import annotations
@@ -110,19 +114,40 @@ class CacheStats:
 
 
 @dataclass(frozen=True)
+class StoredRun:
+    """Positions [start, end) of a prompt's path, to be copied back from a host entry."""
+
+    entry: HostEntry
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class StoredMatch:
-    """How far a prompt runs along a path held in RAM, and the entry that holds it."""
+    """How far a prompt runs along paths whose KV is in the cells or in RAM, where the
+    cells end (`resident`), and the runs past that which host entries hold."""
 
     length: int
-    entry: HostEntry
+    resident: int
+    runs: tuple[StoredRun, ...]
+
+    @property
+    def cells_needed(self) -> int:
+        """Cells a restore may take at once: each entry is loaded whole, then cut."""
+        return self.length - self.resident + max(r.entry.n_tokens for r in self.runs)
 
 
 class PrefixCache:
     shares_prefixes = True  # a request takes what others computed (see no_cache.py: off)
 
-    def __init__(self, kv: KVOps, host: HostStore | None = None) -> None:
+    def __init__(
+        self, kv: KVOps, host: HostStore | None = None, scratch_seq_id: int | None = None
+    ) -> None:
+        """scratch_seq_id: a sequence id nobody else uses, where host entries are loaded and
+        cut out of (needed by the host tier)."""
         self.kv = kv
         self.host = host if host is not None else HostStore(0)
+        self.scratch = scratch_seq_id
         self.root = Node([], 0, None)
         self.cells = 0  # KV cells held by the tree: every resident node's span, once
         self._deepest: dict[int, Node] = {}  # seq id → deepest node it holds
@@ -137,19 +162,36 @@ class PrefixCache:
         return self._walk(tokens, limit, resident=True)[0]
 
     def match_stored(self, tokens: list[int], limit: int) -> StoredMatch | None:
-        """The longest run of the first `limit` tokens a host entry holds (changes nothing)."""
+        """How far the first `limit` tokens run along resident or stored nodes, and the
+        host entries that cover the part past the cells (changes nothing); None when RAM
+        adds nothing to what the cells have."""
+        resident = self.match(tokens, limit)
         length, node = self._walk(tokens, limit, resident=False)
-        if length == 0 or node is None:
+        if length <= resident or node is None:
             return None
-        return StoredMatch(length, self.host.entries[next(iter(node.stored))])
+        # From the deepest node up: an entry reaching furthest up covers a run of nodes;
+        # the node just above that run needs another entry, until the cells take over.
+        runs: list[StoredRun] = []
+        end = length
+        n: Node | None = node
+        while n is not None and n is not self.root and n.end > resident:
+            if not n.stored:  # cannot happen (past the cells a node is stored); compute
+                return None
+            entry = min((self.host.entries[e] for e in n.stored), key=lambda e: e.start)
+            start = max(entry.start, resident)
+            runs.append(StoredRun(entry, start, end))
+            while n is not None and n is not self.root and n.start >= start:
+                n = n.parent
+            end = start
+        return StoredMatch(length, resident, tuple(runs))
 
     def _walk(self, tokens: list[int], limit: int, resident: bool) -> tuple[int, Node | None]:
-        """How far tokens[:limit] runs along resident (or stored) nodes, and the node
-        where it ends (None: the root)."""
+        """How far tokens[:limit] runs along resident nodes (or nodes resident or stored),
+        and the node where it ends (None: the root)."""
         node, pos, last = self.root, 0, None
         while pos < limit:
             child = node.children.get(tokens[pos])
-            if child is None or not (child.holders if resident else child.stored):
+            if child is None or not (child.holders or (not resident and child.stored)):
                 break
             n = common_prefix_length(child.tokens, tokens, pos, limit)
             pos += n
@@ -185,26 +227,38 @@ class PrefixCache:
         self._deepest[seq_id] = node
 
     def restore(self, seq_id: int, tokens: list[int], found: StoredMatch) -> bool:
-        """Give a fresh sequence tokens[:found.length] from a host entry: its state is
-        copied into the sequence's cells (then cut to the length), the path's resident part
-        is shared as usual. False (and nothing held) when llama.cpp could not load it."""
+        """Give a fresh sequence tokens[:found.length]: each host entry's state is loaded
+        into the scratch sequence and the part the prompt needs is shared into seq_id
+        (seq_cp), then the path's resident part is shared as usual. False (and nothing
+        held) when llama.cpp could not load an entry."""
         started = time.perf_counter()
-        entry = self.host.get(found.entry.id)
-        if not self.kv.load_state(seq_id, entry.data):
-            self.kv.seq_remove(seq_id, -1, -1)
-            return False
-        if found.length < len(entry.tokens):
-            self.kv.seq_remove(seq_id, found.length, -1)
+        assert self.scratch is not None
+        for run in found.runs:
+            entry = self.host.get(run.entry.id)
+            loaded = self.kv.load_state(self.scratch, entry.data)
+            if loaded:
+                self.kv.seq_copy(self.scratch, seq_id, run.start, run.end)
+            self.kv.seq_remove(self.scratch, -1, -1)
+            if not loaded:
+                self.kv.seq_remove(seq_id, -1, -1)
+                return False
+        restored = found.length - found.resident
         self.stats.lookups += 1
         self.stats.hits += 1
         self.stats.hit_tokens += found.length
         self.stats.ram_hits += 1
-        self.stats.ram_hit_tokens += found.length
-        self._deepest[seq_id] = self.root
+        self.stats.ram_hit_tokens += restored
+        node = self.root
+        if found.resident > 0:  # the part in the cells is shared, as acquire() does
+            node = self._walk_to(tokens, found.resident)
+            self.kv.seq_copy(node.any_holder(), seq_id, 0, found.resident)
+            self._touch(node)
+        self._hold_path(seq_id, node)
+        self._deepest[seq_id] = node
         self.extend(seq_id, tokens, found.length)
         tier = self.host.stats
         tier.restores += 1
-        tier.restored_tokens += found.length
+        tier.restored_tokens += restored
         tier.restore_seconds += time.perf_counter() - started
         return True
 
@@ -280,9 +334,8 @@ class PrefixCache:
             parent = node.parent
             if not node.holders:  # seq_id was its last holder: its cells are freed
                 self.cells -= len(node.tokens)
-                if not node.stored:  # nor in RAM: it goes (its children went before it)
-                    assert parent is not None and not node.children
-                    del parent.children[node.tokens[0]]
+                if not node.stored:  # nor in RAM: it goes, with what hangs below it
+                    self._prune(node)
             node = parent
         self.kv.seq_remove(seq_id, -1, -1)
 
@@ -301,34 +354,48 @@ class PrefixCache:
         """Copy an entry's KV to the host tier (its tree nodes become stored); False when
         the tier is off or the entry does not fit."""
         node = self._deepest[seq_id]
-        if node.stored:
-            return True  # a host entry already holds this whole path (and maybe more)
-        tokens = self.path_tokens(seq_id)
-        if len(tokens) < MIN_RESTORE_TOKENS or self.host.budget <= 0:
+        # Only what would be lost is copied: the nodes seq_id alone holds and RAM lacks, a
+        # run up from its deepest node. The path above it is shared with others or already
+        # stored (a system prompt many conversations start with is kept once).
+        start = node.end
+        n: Node | None = node
+        while n is not None and n is not self.root and n.holders == {seq_id} and not n.stored:
+            start = n.start
+            n = n.parent
+        length = node.end - start
+        if length < MIN_RESTORE_TOKENS or self.host.budget <= 0 or self.scratch is None:
             return False
         if not self.host.policy.worth_spilling():
             self.host.stats.not_worth_spilling += 1
             return False
         started = time.perf_counter()
-        data = self.kv.save_state(seq_id)
+        if start == 0:
+            data = self.kv.save_state(seq_id)
+        else:  # the run alone, through the scratch sequence (seq_cp shares, not copies)
+            self.kv.seq_copy(seq_id, self.scratch, start, node.end)
+            data = self.kv.save_state(self.scratch)
+            self.kv.seq_remove(self.scratch, -1, -1)
         if data is None or not self.host.fits(len(data)):
             return False
-        entry = HostEntry(tokens, data)
-        self._mark_stored(node, entry.id)
-        self._drop_superseded(node)
+        entry = HostEntry(self.path_tokens(seq_id), data, start)
+        self._mark_stored(node, entry)
         for dropped in self.host.add(entry):
             self._unstore(dropped)
         tier = self.host.stats
         seconds = time.perf_counter() - started
         tier.spills += 1
-        tier.spilled_tokens += len(tokens)
+        tier.spilled_tokens += length
         tier.spill_seconds += seconds
-        self.host.policy.observe_spill(seconds, len(tokens))
+        self.host.policy.observe_spill(seconds, length)
         return True
 
-    def adopt_stored(self, tokens: list[int], data: bytes) -> bool:
-        """Put a host entry (read from disk at start-up) into the tree without cells."""
-        if len(tokens) < MIN_RESTORE_TOKENS or not self.host.fits(len(data)):
+    def adopt_stored(self, tokens: list[int], data: bytes, start: int = 0) -> bool:
+        """Put a host entry (read from disk at start-up) into the tree without cells. An
+        entry that starts past position 0 is taken only where the path up to its start is
+        in the tree already."""
+        if len(tokens) - start < MIN_RESTORE_TOKENS or not self.host.fits(len(data)):
+            return False
+        if start > 0 and self._walk(tokens, start, resident=False)[0] < start:
             return False
         node, pos = self.root, 0
         while pos < len(tokens):
@@ -342,42 +409,53 @@ class PrefixCache:
             if n < len(child.tokens):
                 child = child.split(pos + n)
             node, pos = child, pos + n
-        entry = HostEntry(list(tokens), data)
-        self._mark_stored(node, entry.id)
+        entry = HostEntry(list(tokens), data, start)
+        if start > 0:
+            self._walk_to(tokens, start)  # the entry's first node starts at a node's start
+        self._mark_stored(node, entry)
         for dropped in self.host.add(entry):
             self._unstore(dropped)
         return True
 
-    def _mark_stored(self, node: Node, entry_id: int) -> None:
-        self._stored_at[entry_id] = node
+    def _mark_stored(self, node: Node, entry: HostEntry) -> None:
+        """entry covers the nodes from its start down to node (a node starts there)."""
+        self._stored_at[entry.id] = node
         n: Node | None = node
-        while n is not None and n is not self.root:
-            n.stored.add(entry_id)
-            n = n.parent
-
-    def _drop_superseded(self, node: Node) -> None:
-        """Host entries whose whole path lies on node's path (an earlier turn of the
-        conversation node's entry continues) hold nothing that entry does not: they go, so
-        RAM holds a conversation once rather than once per turn."""
-        n = node.parent
-        while n is not None and n is not self.root:
-            for entry_id in [e for e in n.stored if self._stored_at[e] is n]:
-                entry = self.host.entries[entry_id]
-                self.host.remove(entry)
-                self._unstore(entry)
-                self.host.stats.superseded += 1
+        while n is not None and n is not self.root and n.start >= entry.start:
+            n.stored.add(entry.id)
             n = n.parent
 
     def _unstore(self, entry: HostEntry) -> None:
-        """Forget a host entry: its nodes lose it; those neither held nor stored go."""
+        """Forget a host entry: its nodes lose it; those neither held nor stored go, and
+        with them the entries below them (nothing leads to those any more)."""
         n: Node | None = self._stored_at.pop(entry.id, None)
-        while n is not None and n is not self.root:
+        while n is not None and n is not self.root and n.start >= entry.start:
             n.stored.discard(entry.id)
             parent = n.parent
-            if not n.holders and not n.stored and not n.children:
-                assert parent is not None
-                del parent.children[n.tokens[0]]
+            if not n.holders and not n.stored:
+                self._prune(n)
             n = parent
+
+    def _prune(self, node: Node) -> None:
+        """Take a node neither held nor stored out of the tree; host entries that start
+        below it can no longer be reached (their path's head is gone): they go too."""
+        parent = node.parent
+        assert parent is not None
+        if parent.children.get(node.tokens[0]) is not node:
+            return  # already gone (pruned with an ancestor)
+        del parent.children[node.tokens[0]]
+        stack = list(node.children.values())
+        while stack:
+            n = stack.pop()
+            assert not n.holders, "a held node below one nobody holds"
+            for entry_id in list(n.stored):
+                entry = self.host.entries.get(entry_id)
+                if entry is not None:
+                    self.host.remove(entry)
+                    self.host.stats.dropped += 1
+                self._stored_at.pop(entry_id, None)
+                n.stored.discard(entry_id)
+            stack.extend(n.children.values())
 
     def drop_stored(self) -> None:
         """Empty the host tier."""
@@ -438,11 +516,17 @@ class PrefixCache:
                 assert child.stored <= self.host.entries.keys()
                 if node is not self.root:
                     assert child.holders <= node.holders
-                    assert child.stored <= node.stored
+                    for entry_id in child.stored - node.stored:  # an entry starts here
+                        assert self.host.entries[entry_id].start == child.start
                 if child.holders:
                     total += len(child.tokens)
                 stack.append(child)
         assert total == self.cells, (total, self.cells)
         assert self._stored_at.keys() == self.host.entries.keys()
         for entry_id, node in self._stored_at.items():
-            assert entry_id in node.stored and node.end == len(self.host.entries[entry_id].tokens)
+            entry = self.host.entries[entry_id]
+            assert entry_id in node.stored and node.end == len(entry.tokens)
+            n: Node | None = node
+            while n is not None and n is not self.root and n.start >= entry.start:
+                assert entry_id in n.stored
+                n = n.parent

@@ -250,9 +250,9 @@ class Scheduler:
         cached = self.cache.match(seq.tokens, limit)
         found = self.cache.match_stored(seq.tokens, limit)
         if found is not None and found.length - cached >= MIN_RESTORE_TOKENS:
-            # Restoring takes cells for the whole stored path before it is cut to the
+            # Restoring takes cells for each stored entry whole before it is cut to the
             # prompt: make room from idle entries, or compute it after all.
-            room = len(found.entry.tokens)
+            room = found.cells_needed
             while self._cells_free_after_running() < room and self._evict_one():
                 pass
             if self._cells_free_after_running() >= room and self.cache.restore(
