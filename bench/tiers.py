@@ -264,14 +264,16 @@ def render(
         f"round-robin (each comes back after the {scale.conversations - 1} others), 8,192 "
         "cells: time to first token of turns 2 and 3.",
         "",
-        "| tier | TTFT p50 / p90 (s) | prompt tokens served from RAM | restores | spills |",
-        "|---|---|---|---|---|",
+        "| tier | TTFT p50 / p90 (s) | prompt tokens served from RAM | restores | spills | "
+        "tokens copied out | RAM held at the end |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, s, stats in back:
+        tier = stats["tier"]
         lines.append(
             f"| {label} | {_ms(s, 'ttft', 'p50')} / {_ms(s, 'ttft', 'p90')} | "
-            f"{stats['cache']['ram_hit_tokens']:,} | {stats['tier']['restores']} | "
-            f"{stats['tier']['spills']} |"
+            f"{stats['cache']['ram_hit_tokens']:,} | {tier['restores']} | {tier['spills']} | "
+            f"{tier['spilled_tokens']:,} | {stats['ram_bytes'] / 2**20:.0f} MiB |"
         )
     lines += ["", f"This section took {seconds:.0f} s.", ""]
     return "\n".join(lines)

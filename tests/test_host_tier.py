@@ -189,6 +189,32 @@ def test_both_parts_of_a_shared_prompt_survive_a_restart(model: LlamaModel, tmp_
         after.stop()
 
 
+def test_entries_below_a_short_shared_head_outlive_its_last_holder(
+    tiered: Engine, model: LlamaModel
+) -> None:
+    """A head shared by every prompt (a chat template's first tokens) is copied out by
+    nobody while others hold it; when its last holder leaves, the entries below it must not
+    go with it, even where that holder's own run is cut in two by a stored node."""
+    head = model.tokenize("Shared head:", True)
+    branch = model.tokenize(" branch", False)
+
+    def doc(tag: str) -> list[int]:
+        return model.tokenize(" " + " ".join(f"{tag}-{i}" for i in range(60)), False)
+
+    x = [*head, *branch, *doc("xi")]
+    y = [*head, *model.tokenize(" other", False), *doc("ypsilon")]
+    last = [*head, *branch, *doc("lambda")]
+    _, out_x = submit(tiered, x, max_tokens=2, ignore_eos=True)
+    _, out_y = submit(tiered, y, max_tokens=8, ignore_eos=True)
+    run_until(tiered, out_x)  # x leaves while y holds the head: only its own run goes out
+    _, out_last = submit(tiered, last, max_tokens=30, ignore_eos=True)  # shares head+branch
+    run_until(tiered, out_y, out_last)  # y leaves, then the last holder of the head
+    idle(tiered)
+    assert tiered.stats.ram_entries == 3 and tiered.stats.tier.dropped == 0
+    _, cached = first_token(tiered, [*x, *model.tokenize(" More.", False)])
+    assert cached >= len(x)
+
+
 def test_without_the_tier_idle_entries_keep_their_cells(model: LlamaModel) -> None:
     engine = make_engine(model)  # cache_ram_bytes 0: the tier is off
     try:

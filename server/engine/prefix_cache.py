@@ -326,7 +326,13 @@ class PrefixCache:
         return released
 
     def release(self, seq_id: int) -> None:
-        """Forget seq_id entirely and drop its KV; a node neither held nor stored goes."""
+        """Forget seq_id entirely and drop its KV; a node neither held nor stored goes. If
+        host entries hang below a node that would go (a conversation's turns below a
+        system prompt nobody else holds now), that node is copied to RAM first, so they
+        stay reachable."""
+        lost = self._lost_run(seq_id)
+        if lost is not None and self._has_dependents(*lost):
+            self.spill(seq_id)
         node: Node | None = self._deepest.pop(seq_id, None)
         self.entries.pop(seq_id, None)
         while node is not None and node is not self.root:
@@ -351,34 +357,36 @@ class PrefixCache:
         return seq_id
 
     def spill(self, seq_id: int) -> bool:
-        """Copy an entry's KV to the host tier (its tree nodes become stored); False when
-        the tier is off or the entry does not fit."""
-        node = self._deepest[seq_id]
-        # Only what would be lost is copied: the nodes seq_id alone holds and RAM lacks, a
-        # run up from its deepest node. The path above it is shared with others or already
-        # stored (a system prompt many conversations start with is kept once).
-        start = node.end
-        n: Node | None = node
-        while n is not None and n is not self.root and n.holders == {seq_id} and not n.stored:
-            start = n.start
-            n = n.parent
-        length = node.end - start
-        if length < MIN_RESTORE_TOKENS or self.host.budget <= 0 or self.scratch is None:
+        """Copy to the host tier the KV that releasing seq_id would lose (those nodes become
+        stored); True when nothing would be lost or it was copied, False when the tier is
+        off, the run is too short to matter or does not fit."""
+        lost = self._lost_run(seq_id)
+        if lost is None:
+            return True
+        top, bottom = lost
+        # Only what would be lost is copied: the nodes seq_id alone holds and RAM lacks.
+        # The path around them is shared with others or stored already (a system prompt
+        # many conversations start with is kept once). A stored node between two lost
+        # ones is copied again: one entry is one run of positions.
+        start, end = top.start, bottom.end
+        length = end - start
+        short = length < MIN_RESTORE_TOKENS and not self._has_dependents(top, bottom)
+        if short or self.host.budget <= 0 or self.scratch is None:
             return False
         if not self.host.policy.worth_spilling():
             self.host.stats.not_worth_spilling += 1
             return False
         started = time.perf_counter()
-        if start == 0:
+        if start == 0 and bottom is self._deepest[seq_id]:
             data = self.kv.save_state(seq_id)
         else:  # the run alone, through the scratch sequence (seq_cp shares, not copies)
-            self.kv.seq_copy(seq_id, self.scratch, start, node.end)
+            self.kv.seq_copy(seq_id, self.scratch, start, end)
             data = self.kv.save_state(self.scratch)
             self.kv.seq_remove(self.scratch, -1, -1)
         if data is None or not self.host.fits(len(data)):
             return False
-        entry = HostEntry(self.path_tokens(seq_id), data, start)
-        self._mark_stored(node, entry)
+        entry = HostEntry(self.path_tokens(seq_id)[:end], data, start)
+        self._mark_stored(bottom, entry)
         for dropped in self.host.add(entry):
             self._unstore(dropped)
         tier = self.host.stats
@@ -388,6 +396,31 @@ class PrefixCache:
         tier.spill_seconds += seconds
         self.host.policy.observe_spill(seconds, length)
         return True
+
+    def _lost_run(self, seq_id: int) -> tuple[Node, Node] | None:
+        """The topmost and the deepest node on seq_id's path that releasing it would lose
+        (held by it alone, in neither tier); None when it would lose nothing."""
+        top = bottom = None
+        n: Node | None = self._deepest.get(seq_id)
+        while n is not None and n is not self.root:
+            if n.holders == {seq_id} and not n.stored:
+                bottom = bottom or n
+                top = n
+            n = n.parent
+        return None if top is None or bottom is None else (top, bottom)
+
+    def _has_dependents(self, top: Node, bottom: Node) -> bool:
+        """Whether host entries hang below the nodes from top down to bottom that are
+        about to be lost: they would go with them."""
+        n: Node | None = bottom
+        while n is not None:
+            for child in n.children.values():
+                if child.stored:
+                    return True
+            if n is top:
+                return False
+            n = n.parent
+        return False
 
     def adopt_stored(self, tokens: list[int], data: bytes, start: int = 0) -> bool:
         """Put a host entry (read from disk at start-up) into the tree without cells. An
