@@ -215,6 +215,33 @@ def test_entries_below_a_short_shared_head_outlive_its_last_holder(
     assert cached >= len(x)
 
 
+def test_making_room_for_a_restore_can_move_the_match_out_of_the_cells(
+    model: LlamaModel,
+) -> None:
+    """A prompt matches a resident entry and, further, an entry in RAM; restoring needs
+    room, and the room comes from evicting that resident entry. The admission must look
+    again rather than share cells that are gone."""
+    engine = make_engine(
+        model, n_ctx=1024, context_length=1024, cache_ram_bytes=256 << 20, cache_cells=1000
+    )
+    try:
+        base = prompt(engine, "eta", 120)
+        longer = [*base, *model.tokenize(" " + " ".join(f"eta+{i}" for i in range(60)), False)]
+        _, out = submit(engine, longer, max_tokens=2)
+        run_until(engine, out)
+        assert engine.scheduler._evict_one()  # into RAM: the longer path
+        _, out = submit(engine, [*base, *model.tokenize(" Short.", False)], max_tokens=2)
+        run_until(engine, out)  # the base restored from RAM, now resident in an entry
+        idle(engine)
+        assert engine.stats.cache_cells > len(base) and engine.stats.ram_entries == 1
+        probe = [*longer, *model.tokenize(" And more.", False)]
+        _, cached = first_token(engine, probe)
+        assert cached >= len(longer)
+        idle(engine)
+    finally:
+        engine.stop()
+
+
 def test_without_the_tier_idle_entries_keep_their_cells(model: LlamaModel) -> None:
     engine = make_engine(model)  # cache_ram_bytes 0: the tier is off
     try:

@@ -133,8 +133,13 @@ class StoredMatch:
 
     @property
     def cells_needed(self) -> int:
-        """Cells a restore may take at once: each entry is loaded whole, then cut."""
-        return self.length - self.resident + max(r.entry.n_tokens for r in self.runs)
+        """Cells a restore takes at its peak: the runs shared in so far, and the entry
+        being loaded whole before its run is cut out of it."""
+        peak, done = 0, 0
+        for run in self.runs:
+            peak = max(peak, done + run.entry.n_tokens)
+            done += run.end - run.start
+        return max(peak, done)
 
 
 class PrefixCache:
@@ -233,6 +238,8 @@ class PrefixCache:
         held) when llama.cpp could not load an entry."""
         started = time.perf_counter()
         assert self.scratch is not None
+        if any(run.entry.id not in self.host.entries for run in found.runs):
+            return False  # making room for it pushed one out of RAM: compute it instead
         for run in found.runs:
             entry = self.host.get(run.entry.id)
             loaded = self.kv.load_state(self.scratch, entry.data)

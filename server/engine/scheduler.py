@@ -255,8 +255,14 @@ class Scheduler:
             room = found.cells_needed
             while self._cells_free_after_running() < room and self._evict_one():
                 pass
-            if self._cells_free_after_running() >= room and self.cache.restore(
-                seq_id, seq.tokens, found
+            # Evicting may have moved what matched from the cells to RAM, or out of RAM.
+            cached = self.cache.match(seq.tokens, limit)
+            found = self.cache.match_stored(seq.tokens, limit)
+            if (
+                found is not None
+                and found.length - cached >= MIN_RESTORE_TOKENS
+                and self._cells_free_after_running() >= found.cells_needed
+                and self.cache.restore(seq_id, seq.tokens, found)
             ):
                 return found.length
         self.cache.acquire(seq_id, seq.tokens, cached)
