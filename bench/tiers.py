@@ -26,7 +26,7 @@ import httpx
 from bench.cli import conversations
 from bench.load import TOPICS, LoadResult, Messages, run_load
 from bench.peer_build import build_llama_server
-from bench.report import Summary, summarize, write_section
+from bench.report import Summary, cpu_name, summarize, write_section
 from bench.servers import ServerProcess, hearth_model_file, start_hearth, start_llama_server
 
 PARALLEL = 8
@@ -275,7 +275,12 @@ def render(
             f"{stats['cache']['ram_hit_tokens']:,} | {tier['restores']} | {tier['spills']} | "
             f"{tier['spilled_tokens']:,} | {stats['ram_bytes'] / 2**20:.0f} MiB |"
         )
-    lines += ["", f"This section took {seconds:.0f} s.", ""]
+    lines += [
+        "",
+        f"This section took {seconds:.0f} s on {cpu_name()} ({os.cpu_count()} cores), "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
