@@ -221,13 +221,18 @@ class PrefixCache:
     def acquire(self, seq_id: int, tokens: list[int], length: int) -> None:
         """Give a fresh sequence the resident KV of tokens[:length] (length from match())."""
         self.stats.lookups += 1
+        if length > 0:
+            self.stats.hits += 1
+            self.stats.hit_tokens += length
+        self._share_resident(seq_id, tokens, length)
+
+    def _share_resident(self, seq_id: int, tokens: list[int], length: int) -> None:
+        """seq_id takes the cells of tokens[:length] (resident) and holds their path."""
         node = self.root
         if length > 0:
             node = self._walk_to(tokens, length)
             self.kv.seq_copy(node.any_holder(), seq_id, 0, length)
             self._touch(node)
-            self.stats.hits += 1
-            self.stats.hit_tokens += length
         self._hold_path(seq_id, node)
         self._deepest[seq_id] = node
 
@@ -255,13 +260,7 @@ class PrefixCache:
         self.stats.hit_tokens += found.length
         self.stats.ram_hits += 1
         self.stats.ram_hit_tokens += restored
-        node = self.root
-        if found.resident > 0:  # the part in the cells is shared, as acquire() does
-            node = self._walk_to(tokens, found.resident)
-            self.kv.seq_copy(node.any_holder(), seq_id, 0, found.resident)
-            self._touch(node)
-        self._hold_path(seq_id, node)
-        self._deepest[seq_id] = node
+        self._share_resident(seq_id, tokens, found.resident)
         self.extend(seq_id, tokens, found.length)
         tier = self.host.stats
         tier.restores += 1

@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 
 from server.engine.drafting import StepCost, plan_drafts
 from server.engine.no_cache import NoCache
-from server.engine.prefix_cache import MIN_RESTORE_TOKENS, PrefixCache, common_prefix_length
+from server.engine.prefix_cache import (
+    MIN_RESTORE_TOKENS,
+    PrefixCache,
+    StoredMatch,
+    common_prefix_length,
+)
 from server.engine.sequence import Sequence
 
 # A waiting request defers to a prefilling one only for a shared prefix at least this long:
@@ -247,8 +252,7 @@ class Scheduler:
             return 0
         # The last token is always computed: its logits choose the first new token.
         limit = len(seq.tokens) - 1
-        cached = self.cache.match(seq.tokens, limit)
-        found = self.cache.match_stored(seq.tokens, limit)
+        cached, found = self._lookup(seq.tokens, limit)
         if found is not None and found.length - cached >= MIN_RESTORE_TOKENS:
             # Restoring takes cells for each stored entry whole before it is cut to the
             # prompt: make room from idle entries, or compute it after all.
@@ -256,8 +260,7 @@ class Scheduler:
             while self._cells_free_after_running() < room and self._evict_one():
                 pass
             # Evicting may have moved what matched from the cells to RAM, or out of RAM.
-            cached = self.cache.match(seq.tokens, limit)
-            found = self.cache.match_stored(seq.tokens, limit)
+            cached, found = self._lookup(seq.tokens, limit)
             if (
                 found is not None
                 and found.length - cached >= MIN_RESTORE_TOKENS
@@ -267,6 +270,11 @@ class Scheduler:
                 return found.length
         self.cache.acquire(seq_id, seq.tokens, cached)
         return cached
+
+    def _lookup(self, tokens: list[int], limit: int) -> tuple[int, StoredMatch | None]:
+        """How much of the prompt the cells hold, and what RAM holds past that."""
+        found = self.cache.match_stored(tokens, limit)
+        return (found.resident if found is not None else self.cache.match(tokens, limit)), found
 
     def _cells_free_after_running(self) -> int:
         """Cells left once every running sequence has computed what it has pending."""
