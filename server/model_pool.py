@@ -380,6 +380,11 @@ class ModelPool:
                     cache_dir=persist,
                     cache_dir_max_bytes=cs.persist_max_mb << 20,
                     on_gpu=layers_on_gpu > 0,
+                    separate_prompts=(
+                        layers_on_gpu == 0
+                        if es.separate_prompts == "auto"
+                        else es.separate_prompts == "on"
+                    ),
                     max_draft=sp.max_draft if sp.enabled else 0,
                     draft_ngram_max=sp.ngram_max,
                     draft_ngram_min=sp.ngram_min,

@@ -97,6 +97,9 @@ class EngineSettings(_Section):
     max_waiting: int = Field(1024, ge=0)
     step_token_budget: int = Field(512, ge=1)
     default_max_tokens: int = Field(0, ge=0)
+    # A step that decodes and computes prompts as two llama_decode calls (engine.py's
+    # EngineConfig.separate_prompts); auto: when the model runs on the CPU.
+    separate_prompts: Literal["auto", "on", "off"] = "auto"
 
 
 class SpeculativeSettings(_Section):

@@ -190,6 +190,45 @@ def test_a_decode_failure_fails_its_request_and_the_engine_goes_on(engine: Engin
     idle(engine)
 
 
+def test_a_step_runs_its_decodes_and_prompts_as_two_calls_when_told(model: LlamaModel) -> None:
+    """separate_prompts (on by default on a CPU): the decodes first, then the prompt
+    chunks, each a llama_decode of its own; a failure of the second call fails only the
+    prompts in it, and the decodes of the first keep their tokens."""
+    engine = make_engine(model, separate_prompts=True)
+    sizes: list[int] = []
+    decode = engine.ctx.decode
+    fail_prompts = False
+
+    def recording(batch):  # type: ignore[no-untyped-def]
+        sizes.append(batch.n_tokens)
+        return -1 if fail_prompts and batch.n_tokens > 1 else decode(batch)
+
+    engine.ctx.decode = recording  # type: ignore[method-assign]
+    try:
+        _, talking = submit(engine, "The capital of France is", max_tokens=40, ignore_eos=True)
+        engine.step()
+        long_prompt = "Tell me everything about lighthouses and their keepers. " * 12
+        _, joining = submit(engine, long_prompt, max_tokens=4)
+        sizes.clear()
+        engine.step()
+        assert sizes[0] == 1 and sizes[1] > 64 and len(sizes) == 2
+        assert len(talking) == 2 and len(joining) == 1  # each call's token came out
+        run_until(engine, joining)
+        fail_prompts = True
+        other = "Describe the tides, the moon and the sea in a long essay. " * 12
+        _, failing = submit(engine, other, max_tokens=4)
+        engine.step()
+        assert failing.done and failing.last.finish_reason is FinishReason.ERROR
+        assert not talking.done and len(talking) >= 3
+        fail_prompts = False
+        run_until(engine, talking)
+        assert talking.last.finish_reason is FinishReason.LENGTH
+        assert talking.last.completion_tokens == 40
+    finally:
+        engine.ctx.decode = decode  # type: ignore[method-assign]
+        engine.stop()
+
+
 class FailingSampler:
     def sample(self, ctx: object, index: int) -> int:
         raise RuntimeError("injected fault")

@@ -9,7 +9,7 @@ import pytest
 from server.engine.no_cache import NoCache
 from server.engine.prefix_cache import PrefixCache
 from server.engine.request import GenerationRequest
-from server.engine.scheduler import Scheduler
+from server.engine.scheduler import Chunk, Scheduler, StepPlan
 from server.engine.sequence import Sequence
 from server.llama.context import ContextParams, LlamaContext
 from server.llama.model import LlamaModel
@@ -75,6 +75,29 @@ def test_decode_tokens_come_first_and_prompts_are_chunked(ctx: LlamaContext) -> 
     assert run_plan(sched) == [(short, 1), (long_, 1)]
     sched.remove(short)
     assert len(released) == 1 and short.seq_id is None
+
+
+def test_a_mixed_step_runs_its_decodes_apart_from_its_prompts(ctx: LlamaContext) -> None:
+    """On a CPU, llama.cpp's flash attention computes 64-row tiles over every KV block any
+    row reads: decode rows beside a prompt chunk cost as if every row read every decoding
+    sequence's cells. A separating scheduler's step is two calls from the tile size up."""
+    sched = Scheduler(max_running=4, token_budget=64, n_cells=10_000, cache=NoCache(ctx))
+    decoding, long_ = make_seq(10), make_seq(200, first=300)
+    sched.add(decoding)
+    run_plan(sched)
+    sched.add(long_)
+    plan = sched.schedule()
+    assert [(c.seq, c.n_tokens) for c in plan.chunks] == [(decoding, 1), (long_, 63)]
+    assert plan.calls(separate_prompts=False) == [plan]
+    decodes, prompts = plan.calls(separate_prompts=True)
+    assert [c.seq for c in decodes.chunks] == [decoding]
+    assert [c.seq for c in prompts.chunks] == [long_] and prompts.admitted == [long_]
+    small = StepPlan([*plan.chunks[:1], Chunk(long_, 20)])  # under one tile: one call
+    assert small.calls(separate_prompts=True) == [small]
+    alone = StepPlan([Chunk(long_, 64)])  # nothing to separate
+    assert alone.calls(separate_prompts=True) == [alone]
+    for seq in (decoding, long_):
+        sched.remove(seq)
 
 
 def test_admission_respects_sequences_and_cells(ctx: LlamaContext) -> None:

@@ -2,7 +2,9 @@
 
 `step()` is one engine step, synchronous: take new requests and cancellations from the
 inbox, let the scheduler plan, run the plan as ONE llama_decode (runner.py: a decode token
-for each generating sequence plus chunks of pending prompts), then apply the outcome:
+for each generating sequence plus chunks of pending prompts; on a CPU, decodes and prompt
+chunks as two calls, since llama.cpp's CPU attention makes the mix cost more than the
+two: StepPlan.calls), then apply the outcome:
 accept sampled tokens, finish sequences, hand outputs to their requests. Requests join and
 leave between steps. The engine thread only loops over step() (blocking on the inbox when
 idle); a test drives step() itself, with no thread.
@@ -87,6 +89,9 @@ class EngineConfig:
     max_draft: int = 0
     draft_ngram_max: int = 3
     draft_ngram_min: int = 2
+    # Run a step's decodes and its prompt chunks as two llama_decode calls (StepPlan.calls):
+    # on a CPU a mixed batch costs more than the two apart.
+    separate_prompts: bool = False
 
 
 # Steps with at least this many prompt tokens measure the prefill cost per token.
@@ -152,6 +157,7 @@ class Engine:
             cache_entries=config.cache_entries,
             cache_cells=cache_cells,
             max_draft=config.max_draft,
+            separate_prompts=config.separate_prompts,
         )
         # Kept across restarts only when there is a cache to keep.
         self._cache_dir = config.cache_dir if isinstance(cache, PrefixCache) else None
@@ -379,11 +385,19 @@ class Engine:
         plan = self.scheduler.schedule()
         if not plan.chunks:
             return
+        for call in plan.calls(self.config.separate_prompts):
+            if not self._run_call(call, t0):
+                return
+            t0 = time.perf_counter()
+
+    def _run_call(self, plan: StepPlan, t0: float) -> bool:
+        """One llama_decode over the plan, and its outcome applied. False when the decode
+        failed (what is left of the step waits for the next one)."""
         t1 = time.perf_counter()
         outcome = self.runner.run(plan, before_decode=self._flush_outbox)
         if outcome.status != DecodeStatus.OK:
             self._on_decode_failure(outcome.status, plan)
-            return
+            return False
         for chunk in plan.chunks:
             chunk.seq.n_computed += chunk.n_tokens
             self.scheduler.on_computed(chunk.seq)
@@ -406,6 +420,8 @@ class Engine:
             # chunks run at prefill's efficiency (about half a decode token's marginal cost
             # here), so steps holding them would bend the fit and make drafts look cheap.
             self.scheduler.step_cost.observe(outcome.n_tokens, t3 - t0)
+        elif outcome.n_prompt_tokens >= PREFILL_SAMPLE_TOKENS:
+            self.scheduler.step_cost.observe_prompt_step(outcome.n_tokens, t3 - t0)
         profile = self.stats.profile
         profile.steps += 1
         profile.schedule += t1 - t0
@@ -414,6 +430,7 @@ class Engine:
         profile.decode += outcome.seconds
         profile.sample += outcome.sample_seconds
         profile.apply += t3 - t2
+        return True
 
     def _apply(self, outcome: StepOutcome) -> None:
         for seq, error in outcome.failed:

@@ -35,6 +35,8 @@ from server.engine.sequence import Sequence
 # A waiting request defers to a prefilling one only for a shared prefix at least this long:
 # below it, computing the few tokens twice costs less than waiting a step.
 DEFER_MIN_TOKENS = 32
+# ggml's CPU flash attention goes from one batch row at a time to tiles of this many rows.
+FLASH_ATTN_TILE_ROWS = 64
 
 
 @dataclass(slots=True)
@@ -55,6 +57,22 @@ class StepPlan:
     def n_tokens(self) -> int:
         return sum(c.n_tokens + len(c.draft) for c in self.chunks)
 
+    def calls(self, separate_prompts: bool) -> list[StepPlan]:
+        """The plan as llama_decode calls: one, or with separate_prompts, the decoding
+        sequences (and their drafts) first and the prompt chunks after, when the batch
+        would reach flash attention's tile size. On a CPU, ggml computes attention for 64
+        batch rows at a time over every 64-cell block of KV any of those rows reads, so a
+        few decode rows in a tile with prompt rows drag every decoding sequence's cells
+        through it; apart, the decodes (under 64 rows) take the row-by-row path that
+        reads only their own cells."""
+        if not separate_prompts or self.n_tokens < FLASH_ATTN_TILE_ROWS:
+            return [self]
+        decodes = [c for c in self.chunks if not c.seq.is_prefilling]
+        prompts = [c for c in self.chunks if c.seq.is_prefilling]
+        if not decodes or not prompts:
+            return [self]
+        return [StepPlan(decodes), StepPlan(prompts, self.admitted, self.preempted)]
+
 
 class Scheduler:
     def __init__(
@@ -66,11 +84,14 @@ class Scheduler:
         cache_entries: int = 0,
         cache_cells: int | None = None,
         max_draft: int = 0,
+        separate_prompts: bool = False,
     ) -> None:
         """cache_entries: sequence ids beyond max_running that finished requests may keep
         holding; cache_cells: most cells those entries may hold between requests."""
         self.max_running = max_running
         self.max_draft = max_draft  # draft tokens per decoding sequence and step (0: none)
+        # Steps run their decodes and prompt chunks as separate calls (StepPlan.calls).
+        self.separate_prompts = separate_prompts
         # What a step costs by its size, as measured by the engine (drafting's yardstick).
         self.step_cost = StepCost()
         self.token_budget = token_budget
@@ -161,12 +182,15 @@ class Scheduler:
             chunk.seq.draft_stats.settle(chunk.seq.tokens)
             proposals.append(chunk.seq.propose(self.max_draft))
         n_decoding = sum(1 for c in plan.chunks if not c.seq.is_prefilling)
+        # Separated, the drafts ride in a call of decodes alone, which the table prices.
+        n_prompt = 0 if self.separate_prompts else plan.n_tokens - n_decoding
         lengths = plan_drafts(
             [c.seq.draft_stats.reach(len(p)) for c, p in zip(chunks, proposals, strict=True)],
             self.step_cost,
-            plan.n_tokens,
+            n_decoding + n_prompt,
             n_decoding,
             min(budget, cells_free),
+            n_prompt=n_prompt,
         )
         for chunk, proposal, k in zip(chunks, proposals, lengths, strict=True):
             stats = chunk.seq.draft_stats
