@@ -3,7 +3,10 @@
 1. More requests than slots, arriving all the time: 64 distinct ~150-token chat prompts at
    concurrency 32 (closed loop), and the same as a Poisson stream near saturation (open
    loop), Hearth and llama-server with the same 8 parallel sequences, same GGUF, same
-   threads, taking turns for two rounds (best of each, since this machine drifts).
+   threads, taking turns for two rounds (best of each, since this machine drifts). Then
+   retrieval-sized prompts (~750 tokens) asking for different lengths (32 to 96 tokens):
+   requests finish at different steps, so new prompts are computed beside running decodes,
+   which fixed lengths (every request of a wave ending together) hide.
 2. What idle cache entries cost decoding: decode throughput on an empty server, and with
    ~20,000 cached tokens idle, in the KV cells (tier off) or in host RAM (tier on).
 3. Conversations that come back after others: the time to first token of later turns with
@@ -32,6 +35,7 @@ from bench.servers import ServerProcess, hearth_model_file, start_hearth, start_
 PARALLEL = 8
 N_CTX = 16384
 PROMPT_WORDS = 100
+LONG_PROMPT_WORDS = 600  # ~750 tokens with the chat template
 PARTS = ("sustained", "idle", "returning")
 
 
@@ -46,6 +50,7 @@ class Scale:
     idle_tokens: int = 20_000
     decode_tokens: int = 64
     conversations: int = 24
+    long_requests: int = 24  # retrieval-sized prompts, different lengths asked
 
 
 def _load(
@@ -54,10 +59,22 @@ def _load(
     concurrency: int,
     tokens: int,
     rate: float | None = None,
+    lengths: list[int] | None = None,
 ) -> LoadResult:
+    """lengths: each request's own max_tokens (else `tokens` for all)."""
     model = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    bodies = [{"max_tokens": n} for n in lengths] if lengths else None
     result = asyncio.run(
-        run_load(server.url, model, convs, tokens, concurrency, rate, extra_body=server.extra_body)
+        run_load(
+            server.url,
+            model,
+            convs,
+            tokens,
+            concurrency,
+            rate,
+            extra_body=server.extra_body,
+            bodies=bodies,
+        )
     )
     if result.failures:
         raise RuntimeError(f"{result.failures} of {len(convs)} requests failed on {server.url}")
@@ -99,7 +116,25 @@ def sustained(logs: Path, threads: int, peers: bool, scale: Scale) -> list[tuple
             best[f"{label} open"] = summarize(label, result, rate)
         finally:
             server.stop()
+    # Retrieval-sized prompts, each asking for its own length (the mean is output_tokens).
+    long_convs = conversations("unique", scale.long_requests, LONG_PROMPT_WORDS)
+    lengths = _varied_lengths(scale.long_requests, scale.output_tokens)
+    for _ in range(scale.rounds):
+        for label, start in starts:
+            print(f"long prompts, varied lengths: {label} ...", flush=True)
+            server = start()
+            try:
+                result = _load(server, long_convs, scale.concurrency // 2, 0, lengths=lengths)
+                keep(f"{label} long", summarize(label, result))
+            finally:
+                server.stop()
     return list(best.items())
+
+
+def _varied_lengths(n: int, mean: int) -> list[int]:
+    """n output lengths from mean/2 to 3*mean/2, spread evenly, in a fixed shuffled order."""
+    low, high = max(1, mean // 2), max(1, mean * 3 // 2)
+    return [low + (i * 7) % (high - low + 1) for i in range(n)]
 
 
 def _fill(server: ServerProcess, tokens: int) -> None:
@@ -217,25 +252,34 @@ def render(
         f"{scale.requests} distinct ~150-token chat prompts, {scale.output_tokens} output "
         f"tokens each, {PARALLEL} parallel sequences on both servers, {threads} threads, the "
         f"same GGUF. Closed loop: concurrency {c}. Open loop: Poisson arrivals at 90% of the "
-        f"slower server's closed-loop rate, at most {c} in flight. Best of "
-        f"{scale.rounds} alternating rounds for the closed loop.",
+        f"slower server's closed-loop rate, at most {c} in flight. Then "
+        f"{scale.long_requests} distinct retrieval-sized prompts (~750 tokens), each asking "
+        "for its own number of tokens (EOS ignored), so that requests end at different "
+        "steps and new prompts are computed beside running decodes, as in real traffic "
+        "(with one length for all, every request of a wave ends together). Best of "
+        f"{scale.rounds} alternating rounds for the closed loops.",
         "",
         "| server | load | output tok/s | TTFT p50 / p90 (s) | TPOT p50 / p90 (s) |",
         "|---|---|---|---|---|",
     ]
+    shapes = {
+        "closed": f"closed, c={c}",
+        "long": f"~750-token prompts, {scale.output_tokens // 2}-"
+        f"{scale.output_tokens * 3 // 2} tokens asked, closed, c={c // 2}",
+    }
     for key, s in load:
         label, kind = key.rsplit(" ", 1)
-        shape = f"closed, c={c}" if kind == "closed" else f"Poisson {s.rate:.2f} req/s"
+        shape = shapes.get(kind) or f"Poisson {s.rate:.2f} req/s"
         lines.append(
             f"| {label} | {shape} | {s.output_throughput:.1f} | {_ms(s, 'ttft', 'p50')} / "
             f"{_ms(s, 'ttft', 'p90')} | {_ms(s, 'tpot', 'p50')} / {_ms(s, 'tpot', 'p90')} |"
         )
     by = dict(load)
-    for kind in ("closed", "open"):
+    for kind, name in (("closed", "closed loop"), ("open", "open loop"), ("long", "long prompts")):
         h, p = by.get(f"hearth {kind}"), by.get(f"llama-server {kind}")
         if h and p:
             lines.append(
-                f"\n- {kind} loop, Hearth / llama-server: "
+                f"\n- {name}, Hearth / llama-server: "
                 f"{h.output_throughput / p.output_throughput:.2f}x throughput, TTFT p50 "
                 f"{h.latency_ms['ttft']['p50'] / p.latency_ms['ttft']['p50']:.2f}x"
             )
@@ -295,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-tokens", type=int, default=Scale.idle_tokens)
     parser.add_argument("--decode-tokens", type=int, default=Scale.decode_tokens)
     parser.add_argument("--conversations", type=int, default=Scale.conversations)
+    parser.add_argument("--long-requests", type=int, default=Scale.long_requests)
     parser.add_argument(
         "--only",
         choices=PARTS,
@@ -313,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         args.idle_tokens,
         args.decode_tokens,
         args.conversations,
+        args.long_requests,
     )
     threads = os.cpu_count() or 1
     t0 = time.monotonic()

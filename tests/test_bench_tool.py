@@ -188,6 +188,7 @@ def test_sustained_load_and_tier_workloads(tmp_path: Path) -> None:
     report = tmp_path / "benchmarks.md"
     args = ["--requests", "4", "--concurrency", "3", "--output-tokens", "8", "--rounds", "1"]
     args += ["--idle-tokens", "1000", "--decode-tokens", "8", "--conversations", "2"]
+    args += ["--long-requests", "3"]
     args += ["--write", str(report)]
     assert main(args) == 0
     text = report.read_text()
@@ -195,6 +196,7 @@ def test_sustained_load_and_tier_workloads(tmp_path: Path) -> None:
     for key in ("hearth", "llama-server"):
         assert key in rows
     assert "closed loop, Hearth / llama-server" in text and "open loop" in text
+    assert "long prompts, Hearth / llama-server" in text and "4-12 tokens asked" in text
 
     def cells_before(tier: str) -> int:
         row = next(v for k, v in rows.items() if "tokens idle" in k and tier in k)
