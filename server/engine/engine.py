@@ -385,7 +385,7 @@ class Engine:
         plan = self.scheduler.schedule()
         if not plan.chunks:
             return
-        for call in plan.calls(self.config.separate_prompts):
+        for call in plan.calls(self.scheduler.separate_prompts):
             if not self._run_call(call, t0):
                 return
             t0 = time.perf_counter()

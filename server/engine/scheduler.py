@@ -63,8 +63,8 @@ class StepPlan:
         would reach flash attention's tile size. On a CPU, ggml computes attention for 64
         batch rows at a time over every 64-cell block of KV any of those rows reads, so a
         few decode rows in a tile with prompt rows drag every decoding sequence's cells
-        through it; apart, the decodes (under 64 rows) take the row-by-row path that
-        reads only their own cells."""
+        through it; apart, the decodes (under 64 rows) take the row-by-row path, which
+        skips every cell a row does not read."""
         if not separate_prompts or self.n_tokens < FLASH_ATTN_TILE_ROWS:
             return [self]
         decodes = [c for c in self.chunks if not c.seq.is_prefilling]
@@ -90,7 +90,8 @@ class Scheduler:
         holding; cache_cells: most cells those entries may hold between requests."""
         self.max_running = max_running
         self.max_draft = max_draft  # draft tokens per decoding sequence and step (0: none)
-        # Steps run their decodes and prompt chunks as separate calls (StepPlan.calls).
+        # Steps run their decodes and prompt chunks as separate calls (StepPlan.calls; the
+        # engine reads it here, and drafts are priced by it).
         self.separate_prompts = separate_prompts
         # What a step costs by its size, as measured by the engine (drafting's yardstick).
         self.step_cost = StepCost()
