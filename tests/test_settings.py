@@ -37,6 +37,7 @@ def test_layers_file_env_cli(tmp_path: Path) -> None:
         ({"model": {"n_ubatch": 1024, "n_batch": 512}}, "n_ubatch"),
         ({"engine": {"step_token_budget": 1024}}, "step_token_budget"),
         ({"engine": {"max_running": 300}}, "max_running"),
+        ({"engine": {"separate_prompts": "sometimes"}}, "separate_prompts"),
         ({"model": {"context_length": 99999}}, "context_length"),
         ({"server": {"port": -1}}, "port"),
         ({"model": {"n_ctx": "lots"}}, "n_ctx"),
