@@ -52,6 +52,15 @@ class Scale:
     conversations: int = 24
     long_requests: int = 24  # retrieval-sized prompts, different lengths asked
 
+    @property
+    def long_concurrency(self) -> int:
+        return max(1, self.concurrency // 2)
+
+    @property
+    def length_range(self) -> tuple[int, int]:
+        """The lengths the long-prompt requests ask for: output_tokens / 2 to 3/2 of it."""
+        return max(1, self.output_tokens // 2), max(1, self.output_tokens * 3 // 2)
+
 
 def _load(
     server: ServerProcess,
@@ -118,22 +127,21 @@ def sustained(logs: Path, threads: int, peers: bool, scale: Scale) -> list[tuple
             server.stop()
     # Retrieval-sized prompts, each asking for its own length (the mean is output_tokens).
     long_convs = conversations("unique", scale.long_requests, LONG_PROMPT_WORDS)
-    lengths = _varied_lengths(scale.long_requests, scale.output_tokens)
+    lengths = _varied_lengths(scale.long_requests, *scale.length_range)
     for _ in range(scale.rounds):
         for label, start in starts:
             print(f"long prompts, varied lengths: {label} ...", flush=True)
             server = start()
             try:
-                result = _load(server, long_convs, scale.concurrency // 2, 0, lengths=lengths)
+                result = _load(server, long_convs, scale.long_concurrency, 0, lengths=lengths)
                 keep(f"{label} long", summarize(label, result))
             finally:
                 server.stop()
     return list(best.items())
 
 
-def _varied_lengths(n: int, mean: int) -> list[int]:
-    """n output lengths from mean/2 to 3*mean/2, spread evenly, in a fixed shuffled order."""
-    low, high = max(1, mean // 2), max(1, mean * 3 // 2)
+def _varied_lengths(n: int, low: int, high: int) -> list[int]:
+    """n output lengths from low to high, spread evenly, in a fixed shuffled order."""
     return [low + (i * 7) % (high - low + 1) for i in range(n)]
 
 
@@ -262,10 +270,11 @@ def render(
         "| server | load | output tok/s | TTFT p50 / p90 (s) | TPOT p50 / p90 (s) |",
         "|---|---|---|---|---|",
     ]
+    low, high = scale.length_range
     shapes = {
         "closed": f"closed, c={c}",
-        "long": f"~750-token prompts, {scale.output_tokens // 2}-"
-        f"{scale.output_tokens * 3 // 2} tokens asked, closed, c={c // 2}",
+        "long": f"~750-token prompts, {low}-{high} tokens asked, closed, "
+        f"c={scale.long_concurrency}",
     }
     for key, s in load:
         label, kind = key.rsplit(" ", 1)
