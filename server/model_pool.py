@@ -386,6 +386,7 @@ class ModelPool:
                         else es.separate_prompts == "on"
                     ),
                     max_draft=sp.max_draft if sp.enabled else 0,
+                    max_draft_alone=sp.max_draft_alone,
                     draft_ngram_max=sp.ngram_max,
                     draft_ngram_min=sp.ngram_min,
                 ),

@@ -23,6 +23,7 @@ from server.engine.drafting import (
 )
 from server.engine.engine import Engine
 from server.engine.request import FinishReason
+from server.engine.scheduler import StepPlan
 from server.llama.model import LlamaModel
 from server.llama.sampler import SamplingParams
 from server.model_files import resolve_chat_model
@@ -529,3 +530,40 @@ def test_logprobs_and_opting_out_with_drafts(engines, prompts) -> None:
     out = generate(drafting, prompts[:1], max_tokens=48, speculative=False)[0]
     assert out.text == a.text
     assert drafting.stats.draft_steps == before
+
+
+def test_a_sequence_decoding_alone_may_draft_longer(model: LlamaModel, prompts) -> None:
+    """max_draft bounds each sequence's draft while others decode beside it (a long draft
+    would widen every step for one sequence's sake); a sequence decoding alone may draft
+    up to max_draft_alone. Predictions the output follows make the drafts long."""
+    plain = make_engine(model)
+    engine = make_engine(model, max_draft=4, max_draft_alone=12)
+    drafts: list[tuple[int, int]] = []  # per step: (sequences decoding, longest draft)
+    schedule = engine.scheduler.schedule
+
+    def recording_schedule() -> StepPlan:
+        plan = schedule()
+        decoding = [c for c in plan.chunks if not c.seq.is_prefilling]
+        drafts.append((len(decoding), max((len(c.draft) for c in decoding), default=0)))
+        return plan
+
+    engine.scheduler.schedule = recording_schedule  # type: ignore[method-assign]
+    try:
+        expected = [
+            [t for o in out for t in o.token_ids]
+            for out in generate(plain, prompts[:2], max_tokens=64)
+        ]
+        (out,) = generate(engine, prompts[:1], max_tokens=64, prediction=expected[0])
+        assert [t for o in out for t in o.token_ids] == expected[0]
+        assert 4 < max(d for n, d in drafts if n == 1) <= 12
+
+        drafts.clear()
+        outs = [
+            submit(engine, p, max_tokens=64, prediction=e)[1]
+            for p, e in zip(prompts[:2], expected, strict=True)
+        ]
+        run_until(engine, *outs)
+        assert max(d for n, d in drafts if n == 2) == 4
+    finally:
+        plain.stop()
+        engine.stop()

@@ -87,6 +87,8 @@ class EngineConfig:
     # Prompt-lookup drafting: draft tokens per decoding sequence and step (0: off), and the
     # n-gram lengths looked up (drafting.py).
     max_draft: int = 0
+    # Draft tokens for a sequence decoding alone in its step (at least max_draft).
+    max_draft_alone: int = 0
     draft_ngram_max: int = 3
     draft_ngram_min: int = 2
     # Run a step's decodes and its prompt chunks as two llama_decode calls (StepPlan.calls):
@@ -157,6 +159,7 @@ class Engine:
             cache_entries=config.cache_entries,
             cache_cells=cache_cells,
             max_draft=config.max_draft,
+            max_draft_alone=config.max_draft_alone,
             separate_prompts=config.separate_prompts,
         )
         # Kept across restarts only when there is a cache to keep.
@@ -373,10 +376,12 @@ class Engine:
             seq.drafter = PredictionLookup(
                 request.prediction, seq.n_prompt, lookup if request.speculative else None
             )
-            seq.draft_stats = DraftStats.expecting(c.max_draft, PREDICTION_PRIOR_DRAFTS)
+            seq.draft_stats = DraftStats.expecting(
+                self.scheduler.max_draft_alone, PREDICTION_PRIOR_DRAFTS
+            )
         elif c.max_draft and request.speculative:
             seq.drafter = PromptLookup(c.draft_ngram_max, c.draft_ngram_min)
-            seq.draft_stats = self.draft_population.for_new_sequence(c.max_draft)
+            seq.draft_stats = self.draft_population.for_new_sequence(self.scheduler.max_draft_alone)
         self._sequences[request.id] = seq
         self.scheduler.add(seq)
 
