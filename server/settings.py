@@ -108,8 +108,9 @@ class SpeculativeSettings(_Section):
 
     enabled: bool = True
     max_draft: int = Field(8, ge=1, le=64)  # draft tokens per sequence and step
-    # ... for a sequence that decodes alone in its step (never fewer than max_draft): with
-    # others beside it, a long draft widens every step for one sequence's sake.
+    # ... for a sequence that decodes alone in its step and copies (its last draft accepted
+    # whole; never fewer than max_draft): with others beside it, a long draft widens every
+    # step for one sequence's sake.
     max_draft_alone: int = Field(16, ge=1, le=64)
     ngram_max: int = Field(3, ge=1, le=8)  # n-gram lengths looked up, longest first
     ngram_min: int = Field(2, ge=1, le=8)

@@ -165,6 +165,21 @@ def test_a_watched_proposal_teaches_the_estimate_for_free() -> None:
     assert stats.reach(2) == after
 
 
+def test_a_sequence_copies_while_its_last_draft_was_accepted_whole() -> None:
+    """Only a copying sequence may draft past max_draft when alone: on thin evidence the
+    planner bought long drafts for code edits and sampled answers (0.97x)."""
+    stats = DraftStats()
+    assert not stats.copying
+    stats.record(drafted=7, accepted=7)
+    assert stats.copying
+    stats.record(drafted=11, accepted=10)
+    assert not stats.copying
+    stats.watch([4, 5], at=3)
+    stats.settle([1, 2, 3, 4, 5])  # a watched proposal the output followed whole
+    assert stats.copying
+    assert DraftStats.expecting(16, 2).copying  # a prediction is meant to be followed
+
+
 def test_a_new_sequence_starts_from_what_recent_sequences_did() -> None:
     population = DraftStats(recency=0.95)
     quoting = population.for_new_sequence(8)

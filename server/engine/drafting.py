@@ -166,6 +166,9 @@ class DraftStats:
     _accepted: list[float] = field(default_factory=list)  # [i-1]: of them, >= i accepted
     _watched: list[int] = field(default_factory=list)
     _watched_at: int = 0  # where in the sequence's tokens the watched proposal starts
+    # The last draft (or watched proposal) was accepted whole: the sequence is copying, and
+    # a longer draft may be worth its price (Scheduler.max_draft_alone).
+    copying: bool = False
 
     @classmethod
     def expecting(cls, tokens: int, times: int) -> DraftStats:
@@ -183,6 +186,7 @@ class DraftStats:
     def record(self, drafted: int, accepted: int) -> None:
         if self.population is not None:
             self.population.record(drafted, accepted)
+        self.copying = 0 < drafted <= accepted
         grow = drafted - len(self._reached)
         if grow > 0:
             self._reached += [0.0] * grow
