@@ -31,7 +31,7 @@ from bench.peer_build import build_llama_server
 from bench.report import cpu_name, write_section
 from bench.servers import ServerProcess, hearth_model_file, start_hearth, start_llama_server
 from server.host_resources import threads
-from server.settings import load_settings
+from server.settings import SpeculativeSettings, load_settings
 
 PARALLEL = 8
 
@@ -130,11 +130,14 @@ def measure(servers: dict[str, ServerProcess], rounds: int) -> str:
                     if key not in best or r.tokens_per_second > best[key].tokens_per_second:
                         best[key] = r
     peers = [label for label in servers if label.startswith("llama-server")]
+    sp = SpeculativeSettings()
     lines = [
         "## Prompt-lookup drafting (`python -m bench.speculative`)",
         "",
-        "Hearth with `[speculative] enabled = true` (up to 8 draft tokens, 3- and 2-gram "
-        "lookup) and with it off, llama-server without drafting and with its own n-gram "
+        f"Hearth with `[speculative] enabled = true` (up to {sp.max_draft} draft tokens a "
+        f"sequence, {sp.max_draft_alone} for one decoding alone while its drafts are accepted "
+        f"whole; {sp.ngram_max}- and {sp.ngram_min}-gram lookup) and with it off, "
+        "llama-server without drafting and with its own n-gram "
         f"drafting (`{' '.join(LLAMA_NGRAM)}`), all on the default GGUF with 8 parallel "
         f"sequences; best of {rounds} alternated rounds. Output tokens per second over all "
         "requests, prefill included, on real output lengths. quote: a ~60-word passage and "
