@@ -87,7 +87,8 @@ class EngineConfig:
     # Prompt-lookup drafting: draft tokens per decoding sequence and step (0: off), and the
     # n-gram lengths looked up (drafting.py).
     max_draft: int = 0
-    # Draft tokens for a sequence decoding alone in its step (at least max_draft).
+    # Draft tokens for a sequence decoding alone in its step while its drafts are accepted
+    # whole (at least max_draft; Scheduler._add_drafts).
     max_draft_alone: int = 0
     draft_ngram_max: int = 3
     draft_ngram_min: int = 2
@@ -98,8 +99,9 @@ class EngineConfig:
 
 # Steps with at least this many prompt tokens measure the prefill cost per token.
 PREFILL_SAMPLE_TOKENS = 64
-# A prediction's drafts start as if this many drafts of max_draft tokens had been accepted
-# whole (eight-token drafts from the first step at concurrency 1 on 2 CPU cores).
+# A prediction's drafts start as if this many drafts of the longest length (a lone
+# sequence's, max_draft_alone) had been accepted whole: long drafts from the first step at
+# concurrency 1 on 2 CPU cores.
 PREDICTION_PRIOR_DRAFTS = 2
 # /stats's table of step costs is rebuilt every this many steps and when idle, not every
 # step: it holds a size for every step width seen, and a GPU step takes ~1 ms.
