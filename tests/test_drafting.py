@@ -108,6 +108,20 @@ CPU = {1: 7, 2: 17, 3: 21, 4: 24, 6: 31, 8: 29, 9: 33, 16: 37, 24: 51}
 GPU = {1: 5.0, 2: 5.0, 8: 5.1, 9: 5.1, 16: 5.2, 32: 5.4, 40: 5.5}
 
 
+class FixedCost(StepCost):
+    """Step costs as measured once, no longer learning from the clock."""
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        pass
+
+
+def fixed_cost(ms: dict[int, float]) -> FixedCost:
+    fixed = FixedCost()
+    for n, t in ms.items():
+        StepCost.observe(fixed, n, t / 1000)
+    return fixed
+
+
 def test_the_step_cost_is_a_table_of_sizes_not_a_line() -> None:
     c = StepCost()
     assert not c.measured and c.seconds(4) == 0.0
@@ -292,6 +306,16 @@ def generate(engine: Engine, prompts: list[list[int]], **kw: object) -> list[Out
     return outs
 
 
+def drafting_engine(model: LlamaModel, costs: dict[int, float] = CPU, **kw: object) -> Engine:
+    """An engine that drafts, its step costs fixed (by default at what two CPU cores here
+    measured): how long drafts are then depends on the requests alone, not on how busy
+    the machine is while the test runs (under load, measured costs told these tests'
+    drafts not to pay, and the drafting they check did not happen)."""
+    engine = make_engine(model, **{"max_draft": 8, **kw})
+    engine.scheduler.step_cost = fixed_cost(costs)
+    return engine
+
+
 def cells_match(engine: Engine) -> None:
     """What llama.cpp holds under each sequence id is what the prefix cache says the id
     holds: no rejected draft token's cell was left behind."""
@@ -302,7 +326,7 @@ def cells_match(engine: Engine) -> None:
 
 
 def test_greedy_output_is_the_same_with_drafts(model: LlamaModel, prompts) -> None:
-    plain, drafting = make_engine(model), make_engine(model, max_draft=8)
+    plain, drafting = make_engine(model), drafting_engine(model)
     try:
         for kw in ({"max_tokens": 96}, {"max_tokens": 40, "stop": [" every"]}):
             a = generate(plain, prompts, **kw)
@@ -336,7 +360,9 @@ def test_only_decode_steps_teach_the_step_cost(model: LlamaModel, prompts) -> No
 
 
 def test_cancelled_requests_leave_no_draft_cells(model: LlamaModel, prompts) -> None:
-    engine = make_engine(model, max_draft=8)
+    # A GPU's costs: drafts are nearly free, so even a new sequence drafts from its first
+    # steps, which the cancellations cut short.
+    engine = drafting_engine(model, GPU)
     try:
         for i in range(50):
             request, out = submit(engine, prompts[i % 2], max_tokens=64)
@@ -354,7 +380,7 @@ def test_cancelled_requests_leave_no_draft_cells(model: LlamaModel, prompts) -> 
 
 @pytest.fixture(scope="module")
 def engines(model: LlamaModel) -> Iterator[tuple[Engine, Engine]]:
-    plain, drafting = make_engine(model), make_engine(model, max_draft=8)
+    plain, drafting = make_engine(model), drafting_engine(model)
     yield plain, drafting
     plain.stop()
     drafting.stop()
@@ -395,13 +421,6 @@ def test_sampled_choices_are_the_same_with_drafts(engines, prompts) -> None:
     assert drafting.stats.draft_accepted - before > 100  # the drafts were used
 
 
-class FixedCost(StepCost):
-    """Step costs as measured once, no longer learning from the clock."""
-
-    def observe(self, n_tokens: int, seconds: float) -> None:
-        pass
-
-
 def test_a_seeded_sampled_request_is_reproducible_with_drafts(model: LlamaModel, prompts) -> None:
     """The same seeded requests on two servers in the same state (here: fresh, and the
     same step costs: what the clock says a step costs decides how long drafts are, and
@@ -411,11 +430,7 @@ def test_a_seeded_sampled_request_is_reproducible_with_drafts(model: LlamaModel,
     by float noise either way.)"""
     texts = []
     for _ in range(2):
-        engine = make_engine(model, max_draft=8)
-        fixed = FixedCost()
-        for n, ms in CPU.items():
-            StepCost.observe(fixed, n, ms / 1000)
-        engine.scheduler.step_cost = fixed
+        engine = drafting_engine(model)
         try:
             outs = [
                 generate(
@@ -549,10 +564,11 @@ def test_logprobs_and_opting_out_with_drafts(engines, prompts) -> None:
 
 def test_a_sequence_decoding_alone_may_draft_longer(model: LlamaModel, prompts) -> None:
     """max_draft bounds each sequence's draft while others decode beside it (a long draft
-    would widen every step for one sequence's sake); a sequence decoding alone may draft
-    up to max_draft_alone. Predictions the output follows make the drafts long."""
+    would widen every step for one sequence's sake); a sequence decoding alone whose last
+    draft was accepted whole may draft up to max_draft_alone. A prediction the output
+    follows starts as copying and stays so."""
     plain = make_engine(model)
-    engine = make_engine(model, max_draft=4, max_draft_alone=12)
+    engine = drafting_engine(model, max_draft=4, max_draft_alone=12)
     drafts: list[tuple[int, int]] = []  # per step: (sequences decoding, longest draft)
     schedule = engine.scheduler.schedule
 
