@@ -248,22 +248,44 @@ class StepCost:
     about what one does. So each size keeps its own mean; a size not seen yet is read off
     the line between the nearest seen sizes around it, and past the largest seen size L
     it is guessed as t(L) * sqrt(n / L): hopefully, since the step that tries it corrects
-    the guess, where a cautious guess would never be tried."""
+    the guess, where a cautious guess would never be tried. For the same reason a size
+    seen fewer than TRUSTED_AFTER times is taken to cost no more than the cheapest larger
+    size: one slow step (or one read off a line, as eight tokens between five and eleven
+    here: 43 ms where they cost 30) must not keep a size out of every later plan.
 
-    _mean: dict[int, float] = field(default_factory=dict)  # tokens -> mean seconds
+    The machine's speed drifts (here by 1.5x between minutes), and the sizes a plan rarely
+    picks are measured rarely: their means would be stale beside the size measured every
+    step, and drafts would look dearer or cheaper than they are. So the table holds each
+    size's cost relative to `level`, how fast the machine runs now, which every step
+    updates (its time against its size's mean): a slower minute makes every size dearer
+    at once. (Measured: engines stepped in turn at concurrency 1, 1.07-1.09x on code edits
+    and sampled quotes, 1.02x on greedy quotes, against per-size means alone.)"""
+
+    _mean: dict[int, float] = field(default_factory=dict)  # tokens -> mean seconds / level
     _count: dict[int, int] = field(default_factory=dict)
     _sizes: list[int] = field(default_factory=list)  # the keys, sorted (a plan reads many)
+    _cheapest_from: list[float] = field(default_factory=list)  # [i]: min mean of _sizes[i:]
+    level: float = 1.0  # how slow the machine is now, relative to the table
     prompt_step_token_seconds: float | None = None  # mean over recent prompt steps
 
     def observe(self, n_tokens: int, seconds: float) -> None:
         if not 1 <= n_tokens <= MAX_FIT_TOKENS or seconds <= 0:
             return
+        known = self._mean.get(n_tokens)
+        if known is not None:
+            self.level *= (seconds / (self.level * known)) ** LEVEL_WEIGHT
+        seconds /= self.level
         count = self._count.get(n_tokens, 0) + 1
         self._count[n_tokens] = count
         if count == 1:
             bisect.insort(self._sizes, n_tokens)
-        mean = self._mean.get(n_tokens, seconds)
+        mean = known if known is not None else seconds
         self._mean[n_tokens] = mean + (seconds - mean) * max(1 / count, SIZE_WEIGHT)
+        cheapest, low = [], float("inf")
+        for n in reversed(self._sizes):
+            low = min(low, self._mean[n])
+            cheapest.append(low)
+        self._cheapest_from = cheapest[::-1]
 
     def observe_prompt_step(self, n_tokens: int, seconds: float) -> None:
         if n_tokens <= 0 or seconds <= 0:
@@ -278,10 +300,18 @@ class StepCost:
         return bool(self._mean)
 
     def by_size_ms(self) -> dict[int, float]:
-        return {n: round(t * 1000, 3) for n, t in sorted(self._mean.items())}
+        return {n: round(t * self.level * 1000, 3) for n, t in sorted(self._mean.items())}
 
     def seconds(self, n_tokens: int) -> float:
         """What a step of n_tokens is expected to take (0 before any step was seen)."""
+        estimate = self._relative(n_tokens)
+        if self._count.get(n_tokens, 0) < TRUSTED_AFTER:
+            larger = bisect.bisect_right(self._sizes, n_tokens)
+            if larger < len(self._sizes):
+                estimate = min(estimate, self._cheapest_from[larger])
+        return estimate * self.level
+
+    def _relative(self, n_tokens: int) -> float:
         if n_tokens in self._mean:
             return self._mean[n_tokens]
         i = bisect.bisect_left(self._sizes, n_tokens)
@@ -301,6 +331,10 @@ class StepCost:
 # steps of 288 tokens, which must be measured to be tried again.
 MAX_FIT_TOKENS = 4096
 SIZE_WEIGHT = 0.1  # a size's mean follows its last ten or so steps
+# Each step moves the machine's level this far (in log terms) toward what it measured: the
+# level follows the last five or so steps, faster than any size's own mean.
+LEVEL_WEIGHT = 0.2
+TRUSTED_AFTER = 3  # steps of a size before it may cost more than a larger size
 # A plan with drafts must promise this much more output per second than one without:
 # the estimates are noisy, and a draft that merely breaks even still costs latency.
 MIN_GAIN = 0.05
