@@ -35,15 +35,39 @@ def counters(server: RunningServer) -> tuple[int, int, int]:
     return int(stats["draft_tokens"]), int(stats["draft_accepted"]), int(stats["draft_steps"])
 
 
+# Two logprobs this close are a tie that float noise may break either way: the second
+# request reads its prompt from the cache, and its drafts verify in wider batches, so its
+# logits differ from the first's in the last bits (on an AVX2-only CPU here the first
+# divergence came where '."' led '.' by 0.033).
+NEAR_TIE = 0.25
+
+
+def same_greedy_tokens_or_a_near_tie(plain: object, drafted: object) -> None:
+    """Two greedy answers are the same tokens up to where they part, and they part only at
+    a near-tie of the first answer's own logprobs."""
+    a = plain.choices[0].logprobs.content  # type: ignore[attr-defined]
+    b = drafted.choices[0].logprobs.content  # type: ignore[attr-defined]
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x.token != y.token), None)
+    if i is None:
+        assert len(a) == len(b), "one answer ended where the other went on"
+        assert drafted.choices[0].message.content == plain.choices[0].message.content  # type: ignore[attr-defined]
+        return
+    chosen = a[i].logprob
+    alternatives = {t.token: t.logprob for t in a[i].top_logprobs}
+    assert b[i].token in alternatives, (i, b[i].token, alternatives)
+    assert chosen - alternatives[b[i].token] < NEAR_TIE, (i, b[i].token, alternatives)
+
+
 def test_drafted_answers_match_undrafted_ones(drafting: RunningServer) -> None:
     client, model = drafting.client(), drafting.model_id()
     before = counters(drafting)
     kw = dict(model=model, messages=QUOTE, max_tokens=80, temperature=0)
-    plain = client.chat.completions.create(**kw, extra_body={"speculative": False})
+    plain = client.chat.completions.create(
+        **kw, logprobs=True, top_logprobs=3, extra_body={"speculative": False}
+    )
     assert counters(drafting) == before  # the opt-out drafted nothing
-    drafted = client.chat.completions.create(**kw)
-    assert drafted.choices[0].message.content == plain.choices[0].message.content
-    assert drafted.usage.completion_tokens == plain.usage.completion_tokens
+    drafted = client.chat.completions.create(**kw, logprobs=True, top_logprobs=3)
+    same_greedy_tokens_or_a_near_tie(plain, drafted)
     after = counters(drafting)
     assert after[1] - before[1] > 10  # tokens were drafted and accepted
     # Streaming, with a stop string inside what gets drafted: the text ends before it.
@@ -73,7 +97,7 @@ def test_sampled_choices_logprobs_and_json_with_drafts(drafting: RunningServer) 
         assert tokens and all(len(t.top_logprobs) == 2 for t in tokens)
     schema = {
         "type": "object",
-        "properties": {"answer": {"type": "string", "maxLength": 200}},
+        "properties": {"answer": {"type": "string", "maxLength": 80}},  # within max_tokens
         "required": ["answer"],
     }
     out = client.chat.completions.create(
