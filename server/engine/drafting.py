@@ -256,7 +256,7 @@ class StepCost:
     The machine's speed drifts (here by 1.5x between minutes), and the sizes a plan rarely
     picks are measured rarely: their means would be stale beside the size measured every
     step, and drafts would look dearer or cheaper than they are. So the table holds each
-    size's cost relative to `level`, how fast the machine runs now, which every step
+    size's cost relative to `level`, how slow the machine runs now, which every step
     updates (its time against its size's mean): a slower minute makes every size dearer
     at once. (Measured: engines stepped in turn at concurrency 1, 1.07-1.09x on code edits
     and sampled quotes, 1.02x on greedy quotes, against per-size means alone.)"""
