@@ -147,9 +147,8 @@ def measure(servers: dict[str, ServerProcess], rounds: int) -> str:
         f"EOS ignored, greedy. {cpu_name()}, {os.cpu_count()} cores, "
         f"{datetime.date.today().isoformat()}.",
         "",
-        "| workload | concurrency | drafting tok/s | off tok/s | drafting / off | "
-        + " | ".join(f"{p} tok/s | drafting / {p}" for p in peers)
-        + " |",
+        "| workload | concurrency | drafting tok/s | off tok/s | drafting / off |"
+        + "".join(f" {p} tok/s | drafting / {p} |" for p in peers),
         "|---|---|---|---|---|" + "---|---|" * len(peers),
     ]
     for name in WORKLOADS:
